@@ -1,0 +1,42 @@
+# make demo | make test  (each creates .venv and installs on first use)
+PY      ?= $(shell command -v python3.11 || command -v python3)
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export PYTHONUNBUFFERED := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_AUTH_MODE := disabled
+
+.PHONY: setup demo test test-fast test-all lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# CPU torch first, pinned, so nothing pulls the CUDA build
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -c "import raytrade, raytrade_envs, ray, torch, talib, mlflow"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/raytrade pipeline --config jobs/configs/demo.yaml
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not e2e" -x -q
+
+test-all: setup
+	$(BIN)/python -m pytest -m "" 
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf runs mlruns .pytest_cache

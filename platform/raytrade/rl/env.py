@@ -1,0 +1,47 @@
+"""Registration of :class:`raytrade_envs.TradingEnv` with RLlib/Tune, and the env_config it takes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from raytrade_envs import TradingEnv
+
+RLLIB_ENV_NAME = "raytrade_trading"
+
+
+def make_env(env_config: dict[str, Any]) -> TradingEnv:
+    """RLlib env creator: ``env_config`` holds TradingEnv's keyword arguments (arrays included)."""
+    return TradingEnv(**{k: v for k, v in dict(env_config).items()})
+
+
+def register_trading_env() -> str:
+    """Register the env creator under :data:`RLLIB_ENV_NAME` (idempotent) and return that name."""
+    from ray.tune.registry import register_env
+
+    register_env(RLLIB_ENV_NAME, make_env)
+    return RLLIB_ENV_NAME
+
+
+def env_config(
+    features: np.ndarray,
+    returns: np.ndarray,
+    forecasts: np.ndarray | None,
+    window: int,
+    cost_bps: float,
+    episode_length: int | None = None,
+    random_start: bool = False,
+    max_position: float = 1.0,
+) -> dict[str, Any]:
+    """Keyword arguments of :class:`TradingEnv` (see there for shapes and units)."""
+    return {
+        "features": np.asarray(features, dtype=np.float32),
+        "returns": np.asarray(returns, dtype=np.float64),
+        "forecasts": None if forecasts is None else np.asarray(forecasts, dtype=np.float32),
+        "window": window,
+        "cost_bps": cost_bps,
+        "episode_length": episode_length,
+        "random_start": random_start,
+        "max_position": max_position,
+    }

@@ -1,0 +1,1 @@
+"""Ray Serve: request/response schemas, deployments and the application builder."""

@@ -1,0 +1,165 @@
+"""Ray Serve deployments: the forecaster (batched), one per RL agent, and the FastAPI ingress that
+combines them (weights + risk limit) into one decision.
+
+Models are loaded by name@alias from the MLflow registry when a replica starts, so every replica
+of a deployment serves the same registered version; ``GET /models`` reports which.
+"""
+
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from raytrade.data.schema import validate_bars
+from raytrade.errors import RaytradeError
+from raytrade.models.bundle import forecast_features
+from raytrade.rl.ensemble import combine_positions, normalise_weights
+from raytrade.serving.schemas import PredictRequest, PredictResponse
+
+log = logging.getLogger(__name__)
+api = FastAPI(title="raytrade", description="CNN+LSTM forecaster + RL agents, risk-limited ensemble")
+
+DEFAULT_AUTOSCALING = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4}
+
+
+@api.exception_handler(RaytradeError)
+async def _raytrade_error(request: Request, exc: RaytradeError) -> JSONResponse:
+    field = "bars" if getattr(exc, "column", None) or "bars" in str(exc) else "body"
+    return JSONResponse(status_code=422, content={"detail": [{"loc": ["body", field], "msg": str(exc),
+                                                              "type": type(exc).__name__}]})
+
+
+def _bars_frame(req: PredictRequest) -> pd.DataFrame:
+    frame = pd.DataFrame([b.model_dump() for b in req.bars])
+    frame.insert(1, "symbol", req.symbol)
+    ts = pd.to_datetime(frame["timestamp"], utc=True)
+    frame["timestamp"] = ts
+    return frame
+
+
+@serve.deployment(autoscaling_config=DEFAULT_AUTOSCALING, ray_actor_options={"num_cpus": 0.25})
+class Forecaster:
+    """Loads the forecaster bundle ``model_name@alias``; ``forecast`` is batched across requests."""
+
+    def __init__(self, tracking_uri: str, model_name: str, alias: str) -> None:
+        from raytrade.tracking import load_model_dir
+
+        self.bundle, self.version, self.run_id = load_model_dir(model_name, alias, tracking_uri)
+        self.name, self.alias = model_name, alias
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "alias": self.alias, "version": self.version, "run_id": self.run_id,
+                "min_bars": self.bundle.min_bars, "lookback": self.bundle.lookback,
+                "n_features": len(self.bundle.scaler.columns), "horizon_bars": self.bundle.labels.horizon}
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def forecast(self, frames: list[pd.DataFrame]) -> list[dict[str, Any]]:
+        """Per request: forecast dict + ``window`` (lookback, n_features) scaled features, ending at the last bar."""
+        windows = np.concatenate([self.bundle.window_from_bars(f) for f in frames])
+        out = self.bundle.forecast_windows(windows)
+        scale = float(self.bundle.model_kwargs.get("return_scale", 1.0))
+        obs_extra = forecast_features(out["probs"], out["expected_return"], scale)
+        results = []
+        for i in range(len(frames)):
+            probs = out["probs"][i]
+            k = int(np.argmax(probs))
+            results.append({
+                "probs": {"sell": float(probs[0]), "hold": float(probs[1]), "buy": float(probs[2])},
+                "expected_return": float(out["expected_return"][i]),
+                "signal": ("sell", "hold", "buy")[k],
+                "confidence": float(probs[k]),
+                "horizon_bars": self.bundle.labels.horizon,
+                "window": windows[i],
+                "obs_extra": obs_extra[i],
+            })
+        return results
+
+
+@serve.deployment(autoscaling_config=DEFAULT_AUTOSCALING, ray_actor_options={"num_cpus": 0.25})
+class Agent:
+    """Loads an RL policy ``model_name@alias``; ``act`` maps an observation to a target position."""
+
+    def __init__(self, tracking_uri: str, model_name: str, alias: str) -> None:
+        from raytrade.tracking import load_model_dir
+
+        self.policy, self.version, self.run_id = load_model_dir(model_name, alias, tracking_uri)
+        self.name, self.alias = model_name, alias
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "alias": self.alias, "version": self.version, "run_id": self.run_id,
+                "algorithm": self.policy.algorithm, "window": self.policy.window, "obs_dim": self.policy.obs_dim}
+
+    def act(self, window: np.ndarray, obs_extra: np.ndarray, position: float) -> float:
+        w = int(self.policy.window)
+        obs = np.concatenate([window[-w:].ravel(), obs_extra, [position]]).astype(np.float32)
+        return float(self.policy.act(obs)[0])
+
+
+@serve.deployment(autoscaling_config=DEFAULT_AUTOSCALING, ray_actor_options={"num_cpus": 0.25})
+@serve.ingress(api)
+class Ingress:
+    """HTTP front: validates bars, asks the forecaster and every agent, combines their positions.
+
+    target_position = :func:`raytrade.rl.ensemble.combine_positions` of the forecaster signal
+    P(buy) - P(sell) and each agent's position: weighted mean clipped to +-max_position.
+    """
+
+    def __init__(self, forecaster: DeploymentHandle, agents: dict[str, DeploymentHandle],
+                 weights: dict[str, float], max_position: float, deadband: float) -> None:
+        self.forecaster = forecaster
+        self.agents = agents
+        self.weights = normalise_weights(weights, ["forecaster", *agents])
+        self.max_position = max_position
+        self.deadband = deadband
+        self._info: dict[str, Any] | None = None
+
+    async def _models(self) -> dict[str, Any]:
+        if self._info is None:
+            agents = {name: await h.info.remote() for name, h in self.agents.items()}
+            self._info = {"forecaster": await self.forecaster.info.remote(), "agents": agents,
+                          "ensemble": {"weights": self.weights, "max_position": self.max_position}}
+        return self._info
+
+    @api.get("/health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/models")
+    async def models(self) -> dict[str, Any]:
+        return await self._models()
+
+    @api.post("/predict", response_model=PredictResponse)
+    async def predict(self, req: PredictRequest) -> PredictResponse:
+        info = await self._models()
+        min_bars = info["forecaster"]["min_bars"]
+        if len(req.bars) < min_bars:
+            return JSONResponse(status_code=422, content={"detail": [{
+                "loc": ["body", "bars"], "type": "too_short",
+                "msg": f"need at least {min_bars} bars (feature warm-up + lookback), got {len(req.bars)}"}]})
+        frame = validate_bars(_bars_frame(req))
+        fc = await self.forecaster.forecast.remote(frame)
+        agent_positions = {
+            name: await h.act.remote(fc["window"], fc["obs_extra"], req.position) for name, h in self.agents.items()
+        }
+        members = {"forecaster": fc["probs"]["buy"] - fc["probs"]["sell"], **agent_positions}
+        target = float(combine_positions(members, self.weights, self.max_position))
+        delta = target - req.position
+        signal = "buy" if delta > self.deadband else "sell" if delta < -self.deadband else "hold"
+        versions = {"forecaster": info["forecaster"]["version"],
+                    **{n: a["version"] for n, a in info["agents"].items()}}
+        return PredictResponse(
+            symbol=req.symbol,
+            timestamp=frame["timestamp"].iloc[-1].to_pydatetime(),
+            signal=signal,
+            target_position=target,
+            confidence=fc["confidence"],
+            forecast={k: fc[k] for k in ("probs", "expected_return", "signal", "horizon_bars")},
+            agents=agent_positions,
+            model_versions=versions,
+        )

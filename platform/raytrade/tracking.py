@@ -1,0 +1,153 @@
+"""MLflow tracking and model registry: the ONLY module that imports mlflow.
+
+Default store: a local SQLite database ``<output_dir>/mlflow.db`` with artifacts under
+``<output_dir>/mlartifacts`` (no server needed). ``$MLFLOW_TRACKING_URI`` (or ``tracking.uri`` in
+the config) points it at a tracking server instead.
+
+Models are registered as MLflow *pyfunc* models wrapping a directory (the forecaster bundle, an RL
+policy): :func:`log_model_dir` logs and registers it and moves an alias (default ``champion``) to
+the new version; :func:`load_model_dir` gets it back by ``name@alias``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from raytrade.errors import ModelNotFoundError
+
+MODEL_DIR_KEY = "model_dir"
+
+
+def resolve_tracking_uri(uri: str | None, output_dir: str | Path) -> str:
+    """Config value, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<abs output_dir>/mlflow.db``."""
+    if uri:
+        return uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = Path(output_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _artifact_root(tracking_uri: str) -> str | None:
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
+def use_tracking_uri(tracking_uri: str) -> None:
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+
+
+@contextmanager
+def start_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
+    """Open an MLflow run (creating the experiment if needed); yields the run id."""
+    use_tracking_uri(tracking_uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        experiment, artifact_location=_artifact_root(tracking_uri)
+    )
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags) as run:
+        yield run.info.run_id
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log a nested dict as flat ``a.b.c`` params (values stringified; MLflow's 6000-char limit)."""
+    flat: dict[str, Any] = {}
+    _flatten("", params, flat)
+    mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_dict(data: dict[str, Any], artifact_file: str) -> None:
+    mlflow.log_dict(data, artifact_file)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_artifact_to_run(tracking_uri: str, run_id: str, path: str | Path) -> None:
+    """Attach a file to an already finished run."""
+    use_tracking_uri(tracking_uri)
+    MlflowClient().log_artifact(run_id, str(path))
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    mlflow.set_tags(tags)
+
+
+class DirectoryModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of a model saved as a directory and loaded by ``loader`` ("module:function")."""
+
+    def __init__(self, loader: str) -> None:
+        self.loader = loader
+        self.obj: Any = None
+
+    def load_context(self, context: Any) -> None:
+        module, _, attr = self.loader.partition(":")
+        self.obj = getattr(importlib.import_module(module), attr)(context.artifacts[MODEL_DIR_KEY])
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would validate against them
+        return self.obj.predict(model_input)
+
+
+def log_model_dir(local_dir: str | Path, loader: str, registered_name: str, alias: str) -> str:
+    """Log ``local_dir`` in the active run as a pyfunc model, register it and point ``alias`` at it.
+
+    Returns:
+        The new registered model version (as a string).
+    """
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=DirectoryModel(loader),
+        artifacts={MODEL_DIR_KEY: str(local_dir)},
+        pip_requirements=[],  # the serving image is this project; skip slow requirement inference
+    )
+    version = mlflow.register_model(info.model_uri, registered_name)
+    MlflowClient().set_registered_model_alias(registered_name, alias, version.version)
+    return str(version.version)
+
+
+def load_model_dir(registered_name: str, alias: str, tracking_uri: str) -> tuple[Any, str, str]:
+    """Load ``registered_name@alias`` with its loader.
+
+    Returns:
+        ``(loaded object, version, run_id)``.
+
+    Raises:
+        ModelNotFoundError: no such model or alias in the registry.
+    """
+    use_tracking_uri(tracking_uri)
+    client = MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(registered_name, alias)
+    except MlflowException as exc:
+        raise ModelNotFoundError(
+            f"model {registered_name}@{alias} not found in the MLflow registry at {tracking_uri}: {exc.message}"
+        ) from None
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{registered_name}@{alias}")
+    return pyfunc.unwrap_python_model().obj, str(version.version), str(version.run_id)
