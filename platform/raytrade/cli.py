@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from raytrade.errors import RaytradeError
@@ -132,20 +131,16 @@ def submit(
 
 
 def main() -> None:
-    """Console-script entry point: one-line errors unless ``--debug``."""
-    debug = "--debug" in sys.argv[1:]
+    """Console-script entry point: one-line errors unless ``--debug`` (accepted anywhere)."""
+    argv = sys.argv[1:]
+    debug = "--debug" in argv
     try:
-        app(standalone_mode=False)
+        app(args=[a for a in argv if a != "--debug"], prog_name="raytrade")
     except RaytradeError as exc:
         if debug:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(130)
 
 
 if __name__ == "__main__":

