@@ -284,7 +284,7 @@ def test_net_returns_matches_bar_net_return(market):
     for cost, init in [(0.0, 0.0), (10.0, 0.0), (7.5, -0.4)]:
         vec = net_returns(pos, r, cost, initial_position=init)
         prev, loop = init, []
-        for p, lr in zip(pos, r):
+        for p, lr in zip(pos, r, strict=True):
             loop.append(bar_net_return(prev, p, lr, cost))
             prev = p
         np.testing.assert_allclose(vec, loop, rtol=1e-12, atol=1e-16)

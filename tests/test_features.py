@@ -63,7 +63,8 @@ def test_labels_are_forward_returns(frame):
     cls = frame["label_class"].to_numpy()[:-h]
     assert set(np.unique(cls)) == {0.0, 1.0, 2.0}
     assert (cls[got[:-h] > LABELS.threshold] == 2).all() and (cls[got[:-h] < -LABELS.threshold] == 0).all()
-    np.testing.assert_allclose(frame["label_next_return"].to_numpy()[:-1], np.diff(np.log(close)), rtol=1e-8, atol=1e-12)
+    next_ret = frame["label_next_return"].to_numpy()[:-1]
+    np.testing.assert_allclose(next_ret, np.diff(np.log(close)), rtol=1e-8, atol=1e-12)
 
 
 def test_add_labels_keeps_rows_and_order(btc_bars):

@@ -43,3 +43,36 @@ def test_import_has_no_heavy_side_effects():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'torch', 'mlflow'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_cluster_yaml_matches_the_ray_autoscaler_schema():
+    import json
+
+    import jsonschema
+    import ray.autoscaler
+    import yaml
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    jsonschema.validate(config, schema)
+    types = config["available_node_types"]
+    assert types["gpu_worker"]["resources"]["GPU"] >= 1 and "cpu_worker" in types
+
+
+def test_job_configs_load():
+    from raytrade.config import load_config
+
+    for path in (REPO / "jobs" / "configs").glob("*.yaml"):
+        load_config(path)
+
+
+def test_notebooks_are_valid_and_outputs_stripped():
+    import json
+
+    for path in (REPO / "notebooks").glob("*.ipynb"):
+        nb = json.loads(path.read_text())
+        assert nb["nbformat"] == 4
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                assert cell["outputs"] == [] and cell["execution_count"] is None, path
+                compile("".join(cell["source"]), str(path), "exec")

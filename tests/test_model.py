@@ -40,7 +40,7 @@ def test_one_step_of_training_reduces_loss_on_a_batch():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < losses[0] * 0.9
 
 

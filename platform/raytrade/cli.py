@@ -18,7 +18,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="raytrade: OHLCV bars in, served trading decisions out (Ray Data/Train/RLlib/Serve).")
 
 InputOpt = Annotated[Path, typer.Option("--input", "-i", help="OHLCV file: .parquet or .csv (Yahoo layout ok)")]
-SymbolOpt = Annotated[str | None, typer.Option(help="symbol to keep (multi-symbol files) or to assign (files without one)")]
+SymbolOpt = Annotated[
+    str | None, typer.Option(help="symbol to keep (multi-symbol files) or to assign (files without one)")
+]
 
 
 @app.callback()

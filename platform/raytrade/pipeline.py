@@ -36,8 +36,10 @@ from raytrade.data.windows import Windows, make_windows
 from raytrade.errors import ConfigError
 from raytrade.evaluation import metrics_table, periods_per_year, run_backtests
 from raytrade.evaluation.forecast import forecast_metrics
+from raytrade.evaluation.plots import plot_equity
 from raytrade.features.scaler import FeatureScaler
 from raytrade.models.bundle import ForecasterBundle, forecast_features, signal_positions
+from raytrade.models.registry import build_model
 from raytrade.rl.ensemble import combine_positions
 
 log = logging.getLogger(__name__)
@@ -153,7 +155,8 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
                           f"windows {len(windows['train'])}/{len(windows['val'])}/{len(windows['test'])}")
         report["data"] = {
             "path": str(data_path), "sha256": _file_sha256(data_path), "symbol": symbol, "bars": len(bars),
-            "first_timestamp": bars[TIMESTAMP].iloc[0].isoformat(), "last_timestamp": bars[TIMESTAMP].iloc[-1].isoformat(),
+            "first_timestamp": bars[TIMESTAMP].iloc[0].isoformat(),
+            "last_timestamp": bars[TIMESTAMP].iloc[-1].isoformat(),
             "periods_per_year": ppy, "feature_columns": pre.feature_columns,
             "warmup_rows_dropped": pre.warmup_dropped[symbol], "unlabelled_tail_rows_dropped": unlabelled,
             "embargo_bars": embargo, "lookback": lookback, "horizon": horizon,
@@ -172,8 +175,6 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
             for row in outcome.history.to_dict("records"):
                 progress.note("epoch {epoch:.0f}: train_loss {train_loss:.4f} val_loss {val_loss:.4f} "
                               "val_accuracy {val_accuracy:.3f} val_ic {val_ic:.3f}".format(**row))
-            from raytrade.models.registry import build_model
-
             model = build_model(cfg.model.name, **outcome.model_kwargs)
             model.load_state_dict(outcome.state_dict)
             bundle = ForecasterBundle(model=model, model_name=cfg.model.name, model_kwargs=outcome.model_kwargs,
@@ -184,10 +185,12 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
             fm = forecast_metrics(fc["test"]["probs"], test_w.y_class, fc["test"]["expected_return"], test_w.y_return)
             report["forecaster_metrics"] = {"test": fm, "best_val": outcome.best_metrics,
                                             "epochs": outcome.history.to_dict("records")}
-            progress.note(f"test accuracy {fm['accuracy']:.3f} (majority class {fm['majority_baseline_accuracy']:.3f}), "
+            progress.note(f"test accuracy {fm['accuracy']:.3f} "
+                          f"(majority class {fm['majority_baseline_accuracy']:.3f}), "
                           f"test IC {fm['ic']:.3f}")
             with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-forecaster") as run_id:
-                tracking.log_params({"model": cfg.model.model_dump(mode="json"), "train": cfg.train.model_dump(mode="json"),
+                tracking.log_params({"model": cfg.model.model_dump(mode="json"),
+                                     "train": cfg.train.model_dump(mode="json"),
                                      "features": cfg.features.model_dump(mode="json"),
                                      "labels": cfg.labels.model_dump(mode="json"), "embargo": embargo,
                                      "data_sha256": report["data"]["sha256"], "symbol": symbol})
@@ -213,7 +216,8 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
                 tracking.log_params({"rl": cfg.rl.model_dump(mode="json"), "cost_bps": cfg.backtest.cost_bps,
                                      "forecaster_version": version, "data_sha256": report["data"]["sha256"]})
                 for row in rl.history.to_dict("records"):
-                    tracking.log_metrics({"episode_return_mean": row["episode_return_mean"]}, step=int(row["iteration"]))
+                    tracking.log_metrics({"episode_return_mean": row["episode_return_mean"]},
+                                         step=int(row["iteration"]))
                 report["model_versions"]["ppo"] = tracking.log_model_dir(policy_dir, POLICY_LOADER, agent_model,
                                                                          cfg.tracking.alias)
             run_ids["ppo"] = run_id
@@ -241,11 +245,14 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
                                   "first_bar": pd.Timestamp(test_w.timestamp[bars_idx[0]]).isoformat(),
                                   "last_bar": pd.Timestamp(test_w.timestamp[bars_idx[-1]]).isoformat(),
                                   "n_bars": len(bars_idx), "ensemble_weights": cfg.backtest.ensemble_weights}
-            table = metrics_table(results)
-            print(table, file=progress.stream, flush=True)
+            print(metrics_table(results), file=progress.stream, flush=True)
+            plot = plot_equity(results, test_w.timestamp[bars_idx], run_dir / "equity.png",
+                               title=f"{symbol}: test split after {cfg.backtest.cost_bps:g} bps costs")
+            progress.note(f"equity curves: {plot}")
             with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-backtest") as run_id:
                 for name, m in report["strategies"].items():
                     tracking.log_metrics({f"{name}.{k}": v for k, v in m.items()})
+                tracking.log_artifact(plot)
                 run_ids["backtest"] = run_id
 
         report["mlflow_run_ids"] = run_ids

@@ -78,7 +78,9 @@ def read_bars(path: str | Path, symbol: str | None = None) -> pd.DataFrame:
     elif suffix == ".csv":
         frame = pd.read_csv(path)
     else:
-        raise DataValidationError("file_format", f"unsupported data file type {suffix!r} ({path}); use .parquet or .csv")
+        raise DataValidationError(
+            "file_format", f"unsupported data file type {suffix!r} ({path}); use .parquet or .csv"
+        )
     return _normalise(frame, symbol, path)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from raytrade.config import SplitConfig
-from raytrade.data.schema import SYMBOL, TIMESTAMP
+from raytrade.data.schema import SYMBOL
 from raytrade.errors import InsufficientDataError
 
 PARTS = ("train", "val", "test")
@@ -62,7 +62,4 @@ def chronological_split(frame: pd.DataFrame, cfg: SplitConfig, embargo: int, min
         parts["val"].append(rows.iloc[val_start : val_start + n_val])
         parts["test"].append(rows.iloc[test_start:])
     out = {p: pd.concat(v).reset_index(drop=True) for p, v in parts.items()}
-    for name in PARTS:
-        if not out[name][TIMESTAMP].is_monotonic_increasing and out[name][SYMBOL].nunique() == 1:
-            raise InsufficientDataError(f"{name} rows are not in time order")
     return Split(train=out["train"], val=out["val"], test=out["test"], embargo=embargo)

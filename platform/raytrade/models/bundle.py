@@ -127,11 +127,15 @@ class ForecasterBundle:
         "horizon_bars"}``; ``signal`` is the most probable class, ``confidence`` its probability.
         """
         out = self.forecast_windows(self.window_from_bars(bars))
-        probs = out["probs"][0]
+        return self.describe(out["probs"][0], out["expected_return"][0])
+
+    def describe(self, probs: np.ndarray, expected_return: float) -> dict[str, Any]:
+        """One forecast as JSON-ready values: ``probs`` by class name, ``expected_return`` (log units over
+        ``horizon_bars``), ``signal`` (most probable class) and ``confidence`` (its probability)."""
         k = int(np.argmax(probs))
         return {
             "probs": {name: float(p) for name, p in zip(CLASS_NAMES, probs, strict=True)},
-            "expected_return": float(out["expected_return"][0]),
+            "expected_return": float(expected_return),
             "signal": CLASS_NAMES[k],
             "confidence": float(probs[k]),
             "horizon_bars": self.labels.horizon,

@@ -13,7 +13,7 @@ RLLIB_ENV_NAME = "raytrade_trading"
 
 def make_env(env_config: dict[str, Any]) -> TradingEnv:
     """RLlib env creator: ``env_config`` holds TradingEnv's keyword arguments (arrays included)."""
-    return TradingEnv(**{k: v for k, v in dict(env_config).items()})
+    return TradingEnv(**dict(env_config))
 
 
 def register_trading_env() -> str:

@@ -38,7 +38,6 @@ class Policy:
     def from_module_dir(cls, path: str | Path, **kwargs: Any) -> Policy:
         from ray.rllib.core.rl_module.rl_module import RLModule
 
-        kwargs.pop("copy", None)
         return cls(RLModule.from_checkpoint(Path(path).resolve()), **kwargs)
 
     def act(self, obs: np.ndarray) -> np.ndarray:

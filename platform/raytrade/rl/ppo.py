@@ -8,7 +8,6 @@ Schulman et al., "Proximal Policy Optimization Algorithms", 2017.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,8 +19,6 @@ import pandas as pd
 from raytrade.config import RLConfig
 from raytrade.rl.env import make_env, register_trading_env
 from raytrade.rl.policy import Policy
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

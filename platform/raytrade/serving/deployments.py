@@ -17,7 +17,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from raytrade.data.schema import validate_bars
-from raytrade.errors import RaytradeError
+from raytrade.errors import DataValidationError, InsufficientDataError, RaytradeError
 from raytrade.models.bundle import forecast_features
 from raytrade.rl.ensemble import combine_positions, normalise_weights
 from raytrade.serving.schemas import PredictRequest, PredictResponse
@@ -28,11 +28,13 @@ api = FastAPI(title="raytrade", description="CNN+LSTM forecaster + RL agents, ri
 DEFAULT_AUTOSCALING = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4}
 
 
-@api.exception_handler(RaytradeError)
-async def _raytrade_error(request: Request, exc: RaytradeError) -> JSONResponse:
-    field = "bars" if getattr(exc, "column", None) or "bars" in str(exc) else "body"
-    return JSONResponse(status_code=422, content={"detail": [{"loc": ["body", field], "msg": str(exc),
-                                                              "type": type(exc).__name__}]})
+@api.exception_handler(DataValidationError)
+@api.exception_handler(InsufficientDataError)
+async def _bad_bars(request: Request, exc: RaytradeError) -> JSONResponse:
+    """Bars that break a validation rule (or are too few): 422 naming ``bars`` and the rule."""
+    loc = ["body", "bars"] + ([exc.column] if getattr(exc, "column", None) else [])
+    return JSONResponse(status_code=422, content={"detail": [{"loc": loc, "msg": str(exc),
+                                                              "type": getattr(exc, "rule", type(exc).__name__)}]})
 
 
 def _bars_frame(req: PredictRequest) -> pd.DataFrame:
@@ -65,20 +67,11 @@ class Forecaster:
         out = self.bundle.forecast_windows(windows)
         scale = float(self.bundle.model_kwargs.get("return_scale", 1.0))
         obs_extra = forecast_features(out["probs"], out["expected_return"], scale)
-        results = []
-        for i in range(len(frames)):
-            probs = out["probs"][i]
-            k = int(np.argmax(probs))
-            results.append({
-                "probs": {"sell": float(probs[0]), "hold": float(probs[1]), "buy": float(probs[2])},
-                "expected_return": float(out["expected_return"][i]),
-                "signal": ("sell", "hold", "buy")[k],
-                "confidence": float(probs[k]),
-                "horizon_bars": self.bundle.labels.horizon,
-                "window": windows[i],
-                "obs_extra": obs_extra[i],
-            })
-        return results
+        return [
+            {**self.bundle.describe(out["probs"][i], out["expected_return"][i]), "window": windows[i],
+             "obs_extra": obs_extra[i]}
+            for i in range(len(frames))
+        ]
 
 
 @serve.deployment(autoscaling_config=DEFAULT_AUTOSCALING, ray_actor_options={"num_cpus": 0.25})

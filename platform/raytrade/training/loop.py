@@ -13,11 +13,10 @@ import os
 import tempfile
 from typing import Any
 
-import torch
-from torch import nn
-
 import ray.train
 import ray.train.torch
+import torch
+from torch import nn
 
 from raytrade.models import build_model
 

@@ -1,0 +1,159 @@
+"""Shared helpers for the benchmarks: timing, data locations, machine info and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+#: repository root (``/work/main``); the benchmarks package lives directly under it.
+ROOT = Path(__file__).resolve().parents[1]
+#: data bundled with the repository.
+BUNDLED_DATA = ROOT / "data"
+#: data shared between checkouts (sibling ``shared/data`` of the repository).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: where ``<name>.json`` and ``<name>.md`` go.
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+_PACKAGES = ("ray", "torch", "numpy", "pandas", "gymnasium", "raytrade")
+
+_RESULTS_README = """\
+# Benchmark results
+
+Written by `python -m benchmarks` (run `python -m benchmarks NAME ...` for only some benchmarks).
+Every benchmark writes two files here, overwritten on each run:
+
+- `<name>.json`: the machine (platform, CPU count, Python and package versions, UTC timestamp), the
+  data used, the raw per-repeat timings in seconds (`time.perf_counter`) of the candidate and of its
+  named baseline, their medians, throughputs, the ratio `baseline_median_s / candidate_median_s`
+  (> 1 means the candidate is faster) and the correctness checks comparing the two outputs.
+- `<name>.md`: the same numbers as a markdown table, with notes on how to read them.
+
+Timings depend on the machine; compare numbers only between runs on the same machine. The
+benchmarks make no timed assertions.
+"""
+
+
+def time_repeats(fn: Callable[[], Any], repeats: int, warmup: int = 1, number: int = 1) -> list[float]:
+    """Time ``fn()`` ``repeats`` times after ``warmup`` untimed calls.
+
+    Args:
+        fn: zero-argument callable to time.
+        repeats: number of timed repeats (>= 1).
+        warmup: untimed calls made first (>= 0).
+        number: calls per repeat (>= 1); each returned value is the mean seconds per call of one
+            repeat, which steadies timings of very short calls.
+
+    Returns:
+        ``repeats`` durations in seconds (``time.perf_counter``).
+    """
+    if repeats < 1 or warmup < 0 or number < 1:
+        raise ValueError(f"need repeats >= 1, warmup >= 0, number >= 1; got {repeats}, {warmup}, {number}")
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        times.append((time.perf_counter() - start) / number)
+    return times
+
+
+def summarize_times(times: Sequence[float]) -> dict[str, Any]:
+    """Median, min and max of per-repeat seconds, plus the raw values."""
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "repeats_s": list(times),
+    }
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that matter for the timings (``None`` if absent)."""
+    versions: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and when the benchmark ran."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "packages": package_versions(),
+        "timestamp_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write ``results/<name>.json`` (``payload`` plus ``machine``) and ``results/<name>.md``.
+
+    Also writes ``results/README.md`` explaining the files, if it does not exist yet.
+
+    Returns:
+        The paths of the JSON and markdown files.
+    """
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    record = {"name": name, **payload, "machine": machine_info()}
+    json_path = RESULTS_DIR / f"{name}.json"
+    md_path = RESULTS_DIR / f"{name}.md"
+    _write_atomic(json_path, json.dumps(record, indent=2, default=_json_default) + "\n")
+    _write_atomic(md_path, markdown.rstrip() + "\n")
+    readme = RESULTS_DIR / "README.md"
+    if not readme.exists():
+        _write_atomic(readme, _RESULTS_README)
+    return json_path, md_path
+
+
+def _json_default(value: Any) -> Any:
+    """Make numpy scalars/arrays and paths JSON-serialisable."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
+
+
+def relpath(path: Path) -> str:
+    """``path`` relative to the repository's parent when possible (stable across machines)."""
+    try:
+        return str(path.resolve().relative_to(ROOT.parent))
+    except ValueError:
+        return str(path)
+
+
+def fmt_s(seconds: float) -> str:
+    """Seconds with a unit that keeps 3-4 significant digits."""
+    if seconds >= 1.0:
+        return f"{seconds:.3f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} µs"
+
+
+def fmt_rate(per_s: float) -> str:
+    """Throughput with a thousands separator."""
+    return f"{per_s:,.0f}"
