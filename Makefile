@@ -7,7 +7,7 @@ export PYTHONUNBUFFERED := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: setup demo test test-fast test-all lint bench clean
+.PHONY: setup demo test test-fast test-slow test-all lint bench clean
 
 setup: $(STAMP)
 
@@ -27,10 +27,13 @@ test: setup
 	$(BIN)/python -m pytest
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow and not e2e" -x -q
+	$(BIN)/python -m pytest -x -q --ignore=tests/test_pipeline_e2e.py
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow
 
 test-all: setup
-	$(BIN)/python -m pytest -m "" 
+	$(BIN)/python -m pytest -m ""
 
 lint: setup
 	$(BIN)/ruff check .

@@ -19,11 +19,11 @@ BENCHMARKS: dict[str, str] = {
 }
 
 
-def _resolve(name: str) -> str:
+def _resolve(name: str, parser: argparse.ArgumentParser) -> str:
     """Accept ``features``, ``bench_features`` or ``benchmarks.bench_features``."""
     key = name.removeprefix("benchmarks.").removeprefix("bench_").removesuffix(".py")
     if key not in BENCHMARKS:
-        raise SystemExit(f"unknown benchmark {name!r}; choose from: {', '.join(BENCHMARKS)}")
+        parser.error(f"unknown benchmark {name!r}; choose from: {', '.join(BENCHMARKS)}")
     return key
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run ({', '.join(BENCHMARKS)})")
     args = parser.parse_args(argv)
-    names = [_resolve(n) for n in args.names] or list(BENCHMARKS)
+    names = [_resolve(n, parser) for n in args.names] or list(BENCHMARKS)
     names = list(dict.fromkeys(names))  # keep order, drop repeats
 
     start = time.perf_counter()

@@ -37,8 +37,9 @@ Every benchmark writes two files here, overwritten on each run:
   (> 1 means the candidate is faster) and the correctness checks comparing the two outputs.
 - `<name>.md`: the same numbers as a markdown table, with notes on how to read them.
 
-Timings depend on the machine; compare numbers only between runs on the same machine. The
-benchmarks make no timed assertions.
+Timings depend on the machine and on what else runs on it (`machine.load_average_1_5_15m` is
+recorded when the results are written); compare numbers only between runs on the same, otherwise
+idle machine. The benchmarks make no timed assertions.
 """
 
 
@@ -89,6 +90,23 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages (``None`` where the OS has none); > CPU count means busy."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def busy_note(load_at_start: list[float] | None) -> str:
+    """A markdown warning when other work was competing for the CPUs, else ``""``."""
+    cpus = os.cpu_count() or 1
+    loads = [x for x in (load_at_start, load_average()) if x]
+    if not loads or max(x[0] for x in loads) <= 0.75 * cpus:
+        return ""
+    worst = max(x[0] for x in loads)
+    return (f"Note: the machine was busy (1-minute load average up to {worst:.1f} on {cpus} CPUs around this "
+            "benchmark, counting this run's own earlier work and any other processes), so absolute timings are "
+            "noisy; baseline and candidate were still measured in the same run.")
+
+
 def machine_info() -> dict[str, Any]:
     """Where and when the benchmark ran."""
     return {
@@ -98,6 +116,7 @@ def machine_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "python_implementation": platform.python_implementation(),
         "packages": package_versions(),
+        "load_average_1_5_15m": load_average(),
         "timestamp_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -146,12 +165,15 @@ def relpath(path: Path) -> str:
 
 
 def fmt_s(seconds: float) -> str:
-    """Seconds with a unit that keeps 3-4 significant digits."""
-    if seconds >= 1.0:
+    """Seconds with a unit that keeps 3-4 significant digits (sign kept for differences)."""
+    size = abs(seconds)
+    if size >= 1.0:
         return f"{seconds:.3f} s"
-    if seconds >= 1e-3:
+    if size >= 1e-3:
         return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} µs"
+    if size >= 1e-6:
+        return f"{seconds * 1e6:.1f} µs"
+    return f"{seconds * 1e9:.0f} ns"
 
 
 def fmt_rate(per_s: float) -> str:
