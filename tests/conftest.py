@@ -50,3 +50,65 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real ``redis-server`` on a free 127.0.0.1 port for the session; yields ``redis://127.0.0.1:N/0``.
+
+    No persistence (``--save ''``, no AOF). Fails (never skips) when ``redis-server`` is not on PATH.
+    """
+    import shutil
+    import subprocess
+    import time
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not on PATH: the store tests need a real Redis (.ci/run installs it)")
+    workdir = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    log = (workdir / "redis.log").open("wb")
+    options = {
+        "port": str(port),
+        "save": "",
+        "appendonly": "no",
+        "bind": "127.0.0.1",
+        "daemonize": "no",
+        "dir": str(workdir),
+    }
+    argv = [exe]
+    for name, value in options.items():
+        argv += [f"--{name}", value]
+    proc = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10.0
+    ready = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                ready = conn.recv(64).startswith(b"+PONG")
+        except OSError:
+            pass
+        if ready:
+            break
+        time.sleep(0.05)
+    if not ready:
+        proc.kill()
+        proc.wait(timeout=5)
+        log.close()
+        output = (workdir / "redis.log").read_text(errors="replace")[-2000:]
+        pytest.fail(f"redis-server on 127.0.0.1:{port} did not answer PING within 10 s:\n{output}")
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        log.close()

@@ -18,6 +18,7 @@ from raytrade.data.splits import chronological_split
 from raytrade.data.windows import make_windows
 from raytrade.errors import InsufficientDataError
 from raytrade.features import FeatureScaler, compute_features, feature_columns, warmup_bars
+from raytrade.features.technical import feature_specs
 
 FEATURES = FeatureConfig()
 LABELS = LabelConfig(horizon=4, threshold=0.004)
@@ -25,7 +26,7 @@ LABELS = LabelConfig(horizon=4, threshold=0.004)
 
 @pytest.fixture(scope="module")
 def frame(btc_bars):
-    return symbol_features(btc_bars.iloc[:4000], FEATURES, LABELS)
+    return symbol_features(btc_bars.iloc[:4000], FEATURES, LABELS).drop(columns="_rows_dropped")
 
 
 def test_features_at_t_ignore_every_later_bar(btc_bars):
@@ -46,10 +47,75 @@ def test_features_at_t_ignore_every_later_bar(btc_bars):
 
 
 def test_warmup_rows_are_exactly_the_undefined_ones(btc_bars):
-    feats = compute_features(btc_bars.iloc[:500], FEATURES)[feature_columns(FEATURES)]
+    feats = compute_features(btc_bars.iloc[:1000], FEATURES)[feature_columns(FEATURES)]
     undefined = feats.isna().any(axis=1).to_numpy()
     n = warmup_bars(FEATURES)
     assert undefined[:n].all() and not undefined[n:].any()
+
+
+def test_registry_has_50_plus_documented_features_with_exact_lookbacks():
+    """Each feature is NaN for exactly its declared lookback, then finite, on several real files."""
+    specs = feature_specs(FEATURES, cross_asset=True)
+    assert len(specs) >= 50 and len({s.name for s in specs}) == len(specs)
+    groups = {s.group for s in specs}
+    assert groups == {"returns", "momentum", "trend", "volatility", "volume", "regime", "calendar", "cross_asset"}
+    for path in (shared("nfi_binance_btc_eth_usdt_1h.parquet"), shared("freqtrade_binance_altbtc_5m.parquet")):
+        bars = load_bars(path)
+        first = bars["symbol"].iloc[0]
+        ref_rows = bars[bars["symbol"] == first]
+        reference = pd.Series(ref_rows["close"].to_numpy(), index=pd.DatetimeIndex(ref_rows["timestamp"]))
+        for symbol, rows in list(bars.groupby("symbol", sort=False))[:3]:
+            feats = compute_features(rows, FEATURES, reference=reference)
+            for spec in specs:
+                values = feats[spec.name].to_numpy()
+                assert np.isnan(values[: spec.lookback]).all(), (symbol, spec.name)
+                assert np.isfinite(values[spec.lookback :]).all(), (symbol, spec.name)
+        assert spec.formula
+
+
+def test_feature_docs_are_generated_from_the_registry():
+    from raytrade.features.docs import features_markdown
+
+    doc = (REPO / "docs" / "FEATURES.md").read_text()
+    assert doc == features_markdown(), "docs/FEATURES.md is stale: run python -m raytrade.features.docs"
+    for spec in feature_specs(FEATURES, cross_asset=True):
+        assert f"`{spec.name}`" in doc
+
+
+@pytest.mark.parametrize("path", ["nfi_binance_btc_eth_usdt_1h.parquet", "gymanytrading_googl_1d_yahoo.csv"])
+def test_no_feature_looks_ahead_at_any_cut_point(path):
+    """For EVERY feature: values at or before a cut equal those computed on the full data.
+
+    The data is truncated at many cut points (including inside the warm-up); any use of a later bar
+    (a negative shift, a centred window, a full-sample statistic) changes a value before the cut.
+    """
+    bars = load_bars(shared(path), symbol="GOOGL" if path.endswith(".csv") else None)
+    symbols = list(pd.unique(bars["symbol"]))
+    ref_rows = bars[bars["symbol"] == symbols[0]]
+    reference = pd.Series(ref_rows["close"].to_numpy(), index=pd.DatetimeIndex(ref_rows["timestamp"]))
+    rows = bars[bars["symbol"] == symbols[-1]].reset_index(drop=True)
+    cols = feature_columns(FEATURES, cross_asset=True)
+    full = compute_features(rows, FEATURES, reference=reference)[cols].to_numpy()
+    cuts = np.unique(np.r_[np.linspace(5, len(rows) - 1, 25).astype(int), warmup_bars(FEATURES) + np.arange(3)])
+    for cut in cuts:
+        truncated_ref = reference[reference.index <= rows["timestamp"].iloc[cut]]
+        part = compute_features(rows.iloc[: cut + 1], FEATURES, reference=truncated_ref)[cols].to_numpy()
+        np.testing.assert_array_equal(part, full[: cut + 1], err_msg=f"look-ahead at cut {cut}")
+
+
+def test_scaler_ignores_validation_and_test_rows(frame):
+    labelled = frame.dropna(subset=["label_return"]).reset_index(drop=True)
+    cols = feature_columns(FEATURES)
+    split = chronological_split(labelled, SplitConfig(), 40)
+    base = FeatureScaler(cols).fit(split.train)
+    tampered = labelled.copy()
+    later = tampered["timestamp"] > split.train["timestamp"].max()
+    tampered.loc[later, cols] = tampered.loc[later, cols] * 7.0 + 3.0
+    split2 = chronological_split(tampered, SplitConfig(), 40)
+    again = FeatureScaler(cols).fit(split2.train)
+    np.testing.assert_array_equal(base.mean, again.mean)
+    np.testing.assert_array_equal(base.scale, again.scale)
+    assert not np.allclose(split.test[cols].to_numpy(), split2.test[cols].to_numpy())
 
 
 def test_labels_are_forward_returns(frame):
@@ -78,14 +144,21 @@ def test_ray_data_preprocess_matches_per_symbol_computation(ray_local):
     bars = load_bars(shared("freqtrade_binance_altbtc_5m.parquet"))
     bars = bars.groupby("symbol", sort=False).head(600).reset_index(drop=True)
     result = preprocess(bars, FEATURES, LABELS)
+    first = bars["symbol"].iloc[0]
+    assert result.reference_symbol == first
+    assert {"corr_ref_72", "beta_ref_72", "rel_strength_24"} <= set(result.feature_columns)
     assert list(pd.unique(result.frame["symbol"])) == list(pd.unique(bars["symbol"]))
     assert not result.frame[result.feature_columns].isna().any().any()
+    ref_rows = bars[bars["symbol"] == first]
+    reference = pd.Series(ref_rows["close"].to_numpy(), index=pd.DatetimeIndex(ref_rows["timestamp"]))
     for symbol, rows in bars.groupby("symbol", sort=False):
-        direct = symbol_features(rows, FEATURES, LABELS)
+        direct = symbol_features(rows, FEATURES, LABELS, reference)
         got = result.frame[result.frame["symbol"] == symbol].reset_index(drop=True)
         np.testing.assert_allclose(got[result.feature_columns].to_numpy(), direct[result.feature_columns].to_numpy())
-        assert result.warmup_dropped[symbol] == warmup_bars(FEATURES)
+        assert result.warmup_dropped[symbol] == len(rows) - len(got) >= warmup_bars(FEATURES, cross_asset=True)
         assert got["timestamp"].is_monotonic_increasing
+    own = preprocess(ref_rows, FEATURES, LABELS)  # one symbol: no cross-asset features
+    assert own.reference_symbol is None and "corr_ref_72" not in own.feature_columns
 
 
 def test_chronological_split_with_embargo(frame):

@@ -25,7 +25,7 @@ STRATEGY_KEYS = {"total_return", "annual_return", "annual_volatility", "sharpe",
 
 
 @pytest.fixture(scope="module")
-def smoke(ray_local, tmp_path_factory):
+def smoke(ray_local, redis_server, tmp_path_factory):
     from ray import serve
 
     from raytrade.pipeline import run_pipeline
@@ -38,6 +38,7 @@ def smoke(ray_local, tmp_path_factory):
         "tracking": {"uri": f"sqlite:///{out / 'mlflow.db'}"},
         "serve": {"port": port, "shutdown": False, "config": str(REPO / "serve_configs" / "ensemble.yaml")},
         "data": {"path": str(BUNDLED), "max_bars": 3000},
+        "store": {"enabled": True, "url": redis_server, "prefix": "e2e"},
     })
     report = run_pipeline(cfg)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
@@ -96,8 +97,9 @@ def test_checkpoint_per_epoch_and_registry_aliases(smoke):
         tracking.load_model_dir("raytrade-forecaster", "no-such-alias", uri)
 
 
-def _payload(n_bars: int = 120, position: float = 0.0) -> dict:
-    bars = load_bars(BUNDLED, max_bars=400)
+def _payload(n_bars: int = 360, position: float = 0.0) -> dict:
+    """The last ``n_bars`` real bars (feature warm-up 263 + lookback 32 = 295 are needed)."""
+    bars = load_bars(BUNDLED, max_bars=600)
     return request_payload(bars, bars["timestamp"].iloc[-1], n_bars, position)
 
 
@@ -146,7 +148,8 @@ def _detail(resp: httpx.Response) -> str:
 @pytest.mark.parametrize(
     ("mutate", "field"),
     [
-        (lambda p: p.pop("bars"), "bars"),
+        (lambda p: p.update(bars=[]), "bars"),
+        (lambda p: p.update(bars="recent"), "bars"),
         (lambda p: p.pop("symbol"), "symbol"),
         (lambda p: p.update(position=1.5), "position"),
         (lambda p: p.update(position="long"), "position"),
@@ -169,6 +172,7 @@ def test_bad_bars_get_422_naming_the_rule(smoke):
     payload["bars"][50]["high"] = payload["bars"][50]["low"] * 0.5
     detail = _detail(c.post("/predict", json=payload))
     assert "ohlc_relation" in detail and payload["bars"][50]["timestamp"][:10] in detail
+    assert c.get("/models").json()["forecaster"]["min_bars"] == 295
     payload = _payload()
     payload["bars"][60], payload["bars"][61] = payload["bars"][61], payload["bars"][60]
     assert "unsorted_timestamps" in _detail(c.post("/predict", json=payload))
@@ -186,3 +190,51 @@ def test_serve_config_is_a_valid_serve_deploy_file():
     assert {d.name for d in app.deployments} == {"Ingress", "Forecaster", "Agent-ppo"}
     for d in raw["applications"][0]["deployments"]:
         assert d["autoscaling_config"]["max_replicas"] >= d["autoscaling_config"]["min_replicas"] >= 1
+
+
+def test_online_store_windows_serve_predictions_without_bars(smoke):
+    from raytrade.store import OnlineFeatureStore
+
+    report = smoke["report"]
+    store_info = report["store"]
+    store = OnlineFeatureStore(store_info["url"], feature_set_version=store_info["version"], prefix="e2e")
+    latest = store.read_latest("BTC/USD")
+    bars = load_bars(BUNDLED)
+    assert latest.features["timestamp"].iloc[-1] == bars["timestamp"].iloc[-1]
+    assert len(latest.features) == smoke["cfg"].model.lookback
+    assert 0 < store.ttl("BTC/USD") <= smoke["cfg"].store.ttl_s
+    c = smoke["client"]
+    assert c.get("/models").json()["forecaster"]["feature_set_version"] == store_info["version"]
+    stored = c.post("/predict", json={"symbol": "BTC/USD", "position": 0.0})
+    assert stored.status_code == 200, stored.text
+    body = stored.json()
+    assert pd.Timestamp(body["timestamp"]) == bars["timestamp"].iloc[-1]
+    # the same last bars sent in the request give (nearly) the same forecast: same features, same scaler;
+    # only the EMA seeds differ (full history vs the request's bars)
+    direct = c.post("/predict", json=request_payload(bars, bars["timestamp"].iloc[-1], 600, 0.0)).json()
+    for k in ("sell", "hold", "buy"):
+        assert body["forecast"]["probs"][k] == pytest.approx(direct["forecast"]["probs"][k], abs=1e-3)
+    missing = c.post("/predict", json={"symbol": "ETH/USD"})
+    assert "ETH/USD" in _detail(missing)
+
+
+def test_unreachable_redis_gives_clear_503_and_request_bars_still_work(smoke):
+    from ray import serve
+
+    from raytrade.serving.app import app_from_config
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    report = smoke["report"]
+    app, _ = app_from_config(REPO / "serve_configs" / "ensemble.yaml", {
+        "tracking_uri": report["mlflow"]["tracking_uri"], "redis_url": dead,
+        "agent_models": report["mlflow"]["agent_models"]})
+    serve.run(app, name="noredis", route_prefix="/noredis")
+    try:
+        c = smoke["client"]
+        resp = c.post("/noredis/predict", json={"symbol": "BTC/USD"})
+        assert resp.status_code == 503
+        assert dead in resp.text and "unreachable" in resp.text
+        ok = c.post("/noredis/predict", json=_payload())
+        assert ok.status_code == 200, ok.text
+    finally:
+        serve.delete("noredis")

@@ -32,24 +32,23 @@ class DataConfig(_Section):
 
 
 class FeatureConfig(_Section):
-    """Causal technical features (TA-Lib); every window is in bars."""
+    """Causal features (see :mod:`raytrade.features.technical` and docs/FEATURES.md); windows in bars."""
 
-    return_lags: tuple[int, ...] = (1, 4, 12, 24)
-    rsi_period: int = Field(14, gt=1)
-    macd_fast: int = Field(12, gt=1)
-    macd_slow: int = Field(26, gt=1)
-    macd_signal: int = Field(9, gt=1)
-    bbands_period: int = Field(20, gt=1)
-    atr_period: int = Field(14, gt=1)
-    volatility_window: int = Field(24, gt=1)
-    volume_window: int = Field(24, gt=1)
+    return_lags: tuple[int, ...] = (1, 2, 4, 8, 12, 24, 48)
+    groups: tuple[str, ...] = ("returns", "momentum", "trend", "volatility", "volume", "regime", "calendar")
+    calendar: bool = True
+    cross_asset: bool | None = Field(None, description="cross-asset features; None = on when several symbols")
+    reference_symbol: str | None = Field(None, description="reference for cross-asset features; default: first")
+    correlation_window: int = Field(72, gt=2)
 
     @model_validator(mode="after")
     def _check(self) -> FeatureConfig:
         if not self.return_lags or any(lag < 1 for lag in self.return_lags):
             raise ValueError("return_lags must be a non-empty list of positive bar counts")
-        if self.macd_fast >= self.macd_slow:
-            raise ValueError("macd_fast must be smaller than macd_slow")
+        known = {"returns", "momentum", "trend", "volatility", "volume", "regime", "calendar"}
+        unknown = set(self.groups) - known
+        if unknown:
+            raise ValueError(f"groups: unknown feature group(s) {sorted(unknown)}; choose from {sorted(known)}")
         return self
 
 
@@ -148,6 +147,15 @@ class ServeConfig(_Section):
     shutdown: bool = True
 
 
+class StoreConfig(_Section):
+    """Redis online feature store (latest window per symbol, versioned keys, TTL)."""
+
+    enabled: bool = False
+    url: str = "redis://127.0.0.1:6379/0"
+    ttl_s: int = Field(86_400, gt=0, description="seconds a stored window lives")
+    prefix: str = "raytrade"
+
+
 class RayConfig(_Section):
     """How to reach Ray: ``address=None`` starts a local instance."""
 
@@ -170,6 +178,7 @@ class PipelineConfig(_Section):
     backtest: BacktestConfig = BacktestConfig()
     tracking: TrackingConfig = TrackingConfig()
     serve: ServeConfig = ServeConfig()
+    store: StoreConfig = StoreConfig()
     ray: RayConfig = RayConfig()
 
     @property

@@ -122,7 +122,7 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = (cfg.output_dir / f"{cfg.name}-{stamp}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(total=7 if cfg.serve.enabled else 6)
+    progress = Progress(total=6 + int(cfg.serve.enabled) + int(cfg.store.enabled))
     report: dict[str, Any] = {"run_dir": str(run_dir), "config": cfg.model_dump(mode="json")}
     lookback, horizon, embargo = cfg.model.lookback, cfg.labels.horizon, cfg.embargo
 
@@ -153,6 +153,10 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
             progress.note(f"{len(pre.feature_columns)} features; rows train/val/test = "
                           f"{len(split.train)}/{len(split.val)}/{len(split.test)}; embargo {embargo} bars; "
                           f"windows {len(windows['train'])}/{len(windows['val'])}/{len(windows['test'])}")
+        if cfg.store.enabled:
+            with progress.stage("store", f"Redis online store: latest windows to {cfg.store.url}"):
+                report["store"] = _write_online_store(cfg, pre, bars)
+                progress.note(f"{len(report['store']['keys'])} window(s), feature set {report['store']['version']}")
         report["data"] = {
             "path": str(data_path), "sha256": _file_sha256(data_path), "symbol": symbol, "bars": len(bars),
             "first_timestamp": bars[TIMESTAMP].iloc[0].isoformat(),
@@ -276,6 +280,21 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
             ray.shutdown()
 
 
+def _write_online_store(cfg: PipelineConfig, pre: Any, bars: pd.DataFrame) -> dict[str, Any]:
+    """Latest window per symbol (unscaled features + the raw bars to update them) into Redis."""
+    from raytrade.data.windows import latest_windows
+    from raytrade.features.technical import feature_set_version, warmup_bars
+    from raytrade.store import OnlineFeatureStore
+
+    version = feature_set_version(cfg.features, pre.feature_columns)
+    store = OnlineFeatureStore(cfg.store.url, feature_set_version=version, ttl_s=cfg.store.ttl_s,
+                               prefix=cfg.store.prefix)
+    n_bars = warmup_bars(cfg.features) + cfg.model.lookback
+    windows = latest_windows(pre.frame, bars, pre.feature_columns, cfg.model.lookback, n_bars)
+    keys = store.write_many(windows, meta={"lookback": cfg.model.lookback})
+    return {"url": cfg.store.url, "version": version, "keys": keys, "ttl_s": cfg.store.ttl_s}
+
+
 def request_payload(bars: pd.DataFrame, end: pd.Timestamp, n_bars: int, position: float = 0.0) -> dict[str, Any]:
     """A ``POST /predict`` body from the ``n_bars`` bars of ONE symbol ending at ``end`` (inclusive)."""
     upto = bars[bars[TIMESTAMP] <= end].tail(n_bars)
@@ -299,6 +318,7 @@ def _serve_and_query(cfg: PipelineConfig, bars: pd.DataFrame, test_w: Windows, t
         "tracking_uri": tracking_uri, "forecaster_model": cfg.tracking.forecaster_model,
         "agent_models": {"ppo": agent_model}, "alias": cfg.tracking.alias,
         "ensemble_weights": cfg.backtest.ensemble_weights, "max_position": cfg.backtest.max_position,
+        "redis_url": cfg.store.url if cfg.store.enabled else None, "store_prefix": cfg.store.prefix,
     })
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(app, name=APP_NAME, route_prefix=app_cfg.get("route_prefix", "/"), blocking=False)

@@ -1,14 +1,16 @@
 """Ray Data preprocessing: per-symbol causal features + forward-return labels, in parallel.
 
-``bars -> groupby(symbol).map_groups(features + labels) -> one frame`` sorted by symbol (in order of
-first appearance) then timestamp. Warm-up rows, whose features are undefined, are the only rows
-left out, and :class:`PreprocessResult` says how many.
+Each symbol's bars form one block (``ray.data.from_pandas(list_of_frames)``) and
+``map_batches(batch_size=None)`` computes its features and labels in a task, so symbols run in
+parallel on every CPU of the cluster with no shuffle. The output is one frame sorted by symbol (in
+order of first appearance) then timestamp. Rows whose features are undefined (the warm-up, or bars
+before the cross-asset reference symbol's first bar) are the only rows left out, and
+:class:`PreprocessResult` says how many per symbol.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -16,7 +18,10 @@ import pandas as pd
 from raytrade.config import FeatureConfig, LabelConfig
 from raytrade.data.labels import add_labels, label_columns
 from raytrade.data.schema import SYMBOL, TIMESTAMP
+from raytrade.errors import ConfigError, InsufficientDataError
 from raytrade.features.technical import compute_features, feature_columns
+
+_DROPPED = "_rows_dropped"
 
 
 @dataclass(frozen=True)
@@ -28,53 +33,89 @@ class PreprocessResult:
             Rows of the last ``horizon`` bars of each symbol have NaN labels (their future is unknown).
         feature_columns: names of the model input columns, in order.
         warmup_dropped: rows left out per symbol because a feature was still undefined.
+        reference_symbol: the symbol cross-asset features are measured against (None if off).
     """
 
     frame: pd.DataFrame
     feature_columns: list[str]
     warmup_dropped: dict[str, int]
+    reference_symbol: str | None = None
 
 
-def symbol_features(bars: pd.DataFrame, features: FeatureConfig, labels: LabelConfig) -> pd.DataFrame:
-    """Features + labels for ONE symbol's bars; rows with undefined features are dropped.
+def symbol_features(
+    bars: pd.DataFrame, features: FeatureConfig, labels: LabelConfig, reference: pd.Series | None = None
+) -> pd.DataFrame:
+    """Features + labels for ONE symbol's bars (oldest first); rows with undefined features are dropped.
 
-    The bars are ordered by timestamp first (validated bars are sorted already; a group handed over
-    by a Ray shuffle need not be).
+    The returned frame carries the number of dropped rows in the ``_rows_dropped`` column.
     """
-    bars = bars.sort_values(TIMESTAMP, kind="stable")
-    frame = add_labels(compute_features(bars, features), labels)
-    complete = frame[feature_columns(features)].notna().all(axis=1).to_numpy()
+    frame = add_labels(compute_features(bars, features, reference=reference), labels)
+    cols = feature_columns(features, cross_asset=reference is not None)
+    complete = frame[cols].notna().all(axis=1).to_numpy()
     frame = frame[complete].reset_index(drop=True)
-    frame["warmup_dropped"] = int((~complete).sum())
+    frame[_DROPPED] = int((~complete).sum())
     return frame
 
 
+def _per_block(batch: pd.DataFrame, features: FeatureConfig, labels: LabelConfig,
+               reference: pd.Series | None) -> pd.DataFrame:
+    """One Ray Data block = one symbol's bars (grouped again here, so a merged block stays correct)."""
+    return pd.concat([symbol_features(g, features, labels, reference) for _, g in batch.groupby(SYMBOL, sort=False)],
+                     ignore_index=True)
+
+
+def reference_series(bars: pd.DataFrame, features: FeatureConfig) -> tuple[str | None, pd.Series | None]:
+    """The cross-asset reference ``(symbol, close indexed by timestamp)``, or ``(None, None)`` when off.
+
+    Raises:
+        ConfigError: ``features.reference_symbol`` is not in the data.
+    """
+    symbols = list(pd.unique(bars[SYMBOL]))
+    enabled = features.cross_asset if features.cross_asset is not None else len(symbols) > 1
+    if not enabled:
+        return None, None
+    ref = features.reference_symbol or symbols[0]
+    if ref not in symbols:
+        raise ConfigError(f"features.reference_symbol: {ref!r} is not among the symbols {symbols[:10]}")
+    rows = bars[bars[SYMBOL] == ref]
+    return str(ref), pd.Series(rows["close"].to_numpy(dtype=np.float64), index=pd.DatetimeIndex(rows[TIMESTAMP]))
+
+
 def preprocess(bars: pd.DataFrame, features: FeatureConfig, labels: LabelConfig) -> PreprocessResult:
-    """Compute features and labels per symbol with Ray Data (``groupby("symbol").map_groups``).
+    """Compute features and labels per symbol with Ray Data, one task per symbol.
 
     Args:
-        bars: validated bars, one or many symbols.
+        bars: validated bars, one or many symbols, sorted by timestamp within each symbol.
 
     Returns:
         :class:`PreprocessResult`. Uses the running Ray instance (``ray.init()`` if none).
+
+    Raises:
+        ConfigError: unknown reference symbol. InsufficientDataError: no symbol has a complete row.
     """
     import ray  # local import: keep ``import raytrade.data`` free of Ray start-up cost
 
-    order = {s: i for i, s in enumerate(pd.unique(bars[SYMBOL]))}
-    ds = ray.data.from_pandas(bars)
-    fn = partial(symbol_features, features=features, labels=labels)
-    n_symbols = len(order)
-    grouped = ds.groupby(SYMBOL, num_partitions=max(1, min(n_symbols, 64)))
-    frame = grouped.map_groups(fn, batch_format="pandas").to_pandas()
+    ref_symbol, reference = reference_series(bars, features)
+    groups = {s: g.reset_index(drop=True) for s, g in bars.groupby(SYMBOL, sort=False)}
+    ds = ray.data.from_pandas(list(groups.values()))
+    out = ds.map_batches(_per_block, batch_size=None, batch_format="pandas",
+                         fn_kwargs={"features": features, "labels": labels, "reference": reference})
+    frame = out.to_pandas()
+    order = {s: i for i, s in enumerate(groups)}
     frame = frame.sort_values([SYMBOL, TIMESTAMP], key=lambda s: s.map(order) if s.name == SYMBOL else s,
                               kind="stable").reset_index(drop=True)
-    dropped = frame.groupby(SYMBOL, sort=False)["warmup_dropped"].first().astype(int).to_dict()
-    frame = frame.drop(columns="warmup_dropped")
-    for sym in order:  # a symbol with fewer bars than the warm-up yields no rows at all
-        dropped.setdefault(sym, int((bars[SYMBOL] == sym).sum()))
+    dropped = {s: len(g) for s, g in groups.items()}  # a symbol with no complete row yields no output at all
+    for sym, rows in frame.groupby(SYMBOL, sort=False):
+        dropped[sym] = int(rows[_DROPPED].iloc[0])
+        if len(rows) + dropped[sym] != len(groups[sym]):  # guards the one-block-per-symbol assumption
+            raise RuntimeError(f"symbol {sym}: {len(rows)} rows out + {dropped[sym]} dropped != {len(groups[sym])} in")
+    if frame.empty:
+        raise InsufficientDataError("no symbol has enough bars for the feature warm-up")
+    frame = frame.drop(columns=_DROPPED)
+    cols = feature_columns(features, cross_asset=reference is not None)
     # Arrow round-trips may hand back pyarrow-backed dtypes: restore plain numpy ones
-    for col in [*feature_columns(features), "open", "high", "low", "close", "volume", *label_columns(frame)]:
+    for col in [*cols, "open", "high", "low", "close", "volume", *label_columns(frame)]:
         frame[col] = frame[col].astype(np.float64)
     frame[SYMBOL] = frame[SYMBOL].astype(bars[SYMBOL].dtype)
     frame[TIMESTAMP] = frame[TIMESTAMP].astype(bars[TIMESTAMP].dtype)
-    return PreprocessResult(frame=frame, feature_columns=feature_columns(features), warmup_dropped=dropped)
+    return PreprocessResult(frame=frame, feature_columns=cols, warmup_dropped=dropped, reference_symbol=ref_symbol)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from raytrade.data.schema import SYMBOL, TIMESTAMP
+from raytrade.data.schema import BAR_COLUMNS, SYMBOL, TIMESTAMP
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,22 @@ def sliding_windows(values: np.ndarray, lookback: int) -> np.ndarray:
         return np.empty((0, lookback, values.shape[1]), dtype=values.dtype)
     view = np.lib.stride_tricks.sliding_window_view(values, lookback, axis=0)  # (n, F, lookback)
     return np.ascontiguousarray(view.transpose(0, 2, 1))
+
+
+def latest_windows(
+    frame: pd.DataFrame, bars: pd.DataFrame, feature_columns: list[str], lookback: int, n_bars: int
+) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """Per symbol, the online-store window: the last ``lookback`` rows of UNSCALED features (with
+    ``timestamp``) and the last ``n_bars`` raw bars (enough to recompute them: warm-up + lookback)."""
+    out = {}
+    raw = dict(tuple(bars.groupby(SYMBOL, sort=False)))
+    for symbol, rows in frame.groupby(SYMBOL, sort=False):
+        feats = rows[[TIMESTAMP, *feature_columns]].iloc[-lookback:].reset_index(drop=True)
+        last = feats[TIMESTAMP].iloc[-1]
+        sym_bars = raw[symbol]
+        sym_bars = sym_bars[sym_bars[TIMESTAMP] <= last].iloc[-n_bars:][list(BAR_COLUMNS)].reset_index(drop=True)
+        out[str(symbol)] = (feats, sym_bars)
+    return out
 
 
 def make_windows(frame: pd.DataFrame, feature_columns: list[str], lookback: int) -> Windows:

@@ -20,7 +20,7 @@ from raytrade.config import FeatureConfig, LabelConfig
 from raytrade.data.labels import CLASS_NAMES
 from raytrade.errors import InsufficientDataError
 from raytrade.features.scaler import FeatureScaler
-from raytrade.features.technical import compute_features, warmup_bars
+from raytrade.features.technical import compute_features, feature_set_version, warmup_bars
 from raytrade.models.registry import build_model
 
 STATE_FILE = "model.pt"
@@ -49,6 +49,25 @@ class ForecasterBundle:
 
     def __post_init__(self) -> None:
         self.model.eval()
+
+    @property
+    def feature_set_version(self) -> str:
+        """Version of the feature set this model was trained on (keys of the online store)."""
+        return feature_set_version(self.features, self.scaler.columns)
+
+    def window_from_features(self, features: pd.DataFrame) -> np.ndarray:
+        """The scaled window ``(1, lookback, n_features)`` from stored UNSCALED feature rows (oldest first).
+
+        Raises:
+            InsufficientDataError: fewer than ``lookback`` rows, or a feature column is missing.
+        """
+        missing = [c for c in self.scaler.columns if c not in features.columns]
+        if missing or len(features) < self.lookback:
+            raise InsufficientDataError(
+                f"stored window has {len(features)} rows (need {self.lookback}) and lacks columns {missing[:5]}"
+            )
+        tail = features.iloc[-self.lookback :]
+        return self.scaler.transform(tail)[self.scaler.columns].to_numpy(dtype=np.float32)[None]
 
     @property
     def min_bars(self) -> int:

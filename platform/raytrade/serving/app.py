@@ -31,6 +31,8 @@ class AppArgs(BaseModel):
     ensemble_weights: dict[str, float] = Field(default_factory=lambda: {"forecaster": 0.5, "ppo": 0.5})
     max_position: float = Field(1.0, gt=0, le=1)
     deadband: float = Field(0.05, ge=0, le=2, description="|target - position| below which the signal is hold")
+    redis_url: str | None = Field(None, description="online feature store; None: requests must carry bars")
+    store_prefix: str = "raytrade"
 
 
 def _build(args: dict[str, Any], options: dict[str, dict[str, Any]]) -> Application:
@@ -46,7 +48,8 @@ def _build(args: dict[str, Any], options: dict[str, dict[str, Any]]) -> Applicat
     def opts(name: str) -> dict[str, Any]:
         return {k: v for k, v in options.get(name, {}).items() if k != "name"}
 
-    forecaster = Forecaster.options(**opts("Forecaster")).bind(uri, a.forecaster_model, a.alias)
+    forecaster = Forecaster.options(**opts("Forecaster")).bind(uri, a.forecaster_model, a.alias, a.redis_url,
+                                                               a.store_prefix)
     agents = {
         name: Agent.options(name=f"Agent-{name}", **opts(f"Agent-{name}")).bind(uri, model, a.alias)
         for name, model in a.agent_models.items()

@@ -21,6 +21,7 @@ from raytrade.errors import DataValidationError, InsufficientDataError, Raytrade
 from raytrade.models.bundle import forecast_features
 from raytrade.rl.ensemble import combine_positions, normalise_weights
 from raytrade.serving.schemas import PredictRequest, PredictResponse
+from raytrade.store import FeaturesNotFoundError, OnlineFeatureStore, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 api = FastAPI(title="raytrade", description="CNN+LSTM forecaster + RL agents, risk-limited ensemble")
@@ -37,6 +38,21 @@ async def _bad_bars(request: Request, exc: RaytradeError) -> JSONResponse:
                                                               "type": getattr(exc, "rule", type(exc).__name__)}]})
 
 
+@api.exception_handler(StoreUnavailableError)
+async def _store_down(request: Request, exc: StoreUnavailableError) -> JSONResponse:
+    """Redis unreachable and no bars in the request: 503 saying so (send ``bars`` to go without the store)."""
+    return JSONResponse(status_code=503, content={"detail": [{
+        "loc": ["body", "bars"], "type": "store_unavailable",
+        "msg": f"{exc}; send the recent bars in the request to predict without the online store"}]})
+
+
+@api.exception_handler(FeaturesNotFoundError)
+async def _no_window(request: Request, exc: FeaturesNotFoundError) -> JSONResponse:
+    return JSONResponse(status_code=422, content={"detail": [{
+        "loc": ["body", "bars"], "type": "missing",
+        "msg": f"no bars in the request and {exc}"}]})
+
+
 def _bars_frame(req: PredictRequest) -> pd.DataFrame:
     frame = pd.DataFrame([b.model_dump() for b in req.bars])
     frame.insert(1, "symbol", req.symbol)
@@ -47,31 +63,55 @@ def _bars_frame(req: PredictRequest) -> pd.DataFrame:
 
 @serve.deployment(autoscaling_config=DEFAULT_AUTOSCALING, ray_actor_options={"num_cpus": 0.25})
 class Forecaster:
-    """Loads the forecaster bundle ``model_name@alias``; ``forecast`` is batched across requests."""
+    """Loads the forecaster bundle ``model_name@alias``; ``forecast`` is batched across requests.
 
-    def __init__(self, tracking_uri: str, model_name: str, alias: str) -> None:
+    With ``redis_url``, ``forecast_stored`` reads the symbol's latest window from the online store,
+    under the bundle's feature-set version (so windows of another feature set are never used).
+    """
+
+    def __init__(self, tracking_uri: str, model_name: str, alias: str, redis_url: str | None = None,
+                 store_prefix: str = "raytrade") -> None:
         from raytrade.tracking import load_model_dir
 
         self.bundle, self.version, self.run_id = load_model_dir(model_name, alias, tracking_uri)
         self.name, self.alias = model_name, alias
+        self.store = None if not redis_url else OnlineFeatureStore(
+            redis_url, feature_set_version=self.bundle.feature_set_version, prefix=store_prefix)
+
+    def _result(self, windows: np.ndarray, out: dict[str, np.ndarray], i: int) -> dict[str, Any]:
+        scale = float(self.bundle.model_kwargs.get("return_scale", 1.0))
+        obs_extra = forecast_features(out["probs"][i : i + 1], out["expected_return"][i : i + 1], scale)[0]
+        return {**self.bundle.describe(out["probs"][i], out["expected_return"][i]), "window": windows[i],
+                "obs_extra": obs_extra}
+
+    def forecast_stored(self, symbol: str) -> dict[str, Any]:
+        """Forecast from the online store's latest window of ``symbol``.
+
+        Raises:
+            FeaturesNotFoundError: no store configured, or no (unexpired) window for the symbol.
+            StoreUnavailableError: Redis is unreachable.
+        """
+        if self.store is None:
+            raise FeaturesNotFoundError(self.bundle.feature_set_version, symbol, key="-",
+                                        detail="no online store is configured (serve arg redis_url)")
+        latest = self.store.read_latest(symbol)
+        windows = self.bundle.window_from_features(latest.features)
+        result = self._result(windows, self.bundle.forecast_windows(windows), 0)
+        result["timestamp"] = pd.Timestamp(latest.features["timestamp"].iloc[-1]).to_pydatetime()
+        return result
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "alias": self.alias, "version": self.version, "run_id": self.run_id,
                 "min_bars": self.bundle.min_bars, "lookback": self.bundle.lookback,
-                "n_features": len(self.bundle.scaler.columns), "horizon_bars": self.bundle.labels.horizon}
+                "n_features": len(self.bundle.scaler.columns), "horizon_bars": self.bundle.labels.horizon,
+                "feature_set_version": self.bundle.feature_set_version, "online_store": self.store is not None}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def forecast(self, frames: list[pd.DataFrame]) -> list[dict[str, Any]]:
         """Per request: forecast dict + ``window`` (lookback, n_features) scaled features, ending at the last bar."""
         windows = np.concatenate([self.bundle.window_from_bars(f) for f in frames])
         out = self.bundle.forecast_windows(windows)
-        scale = float(self.bundle.model_kwargs.get("return_scale", 1.0))
-        obs_extra = forecast_features(out["probs"], out["expected_return"], scale)
-        return [
-            {**self.bundle.describe(out["probs"][i], out["expected_return"][i]), "window": windows[i],
-             "obs_extra": obs_extra[i]}
-            for i in range(len(frames))
-        ]
+        return [self._result(windows, out, i) for i in range(len(frames))]
 
 
 @serve.deployment(autoscaling_config=DEFAULT_AUTOSCALING, ray_actor_options={"num_cpus": 0.25})
@@ -130,13 +170,18 @@ class Ingress:
     @api.post("/predict", response_model=PredictResponse)
     async def predict(self, req: PredictRequest) -> PredictResponse:
         info = await self._models()
-        min_bars = info["forecaster"]["min_bars"]
-        if len(req.bars) < min_bars:
-            return JSONResponse(status_code=422, content={"detail": [{
-                "loc": ["body", "bars"], "type": "too_short",
-                "msg": f"need at least {min_bars} bars (feature warm-up + lookback), got {len(req.bars)}"}]})
-        frame = validate_bars(_bars_frame(req))
-        fc = await self.forecaster.forecast.remote(frame)
+        if req.bars is None:
+            fc = await self.forecaster.forecast_stored.remote(req.symbol)
+            timestamp = fc["timestamp"]
+        else:
+            min_bars = info["forecaster"]["min_bars"]
+            if len(req.bars) < min_bars:
+                return JSONResponse(status_code=422, content={"detail": [{
+                    "loc": ["body", "bars"], "type": "too_short",
+                    "msg": f"need at least {min_bars} bars (feature warm-up + lookback), got {len(req.bars)}"}]})
+            frame = validate_bars(_bars_frame(req))
+            fc = await self.forecaster.forecast.remote(frame)
+            timestamp = frame["timestamp"].iloc[-1].to_pydatetime()
         agent_positions = {
             name: await h.act.remote(fc["window"], fc["obs_extra"], req.position) for name, h in self.agents.items()
         }
@@ -148,7 +193,7 @@ class Ingress:
                     **{n: a["version"] for n, a in info["agents"].items()}}
         return PredictResponse(
             symbol=req.symbol,
-            timestamp=frame["timestamp"].iloc[-1].to_pydatetime(),
+            timestamp=timestamp,
             signal=signal,
             target_position=target,
             confidence=fc["confidence"],

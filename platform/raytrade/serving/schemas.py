@@ -23,12 +23,16 @@ class BarIn(BaseModel):
 
 
 class PredictRequest(BaseModel):
-    """``POST /predict`` body: the most recent bars of one symbol, oldest first, and the current position."""
+    """``POST /predict`` body: the most recent bars of one symbol, oldest first, and the current position.
+
+    Without ``bars`` the forecaster reads the symbol's latest window from the Redis online store.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     symbol: str = Field(min_length=1, max_length=64)
-    bars: list[BarIn] = Field(min_length=1, max_length=10_000)
+    bars: list[BarIn] | None = Field(None, min_length=1, max_length=10_000,
+                                     description="most recent bars; omit to use the online feature store")
     position: float = Field(0.0, ge=-1.0, le=1.0, allow_inf_nan=False,
                             description="current holding, fraction of equity in [-1, 1]")
 
