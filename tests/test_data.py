@@ -119,3 +119,37 @@ def test_cli_validate_exit_codes_and_one_line_message():
     assert "2015-08-31" in lines[0] and "ohlc_relation" in lines[0] and "high" in lines[0]
     debug = _cli("validate", "--input", str(shared("finrl_dji_1d.parquet")), "--debug")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_cli_validate_reports_gaps_per_symbol_as_json():
+    import json
+
+    out = _cli("validate", "--input", str(shared("nfi_binance_btc_eth_usdt_1h.parquet")), "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    gaps = {i["symbol"]: i for i in report["issues"] if i["rule"] == "gap"}
+    assert set(gaps) == {"BTC/USDT", "ETH/USDT"}
+    assert all(g["count"] == 6 and g["missing_bars"] == 11 and g["severity"] == "warning" for g in gaps.values())
+
+
+def test_cli_validate_table_names_ohlc_violations_per_symbol():
+    out = _cli("validate", "--input", str(shared("finrl_dow30_1d.parquet")))
+    assert out.returncode == 1
+    rows = [line for line in out.stdout.splitlines() if line.startswith("error") and "ohlc_relation" in line]
+    assert len(rows) >= 20 and any(" AAPL " in r for r in rows)
+    assert "8345" in out.stderr
+
+
+def test_cli_ingest_directory_with_repair_policy(tmp_path):
+    from raytrade.data.ingest import read_many
+
+    out = _cli("ingest", "--input", str(shared("nfi_binance_btc_eth_usdt_1h.parquet")), "--output",
+               str(tmp_path / "store"), "--policy", "repair")
+    assert out.returncode == 0, out.stderr
+    assert "22 gap bars inserted" in out.stdout
+    stored = read_many(tmp_path / "store")
+    assert set(stored["symbol"]) == {"BTC/USDT", "ETH/USDT"}
+    assert int(stored["repaired"].sum()) == 22 and len(stored) == 10964 + 22
+    validate_bars(stored)
+    bad = _cli("ingest", "--input", str(shared("finrl_dji_1d.parquet")), "--output", str(tmp_path / "dji"))
+    assert bad.returncode == 1 and "2015-08-31" in bad.stderr and not (tmp_path / "dji").exists()

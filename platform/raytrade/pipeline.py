@@ -28,10 +28,11 @@ import numpy as np
 import pandas as pd
 
 from raytrade.config import PipelineConfig
-from raytrade.data import load_bars
+from raytrade.data.ingest import read_many
 from raytrade.data.preprocess import preprocess
 from raytrade.data.schema import SYMBOL, TIMESTAMP
 from raytrade.data.splits import chronological_split
+from raytrade.data.validation import apply_policy
 from raytrade.data.windows import Windows, make_windows
 from raytrade.errors import ConfigError
 from raytrade.evaluation import metrics_table, periods_per_year, run_backtests
@@ -127,7 +128,12 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
     lookback, horizon, embargo = cfg.model.lookback, cfg.labels.horizon, cfg.embargo
 
     with progress.stage("load", f"Loading and validating bars from {data_path}"):
-        bars = load_bars(data_path, cfg.data.symbol, cfg.data.max_bars)
+        bars, validation = apply_policy(read_many(data_path, cfg.data.symbol), cfg.data.policy)
+        if cfg.data.max_bars is not None:
+            bars = bars.groupby(SYMBOL, sort=False, group_keys=False).tail(cfg.data.max_bars).reset_index(drop=True)
+        if validation.issues:
+            progress.note(f"validation ({cfg.data.policy}): {len(validation.errors())} error(s), "
+                          f"{len(validation.warnings())} warning(s); see report.json data.validation")
         symbols = list(pd.unique(bars[SYMBOL]))
         if len(symbols) != 1:
             raise ConfigError(
@@ -168,6 +174,7 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
             "split_ranges": {n: [p[TIMESTAMP].iloc[0].isoformat(), p[TIMESTAMP].iloc[-1].isoformat()]
                              for n, p in split.parts().items()},
             "scaler_fit_rows": scaler.n_fit_rows, "scaler_fit_end": scaler.fit_end,
+            "validation": validation.to_dict(),
         }
 
         tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
