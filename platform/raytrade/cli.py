@@ -105,25 +105,40 @@ def ingest(
 
 @app.command()
 def features(
-    input: InputOpt,
+    input: Annotated[str, typer.Option("--input", "-i", help="file, directory or glob of CSV/Parquet bars")],
     output: Annotated[Path, typer.Option("--output", "-o", help="directory for features.parquet")],
     config: Annotated[Path | None, typer.Option(help="pipeline YAML for feature/label settings")] = None,
     symbol: SymbolOpt = None,
+    redis_url: Annotated[str | None, typer.Option(help="also write each symbol's latest window to Redis")] = None,
 ) -> None:
-    """Write unscaled causal features + label_* columns (Parquet) computed per symbol with Ray Data."""
+    """Write unscaled causal features + label_* columns (Parquet) computed per symbol with Ray Data.
+
+    With ``--redis-url`` the latest window of every symbol (lookback rows of features + the raw bars to
+    update them) goes to the online feature store too, keyed by feature-set version and symbol.
+    """
     import ray
 
     from raytrade.config import PipelineConfig, load_config
-    from raytrade.data import load_bars
+    from raytrade.data.ingest import read_many
     from raytrade.data.preprocess import preprocess
+    from raytrade.data.validation import apply_policy
 
     cfg = load_config(config) if config else PipelineConfig()
-    bars = load_bars(input, symbol)
+    bars, _ = apply_policy(read_many(input, symbol), cfg.data.policy)
     ray.init(include_dashboard=False, log_to_driver=False)
     try:
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
         result = preprocess(bars, cfg.features, cfg.labels)
     finally:
         ray.shutdown()
+    if redis_url:
+        from raytrade.store.publish import publish_latest_windows
+
+        stored = publish_latest_windows(result, bars, cfg.features, cfg.model.lookback,
+                                        cfg.store.model_copy(update={"url": redis_url}))
+        typer.echo(f"online store: {len(stored['keys'])} window(s) at {redis_url}, feature set {stored['version']}")
     cols = ["timestamp", "symbol", *result.feature_columns, *[c for c in result.frame if c.startswith("label_")]]
     output.mkdir(parents=True, exist_ok=True)
     path = output / "features.parquet"

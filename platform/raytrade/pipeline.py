@@ -42,6 +42,7 @@ from raytrade.features.scaler import FeatureScaler
 from raytrade.models.bundle import ForecasterBundle, forecast_features, signal_positions
 from raytrade.models.registry import build_model
 from raytrade.rl.ensemble import combine_positions
+from raytrade.store.publish import publish_latest_windows
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
                           f"windows {len(windows['train'])}/{len(windows['val'])}/{len(windows['test'])}")
         if cfg.store.enabled:
             with progress.stage("store", f"Redis online store: latest windows to {cfg.store.url}"):
-                report["store"] = _write_online_store(cfg, pre, bars)
+                report["store"] = publish_latest_windows(pre, bars, cfg.features, cfg.model.lookback, cfg.store)
                 progress.note(f"{len(report['store']['keys'])} window(s), feature set {report['store']['version']}")
         report["data"] = {
             "path": str(data_path), "sha256": _file_sha256(data_path), "symbol": symbol, "bars": len(bars),
@@ -285,21 +286,6 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
             import ray
 
             ray.shutdown()
-
-
-def _write_online_store(cfg: PipelineConfig, pre: Any, bars: pd.DataFrame) -> dict[str, Any]:
-    """Latest window per symbol (unscaled features + the raw bars to update them) into Redis."""
-    from raytrade.data.windows import latest_windows
-    from raytrade.features.technical import feature_set_version, warmup_bars
-    from raytrade.store import OnlineFeatureStore
-
-    version = feature_set_version(cfg.features, pre.feature_columns)
-    store = OnlineFeatureStore(cfg.store.url, feature_set_version=version, ttl_s=cfg.store.ttl_s,
-                               prefix=cfg.store.prefix)
-    n_bars = warmup_bars(cfg.features) + cfg.model.lookback
-    windows = latest_windows(pre.frame, bars, pre.feature_columns, cfg.model.lookback, n_bars)
-    keys = store.write_many(windows, meta={"lookback": cfg.model.lookback})
-    return {"url": cfg.store.url, "version": version, "keys": keys, "ttl_s": cfg.store.ttl_s}
 
 
 def request_payload(bars: pd.DataFrame, end: pd.Timestamp, n_bars: int, position: float = 0.0) -> dict[str, Any]:

@@ -1,0 +1,29 @@
+"""Publish each symbol's latest window from a preprocessing run to the Redis online store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from raytrade.config import FeatureConfig, StoreConfig
+from raytrade.data.preprocess import PreprocessResult
+from raytrade.data.windows import latest_windows
+from raytrade.features.technical import feature_set_version, warmup_bars
+from raytrade.store.online import OnlineFeatureStore
+
+
+def publish_latest_windows(pre: PreprocessResult, bars: pd.DataFrame, features: FeatureConfig, lookback: int,
+                           store_cfg: StoreConfig) -> dict[str, Any]:
+    """Write, per symbol, the last ``lookback`` rows of unscaled features and the last warm-up + lookback raw
+    bars, under the feature-set version of ``features`` + the run's columns, with ``store_cfg.ttl_s``.
+
+    Returns ``{"url", "version", "keys", "ttl_s"}``. Raises StoreUnavailableError when Redis is unreachable.
+    """
+    version = feature_set_version(features, pre.feature_columns)
+    store = OnlineFeatureStore(store_cfg.url, feature_set_version=version, ttl_s=store_cfg.ttl_s,
+                               prefix=store_cfg.prefix)
+    n_bars = warmup_bars(features, cross_asset=pre.reference_symbol is not None) + lookback
+    windows = latest_windows(pre.frame, bars, pre.feature_columns, lookback, n_bars)
+    keys = store.write_many(windows, meta={"lookback": lookback, "reference_symbol": pre.reference_symbol})
+    return {"url": store_cfg.url, "version": version, "keys": keys, "ttl_s": store_cfg.ttl_s}
