@@ -13,15 +13,16 @@ import sys
 import time
 
 #: benchmark name -> module (each module has ``NAME``, ``TITLE`` and ``run() -> str`` returning markdown).
+#: Modules are named either ``<name>.py`` or ``bench_<name>.py``.
 BENCHMARKS: dict[str, str] = {
-    "features": "benchmarks.bench_features",
+    "features": "benchmarks.features",
     "env": "benchmarks.bench_env",
 }
 
 
 def _resolve(name: str, parser: argparse.ArgumentParser) -> str:
-    """Accept ``features``, ``bench_features`` or ``benchmarks.bench_features``."""
-    key = name.removeprefix("benchmarks.").removeprefix("bench_").removesuffix(".py")
+    """Accept ``features``, ``features.py``, ``benchmarks/features.py``, ``benchmarks.features``, ``bench_env``."""
+    key = name.replace("/", ".").removesuffix(".py").removeprefix("benchmarks.").removeprefix("bench_")
     if key not in BENCHMARKS:
         parser.error(f"unknown benchmark {name!r}; choose from: {', '.join(BENCHMARKS)}")
     return key

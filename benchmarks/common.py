@@ -33,9 +33,18 @@ Every benchmark writes two files here, overwritten on each run:
 
 - `<name>.json`: the machine (platform, CPU count, Python and package versions, UTC timestamp), the
   data used, the raw per-repeat timings in seconds (`time.perf_counter`) of the candidate and of its
-  named baseline, their medians, throughputs, the ratio `baseline_median_s / candidate_median_s`
-  (> 1 means the candidate is faster) and the correctness checks comparing the two outputs.
-- `<name>.md`: the same numbers as a markdown table, with notes on how to read them.
+  named baseline, their medians, throughputs, their ratios and the correctness checks comparing the
+  outputs. A ratio's key says which way it goes: `ratio_baseline_over_candidate` (> 1 means the
+  candidate is faster), `ratio_raytrade_over_talib` (candidate time / baseline time, < 1 means faster),
+  `speedup_2cpu_over_1cpu` (1-CPU time / 2-CPU time).
+- `<name>.md`: the same numbers as markdown tables, with notes on how to read them.
+
+Files:
+
+- `features.{json,md}` (`benchmarks/features.py`): the full feature set on 1M one-minute bars on one
+  core; six indicators, raytrade vs raw TA-Lib vs the `ta` library, with value checks; Ray Data
+  `preprocess` on 1 vs 2 CPUs against a serial in-process loop.
+- `env.{json,md}` (`benchmarks/bench_env.py`): `TradingEnv` stepping vs the vectorised backtest.
 
 Timings depend on the machine and on what else runs on it (`machine.load_average_1_5_15m` is
 recorded when the results are written); compare numbers only between runs on the same, otherwise

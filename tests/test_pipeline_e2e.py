@@ -132,6 +132,16 @@ def test_predict_contract_and_same_features_as_training(smoke):
     direct = bundle.forecast_bars(frame)
     for k in ("sell", "hold", "buy"):
         assert body["forecast"]["probs"][k] == pytest.approx(direct["probs"][k], abs=1e-5)
+    # the served agent position is the registered policy acting on the env's observation layout
+    from raytrade.models.bundle import forecast_features
+
+    policy, _, _ = tracking.load_model_dir("raytrade-agent-ppo", "champion", smoke["report"]["mlflow"]["tracking_uri"])
+    window = bundle.window_from_bars(frame)[0]
+    extra = forecast_features(np.array([[direct["probs"][k] for k in ("sell", "hold", "buy")]]),
+                              np.array([direct["expected_return"]]), bundle.model_kwargs["return_scale"])[0]
+    obs = policy.observation(window, list(bundle.scaler.columns), extra, 0.25)
+    assert obs.shape == (policy.obs_dim,) and policy.feature_names == list(smoke["cfg"].rl.features)
+    assert body["agents"]["ppo"] == pytest.approx(float(policy.act(obs)[0]), abs=1e-4)
     weights = smoke["cfg"].backtest.ensemble_weights
     expected = combine_positions({"forecaster": direct["probs"]["buy"] - direct["probs"]["sell"],
                                   "ppo": body["agents"]["ppo"]}, weights, smoke["cfg"].backtest.max_position)

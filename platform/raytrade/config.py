@@ -113,6 +113,9 @@ class RLConfig(_Section):
     learning_rate: float = Field(3e-4, gt=0)
     gamma: float = Field(0.99, gt=0, le=1)
     window: int = Field(8, gt=0, description="bars of features in the observation")
+    features: tuple[str, ...] = Field(
+        ("log_ret_1", "log_ret_4", "log_ret_24", "realised_vol_24", "rsi_14", "bb_pctb_20", "volume_z_24"),
+        description="feature columns (scaled) in the observation window; empty = all")
     episode_length: int = Field(500, gt=0, description="bars per training episode (random start)")
     num_env_runners: int = Field(0, ge=0)
     hidden: tuple[int, ...] = (64, 64)

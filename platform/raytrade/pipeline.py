@@ -101,9 +101,10 @@ def _quiet_ray_data() -> None:
     ctx.print_on_execution_start = False
 
 
-def _env_arrays(w: Windows, probs: np.ndarray, exp_ret: np.ndarray, return_scale: float) -> dict[str, np.ndarray]:
-    """Per-bar arrays of one symbol's split for the trading env: feature row at t, forecasts, next return."""
-    return {"features": w.x[:, -1, :], "forecasts": forecast_features(probs, exp_ret, return_scale),
+def _env_arrays(w: Windows, cols: list[int], probs: np.ndarray, exp_ret: np.ndarray,
+                return_scale: float) -> dict[str, np.ndarray]:
+    """Per-bar arrays of one symbol's split for the trading env: selected feature row at t, forecasts, next return."""
+    return {"features": w.x[:, -1, cols], "forecasts": forecast_features(probs, exp_ret, return_scale),
             "returns": w.next_return}
 
 
@@ -216,12 +217,19 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
 
         with progress.stage("rl", f"RLlib PPO: {cfg.rl.iterations} iterations x {cfg.rl.train_batch_size} env steps"):
             scale = float(outcome.model_kwargs["return_scale"])
-            arrays = {n: _env_arrays(windows[n], fc[n]["probs"], fc[n]["expected_return"], scale) for n in windows}
+            obs_names = list(cfg.rl.features) or pre.feature_columns
+            unknown = [n for n in obs_names if n not in pre.feature_columns]
+            if unknown:
+                raise ConfigError(f"rl.features: unknown feature(s) {unknown}; see docs/FEATURES.md")
+            cols = [pre.feature_columns.index(n) for n in obs_names]
+            arrays = {n: _env_arrays(windows[n], cols, fc[n]["probs"], fc[n]["expected_return"], scale)
+                      for n in windows}
             train_env = env_config(**arrays["train"], window=cfg.rl.window, cost_bps=cfg.backtest.cost_bps,
                                    episode_length=min(cfg.rl.episode_length, len(windows["train"]) - cfg.rl.window - 1),
                                    random_start=True, max_position=cfg.backtest.max_position)
             rl = train_ppo(cfg.rl, train_env, on_iteration=lambda i, row: progress.note(
-                f"iteration {i}: episode_return_mean {row['episode_return_mean']:.4f} ({row['env_steps']} env steps)"))
+                f"iteration {i}: episode_return_mean {row['episode_return_mean']:.4f} ({row['env_steps']} env steps)"),
+                feature_names=obs_names)
             policy_dir = rl.policy.save(run_dir / "agents" / "ppo")
             agent_model = f"{cfg.tracking.agent_model_prefix}-ppo"
             with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-ppo") as run_id:

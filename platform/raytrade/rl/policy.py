@@ -25,14 +25,24 @@ class Policy:
 
     Attributes:
         module: the RLModule; algorithm: e.g. ``"ppo"``; obs_dim: observation length it expects;
-        window: bars of features per observation (as trained).
+        window: bars of features per observation (as trained); feature_names: the (scaled) feature
+        columns of the observation window, in order.
     """
 
-    def __init__(self, module: Any, algorithm: str = "ppo", obs_dim: int | None = None, window: int | None = None):
+    def __init__(self, module: Any, algorithm: str = "ppo", obs_dim: int | None = None, window: int | None = None,
+                 feature_names: list[str] | None = None):
         self.module = module
         self.algorithm = algorithm
         self.obs_dim = obs_dim
         self.window = window
+        self.feature_names = list(feature_names or [])
+
+    def observation(self, window: np.ndarray, columns: list[str], forecasts: np.ndarray, position: float) -> np.ndarray:
+        """The env observation from a scaled feature window ``(>= window, len(columns))`` ending at t, the
+        forecaster outputs at t and the current position (same layout as :class:`TradingEnv`)."""
+        idx = [columns.index(name) for name in self.feature_names] if self.feature_names else list(range(len(columns)))
+        rows = np.asarray(window)[-int(self.window) :, idx]
+        return np.concatenate([rows.ravel(), np.asarray(forecasts).ravel(), [position]]).astype(np.float32)
 
     @classmethod
     def from_module_dir(cls, path: str | Path, **kwargs: Any) -> Policy:
@@ -74,7 +84,8 @@ class Policy:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.module.save_to_path((directory / MODULE_DIR).resolve())
-        meta = {"algorithm": self.algorithm, "obs_dim": self.obs_dim, "window": self.window}
+        meta = {"algorithm": self.algorithm, "obs_dim": self.obs_dim, "window": self.window,
+                "feature_names": self.feature_names}
         (directory / META_FILE).write_text(json.dumps(meta))
         return directory
 

@@ -53,7 +53,8 @@ def ppo_config(cfg: RLConfig, env_config: dict[str, Any]):
 
 
 def train_ppo(
-    cfg: RLConfig, env_config: dict[str, Any], on_iteration: Callable[[int, dict[str, float]], None] | None = None
+    cfg: RLConfig, env_config: dict[str, Any], on_iteration: Callable[[int, dict[str, float]], None] | None = None,
+    feature_names: list[str] | None = None,
 ) -> RLOutcome:
     """Train PPO for ``cfg.iterations`` iterations and return the policy and per-iteration metrics."""
     algo = ppo_config(cfg, env_config).build_algo()
@@ -75,7 +76,7 @@ def train_ppo(
             algo.get_module().save_to_path(Path(tmp) / "module")
             obs_dim = int(make_env(env_config).observation_space.shape[0])
             policy = Policy.from_module_dir(Path(tmp) / "module", algorithm="ppo", obs_dim=obs_dim,
-                                            window=cfg.window)
+                                            window=cfg.window, feature_names=feature_names)
     finally:
         algo.stop()
     return RLOutcome(policy=policy, history=pd.DataFrame(rows))

@@ -104,7 +104,8 @@ class Forecaster:
         return {"name": self.name, "alias": self.alias, "version": self.version, "run_id": self.run_id,
                 "min_bars": self.bundle.min_bars, "lookback": self.bundle.lookback,
                 "n_features": len(self.bundle.scaler.columns), "horizon_bars": self.bundle.labels.horizon,
-                "feature_set_version": self.bundle.feature_set_version, "online_store": self.store is not None}
+                "feature_set_version": self.bundle.feature_set_version, "online_store": self.store is not None,
+                "columns": list(self.bundle.scaler.columns)}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def forecast(self, frames: list[pd.DataFrame]) -> list[dict[str, Any]]:
@@ -126,12 +127,12 @@ class Agent:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "alias": self.alias, "version": self.version, "run_id": self.run_id,
-                "algorithm": self.policy.algorithm, "window": self.policy.window, "obs_dim": self.policy.obs_dim}
+                "algorithm": self.policy.algorithm, "window": self.policy.window, "obs_dim": self.policy.obs_dim,
+                "feature_names": self.policy.feature_names}
 
-    def act(self, window: np.ndarray, obs_extra: np.ndarray, position: float) -> float:
-        w = int(self.policy.window)
-        obs = np.concatenate([window[-w:].ravel(), obs_extra, [position]]).astype(np.float32)
-        return float(self.policy.act(obs)[0])
+    def act(self, window: np.ndarray, columns: list[str], obs_extra: np.ndarray, position: float) -> float:
+        """Target position from the scaled feature window (columns named), forecaster outputs and position."""
+        return float(self.policy.act(self.policy.observation(window, columns, obs_extra, position))[0])
 
 
 @serve.deployment(autoscaling_config=DEFAULT_AUTOSCALING, ray_actor_options={"num_cpus": 0.25})
@@ -183,7 +184,8 @@ class Ingress:
             fc = await self.forecaster.forecast.remote(frame)
             timestamp = frame["timestamp"].iloc[-1].to_pydatetime()
         agent_positions = {
-            name: await h.act.remote(fc["window"], fc["obs_extra"], req.position) for name, h in self.agents.items()
+            name: await h.act.remote(fc["window"], info["forecaster"]["columns"], fc["obs_extra"], req.position)
+            for name, h in self.agents.items()
         }
         members = {"forecaster": fc["probs"]["buy"] - fc["probs"]["sell"], **agent_positions}
         target = float(combine_positions(members, self.weights, self.max_position))
