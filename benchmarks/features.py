@@ -177,17 +177,20 @@ def run_full_set(bars: pd.DataFrame, source: pd.DataFrame) -> dict[str, Any]:
     names = feature_columns(cfg)
     n_feat = len(names)
 
-    def measure(frame: pd.DataFrame) -> tuple[list[float], float, pd.DataFrame]:
-        out = compute_features(frame, cfg)  # warm-up, also the output checked below
+    def measure(frame: pd.DataFrame) -> tuple[list[float], float]:
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        times = time_repeats(lambda: compute_features(frame, cfg), FULL_REPEATS, warmup=0)
-        return times, (time.process_time() - cpu0) / (time.perf_counter() - wall0), out
+        times = time_repeats(lambda: compute_features(frame, cfg), FULL_REPEATS, warmup=WARMUP)
+        return times, (time.process_time() - cpu0) / (time.perf_counter() - wall0)
 
-    times, cpu_per_wall, out = measure(bars)
-    ref_times, ref_cpu_per_wall, _ = measure(source)
+    # the output is checked first and released before timing: a 1M x 73 frame held alive makes the
+    # next call's fresh allocations page-fault and can double that call's time
     warm = warmup_bars(cfg)
-    values = out[names].to_numpy(dtype=np.float64)
-    undefined_after_warmup = int((~np.isfinite(values[warm:])).sum())
+    out = compute_features(bars, cfg)
+    output_shape = list(out.shape)
+    undefined_after_warmup = int((~np.isfinite(out[names].to_numpy(dtype=np.float64)[warm:])).sum())
+    del out
+    times, cpu_per_wall = measure(bars)
+    ref_times, ref_cpu_per_wall = measure(source)
     cand = _stats(times, len(bars), cpu_time_over_wall_time=cpu_per_wall)
     ref = _stats(ref_times, len(source), cpu_time_over_wall_time=ref_cpu_per_wall)
     for stats, rows in ((cand, len(bars)), (ref, len(source))):
@@ -200,7 +203,7 @@ def run_full_set(bars: pd.DataFrame, source: pd.DataFrame) -> dict[str, Any]:
         "features": n_feat,
         "feature_columns": names,
         "warmup_bars": warm,
-        "output_shape": list(out.shape),
+        "output_shape": output_shape,
         "non_finite_values_after_warmup": undefined_after_warmup,
         "rows_per_s_ratio_tiled_over_source": cand["rows_per_s"] / ref["rows_per_s"],
         "repeats": FULL_REPEATS,
@@ -360,18 +363,20 @@ def run_six(bars: pd.DataFrame, source: pd.DataFrame) -> dict[str, Any]:
     def talib_norm() -> dict[str, np.ndarray]:
         return normalise_talib(talib_raw(h, low, c, v), c, v)
 
-    ours = candidate()  # warm-up of the candidate, and its output for the check
-    cand = _stats(time_repeats(candidate, SIX_REPEATS, warmup=0), n)
-    raw = talib_raw(h, low, c, v)  # warm-up of baseline 1, and its output
-    base = _stats(time_repeats(lambda: talib_raw(h, low, c, v), SIX_REPEATS, warmup=0), n)
-    norm = talib_norm()  # warm-up of the extra variant, and its output
-    extra = _stats(time_repeats(talib_norm, SIX_REPEATS, warmup=0), n)
-    ta_out = ta_library(hs, ls, cs, vs)  # warm-up of baseline 2, and its output
-    ta_stats = _stats(time_repeats(lambda: ta_library(hs, ls, cs, vs), TA_REPEATS, warmup=0), n)
-
+    # value checks first; their outputs are released before timing (see run_full_set)
+    ours, raw = candidate(), talib_raw(h, low, c, v)
+    norm = normalise_talib(raw, c, v)
     ours_check = {name: compare(ours[name].to_numpy(dtype=np.float64), norm[name]) for name in SIX_FEATURES}
+    ta_out = ta_library(hs, ls, cs, vs)
     ta_check = check_ta(ta_out, norm, raw, c)
     ta_check["Bollinger %B(20, 2)"]["untiled_source"] = _pctb_untiled(source)
+    del ours, raw, norm, ta_out
+
+    cand = _stats(time_repeats(candidate, SIX_REPEATS, warmup=WARMUP), n)
+    base = _stats(time_repeats(lambda: talib_raw(h, low, c, v), SIX_REPEATS, warmup=WARMUP), n)
+    extra = _stats(time_repeats(talib_norm, SIX_REPEATS, warmup=WARMUP), n)
+    # `ta` takes ~15 s a call: its check call above is its warm-up
+    ta_stats = _stats(time_repeats(lambda: ta_library(hs, ls, cs, vs), TA_REPEATS, warmup=0), n)
     ratio = cand["median_s"] / base["median_s"]
     return {
         "features": SIX_FEATURES,
@@ -380,7 +385,8 @@ def run_six(bars: pd.DataFrame, source: pd.DataFrame) -> dict[str, Any]:
         "extra_talib_normalised": {"name": EXTRA_TALIB_NORM, "repeats": SIX_REPEATS, **extra},
         "baseline_ta": {"name": BASELINE_TA, "repeats": TA_REPEATS, **ta_stats},
         "warmup": WARMUP,
-        "warmup_note": "each variant's first call (untimed) is its warm-up and the output checked",
+        "warmup_note": "one untimed warm-up call per variant right before its repeats; for ta, whose call takes "
+                       "~15 s, the untimed call made for the value check is its warm-up",
         "ratio_raytrade_over_talib": ratio,
         "ratio_raytrade_over_talib_fastest_repeats": cand["min_s"] / base["min_s"],
         "ratio_target": RATIO_TARGET,
@@ -441,11 +447,12 @@ def run_ray(inputs: dict[str, tuple[pd.DataFrame, int]]) -> dict[str, Any]:
         raise RuntimeError("the features benchmark starts its own local Ray instances; shut Ray down first")
     fcfg, lcfg = FeatureConfig(), LabelConfig()
     cols = feature_columns(fcfg, cross_asset=True)
-    out: dict[str, Any] = {"inputs": {}, "ray_version": ray.__version__, "ray_init_s": {}}
+    out: dict[str, Any] = {"inputs": {}, "ray_version": ray.__version__, "ray_init_s": {},
+                           "load_average_1_5_15m": {"start": load_average()}}
     serial_out: dict[str, pd.DataFrame] = {}
     for label, (bars, repeats) in inputs.items():
-        serial_out[label] = _serial(bars, fcfg, lcfg)  # warm-up, and the output checked against Ray's
-        times = time_repeats(lambda b=bars: _serial(b, fcfg, lcfg), repeats, warmup=0)
+        times = time_repeats(lambda b=bars: _serial(b, fcfg, lcfg), repeats, warmup=WARMUP)
+        serial_out[label] = _serial(bars, fcfg, lcfg)  # after timing, to be checked against Ray's outputs
         out["inputs"][label] = {"rows": len(bars), "symbols": int(bars["symbol"].nunique()), "repeats": repeats,
                                 "baseline": {"name": BASELINE_SERIAL, **_stats(times, len(bars))}, "ray": {}}
     for n_cpus in RAY_CPUS:
@@ -457,13 +464,15 @@ def run_ray(inputs: dict[str, tuple[pd.DataFrame, int]]) -> dict[str, Any]:
             logging.getLogger("ray.data").setLevel(logging.WARNING)
             cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
             for label, (bars, repeats) in inputs.items():
-                check = check_same(serial_out[label], _ray(bars, fcfg, lcfg), cols)  # warm-up + check
+                # warm-up call, its output checked (and released) right away
+                check = check_same(serial_out[label], _ray(bars, fcfg, lcfg), cols)
                 times = time_repeats(lambda b=bars: _ray(b, fcfg, lcfg), repeats, warmup=0)
                 out["inputs"][label]["ray"][str(n_cpus)] = {
                     "name": CANDIDATE_RAY, "num_cpus": n_cpus, "cluster_cpus": cluster_cpus,
                     **_stats(times, len(bars)), "check_vs_serial": check}
         finally:
             ray.shutdown()
+        out["load_average_1_5_15m"][f"after_{n_cpus}_cpu"] = load_average()
     for block in out["inputs"].values():
         one, two, serial = block["ray"]["1"]["median_s"], block["ray"]["2"]["median_s"], block["baseline"]["median_s"]
         block["speedup_2cpu_over_1cpu"] = one / two
@@ -498,7 +507,8 @@ def _markdown(payload: dict[str, Any], src_rows: int, multi_rows: int) -> str:
         f"(FTX BTC-PERP, {src_rows:,} one-minute bars) tiled end to end to {full['rows']:,} bars: each copy's "
         "open/high/low/close are rescaled so that its first open continues from the previous copy's last close "
         "(volumes unchanged), and timestamps continue at 1-minute steps. Timings are `time.perf_counter` "
-        "medians after one untimed warm-up call per variant.",
+        "medians after one untimed warm-up call per variant (for `ta`, whose call takes ~15 s, the call made "
+        "for the value check). Outputs checked for values are released before any timing.",
         "",
         f"### 1. Full feature set on {full['rows']:,} one-minute bars, one core",
         "",
@@ -545,10 +555,11 @@ def _markdown(payload: dict[str, Any], src_rows: int, multi_rows: int) -> str:
         "(/100, /close, %B from the bands, OBV flow needs a 24-bar volume SUM) and the output DataFrame "
         "(timestamp, symbol, OHLCV + 8 columns). The extra row times the raw calls plus the same normalisation on "
         f"numpy arrays ({six['ratio_talib_normalised_over_talib']:.2f}x raw TA-Lib), so of raytrade's "
-        f"{fmt_s(six['candidate']['median_s'])}, about {fmt_s(six['extra_talib_normalised']['median_s'] - base_med)} "
-        "is normalisation and about "
-        f"{fmt_s(six['candidate']['median_s'] - six['extra_talib_normalised']['median_s'])} is DataFrame in/out "
-        "and wrapper overhead. Raw TA-Lib returns unnormalised arrays, so it does less work than the candidate.",
+        f"{fmt_s(six['candidate']['median_s'])}, roughly {fmt_s(six['extra_talib_normalised']['median_s'] - base_med)} "
+        "is normalisation and "
+        f"{fmt_s(six['candidate']['median_s'] - six['extra_talib_normalised']['median_s'])} DataFrame in/out "
+        "and wrapper overhead (a rough split: at these sizes memory-allocation effects move each part by "
+        "tens of ms between runs). Raw TA-Lib returns unnormalised arrays, so it does less work than the candidate.",
         "",
         f"Values, raytrade vs raw TA-Lib after the same normalisation (written out in this benchmark), "
         f"`np.allclose(rtol={RTOL:g}, atol={ATOL:g})` over all defined values, all {full['rows']:,} bars:",
@@ -585,7 +596,7 @@ def _markdown(payload: dict[str, Any], src_rows: int, multi_rows: int) -> str:
         f"`{CANDIDATE_RAY}` on `{MULTI_FILE.name}` ({multi_rows:,} real 5-minute bars of 10 alt/BTC symbols, "
         "`raytrade.data.load_bars`), default `FeatureConfig()` (cross-asset features on) and `LabelConfig()`. "
         "For each CPU count: `ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False)`, progress bars "
-        "off, one warm-up call (its output is checked against the serial baseline's), timed calls, "
+        "off, one warm-up call (its output is checked against the serial loop's, then released), timed calls, "
         "`ray.shutdown()`. Baseline, same run, no Ray: "
         f"`{BASELINE_SERIAL}`. The extra input is the same file tiled {BIG_TILES}x in time (per symbol, prices "
         "rescaled for continuity as above, volumes unchanged, every copy shifted by the file's span + 5 minutes).",
@@ -609,13 +620,22 @@ def _markdown(payload: dict[str, Any], src_rows: int, multi_rows: int) -> str:
             f"- {label}: **speedup 2 CPUs / 1 CPU = {block['speedup_2cpu_over_1cpu']:.2f}** (issue target >= "
             f"{SPEEDUP_TARGET}: {'met' if block['speedup_target_met'] else 'NOT met'}). Ray on 1 CPU takes "
             f"{block['ray_1cpu_over_serial']:.1f}x the serial loop, i.e. {fmt_s(block['ray_1cpu_minus_serial_s'])} "
-            f"more per call, and {fmt_s(block['ray_2cpu_minus_serial_s'])} more on 2 CPUs: the part that is not "
-            "per-symbol feature work (putting the frames in the object store, planning and scheduling the tasks, "
-            "Arrow/pandas conversion both ways, `preprocess`'s driver-side sort and dtype restore) stays and "
-            "caps the speedup. "
+            f"more per call, and {fmt_s(block['ray_2cpu_minus_serial_s'])} more on 2 CPUs. That extra time is "
+            "not per-symbol feature work (it is putting the frames in the object store, planning and scheduling "
+            "the tasks, Arrow/pandas conversion both ways, `preprocess`'s driver-side sort and dtype restore); "
+            "what of it does not shrink with a second CPU limits the speedup. "
             f"Outputs equal to the serial loop's (rows, features, labels): {all(checks)}.")
     init = rays["ray_init_s"]
+    loads = rays["load_average_1_5_15m"]
     md += [
+        "",
+        "1-minute load average during this part (2 CPUs): "
+        + ", ".join(f"{k.replace('after_', 'after the ').replace('_cpu', '-CPU runs')} {v[0]:.1f}"
+                    for k, v in loads.items() if v)
+        + ". This part alone keeps up to about 2 processes runnable (driver and Ray workers); "
+        + ("the load went above 2, so other processes shared the CPUs: the second CPU was not fully free, the "
+           "2-CPU speedup is likely lower than on an idle machine, and the serial rows are noisy for the same reason."
+           if max((v[0] for v in loads.values() if v), default=0.0) > 2 else "no sign of other processes competing."),
         "",
         "`ray.init` took " + ", ".join(f"{fmt_s(s)} with {n} CPU(s)" for n, s in init.items())
         + " (once per CPU count, not timed in the rows above). Ray Data pays off when per-symbol work is large "
