@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,9 +42,9 @@ class _Inputs:
         self.v = bars["volume"].to_numpy(dtype=np.float64)
         self.ts = pd.DatetimeIndex(bars[TIMESTAMP])
         self._reference = reference
-        self._cache: dict[str, np.ndarray] = {}
+        self._cache: dict[str, Any] = {}
 
-    def get(self, key: str, make: Callable[[], np.ndarray]) -> np.ndarray:
+    def get(self, key: str, make: Callable[[], Any]) -> Any:
         if key not in self._cache:
             self._cache[key] = make()
         return self._cache[key]
@@ -92,8 +93,11 @@ def _lag(a: np.ndarray, n: int) -> np.ndarray:
 def _safe_div(num: np.ndarray, den: np.ndarray, where_zero: float = 0.0) -> np.ndarray:
     """num / den, ``where_zero`` where den == 0, NaN where either is NaN (warm-up stays NaN)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(den != 0, num / np.where(den != 0, den, 1.0), where_zero)
-    return np.where(np.isnan(num) | np.isnan(den), np.nan, out)
+        out = num / den  # NaN stays NaN; only finite num / 0 needs replacing
+    zero = den == 0
+    if zero.any():
+        out[zero & ~np.isnan(num)] = where_zero
+    return out
 
 
 def _rolling_z(x: np.ndarray, n: int) -> np.ndarray:
@@ -128,9 +132,9 @@ def _specs(cfg: FeatureConfig) -> list[FeatureSpec]:
                        lambda x, n=n: talib.RSI(x.c, timeperiod=n) / 100.0))
     specs += [
         S("stoch_k", "momentum", 8, "slow %K(5,3,3) / 100, Lane (TA-Lib STOCH)",
-          lambda x: x.get("stoch", lambda: np.stack(talib.STOCH(x.h, x.low, x.c)))[0] / 100.0),
+          lambda x: x.get("stoch", lambda: talib.STOCH(x.h, x.low, x.c))[0] / 100.0),
         S("stoch_d", "momentum", 8, "slow %D(5,3,3) / 100 (TA-Lib STOCH)",
-          lambda x: x.get("stoch", lambda: np.stack(talib.STOCH(x.h, x.low, x.c)))[1] / 100.0),
+          lambda x: x.get("stoch", lambda: talib.STOCH(x.h, x.low, x.c))[1] / 100.0),
         S("willr_14", "momentum", 13, "Williams %R(14) / 100, in [-1, 0] (TA-Lib WILLR)",
           lambda x: talib.WILLR(x.h, x.low, x.c, timeperiod=14) / 100.0),
         S("cci_20", "momentum", 19, "CCI(20) / 100, Lambert 1980 (TA-Lib CCI)",
@@ -150,8 +154,8 @@ def _specs(cfg: FeatureConfig) -> list[FeatureSpec]:
     ]
 
     # ---- trend ---------------------------------------------------------------------------------
-    def macd(x: _Inputs) -> np.ndarray:
-        return x.get("macd", lambda: np.stack(talib.MACD(x.c, fastperiod=12, slowperiod=26, signalperiod=9)))
+    def macd(x: _Inputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return x.get("macd", lambda: talib.MACD(x.c, fastperiod=12, slowperiod=26, signalperiod=9))
 
     specs += [
         S("adx_14", "trend", 27, "ADX(14) / 100, Wilder (TA-Lib ADX)", lambda x: x.get(
@@ -178,8 +182,8 @@ def _specs(cfg: FeatureConfig) -> list[FeatureSpec]:
                    lambda x: x.sma(10) / x.sma(50) - 1.0))
 
     # ---- volatility ----------------------------------------------------------------------------
-    def bbands(x: _Inputs) -> np.ndarray:
-        return x.get("bb", lambda: np.stack(talib.BBANDS(x.c, timeperiod=20, nbdevup=2.0, nbdevdn=2.0)))
+    def bbands(x: _Inputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return x.get("bb", lambda: talib.BBANDS(x.c, timeperiod=20, nbdevup=2.0, nbdevdn=2.0))
 
     def garman_klass(x: _Inputs, n: int) -> np.ndarray:
         # per-bar variance 0.5 ln(H/L)^2 - (2 ln2 - 1) ln(C/O)^2; Garman & Klass, J. Business 53 (1980)
@@ -349,5 +353,6 @@ def compute_features(
     x = _Inputs(bars, reference)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = {s.name: np.asarray(s.fn(x), dtype=np.float64) for s in specs}
-    result = bars[[TIMESTAMP, SYMBOL, "open", "high", "low", "close", "volume"]].reset_index(drop=True)
-    return pd.concat([result, pd.DataFrame(out)], axis=1)
+    columns = {c: bars[c].reset_index(drop=True) for c in (TIMESTAMP, SYMBOL)}  # keep their dtypes
+    columns.update({c: bars[c].to_numpy(dtype=np.float64) for c in ("open", "high", "low", "close", "volume")})
+    return pd.DataFrame({**columns, **out}, copy=False)
