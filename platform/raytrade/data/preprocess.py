@@ -95,15 +95,25 @@ def preprocess(bars: pd.DataFrame, features: FeatureConfig, labels: LabelConfig)
         ConfigError: unknown reference symbol. InsufficientDataError: no symbol has a complete row.
     """
     import ray  # local import: keep ``import raytrade.data`` free of Ray start-up cost
+    from ray.data import DataContext
 
     ref_symbol, reference = reference_series(bars, features)
     groups = {s: g.reset_index(drop=True) for s, g in bars.groupby(SYMBOL, sort=False)}
-    ds = ray.data.from_pandas(list(groups.values()))
-    out = ds.map_batches(_per_block, batch_size=None, batch_format="pandas",
-                         fn_kwargs={"features": features, "labels": labels, "reference": reference})
-    # Arrow tables -> pandas in one conversion: numpy dtypes directly (to_pandas() would give pyarrow-backed
-    # columns whose element-wise casts dominate the run time on large inputs)
-    frame = pa.concat_tables(ray.get(out.to_arrow_refs())).to_pandas()
+    # One map over in-memory blocks: no downstream operator can starve, so Ray Data's per-operator
+    # resource reservation (which on a small cluster admits about one task at a time) is switched off
+    # for this dataset only; the context is copied into the dataset when it is created.
+    ctx = DataContext.get_current()
+    reservation = ctx.op_resource_reservation_enabled
+    ctx.op_resource_reservation_enabled = False
+    try:
+        ds = ray.data.from_pandas(list(groups.values()))
+        out = ds.map_batches(_per_block, batch_size=None, batch_format="pandas",
+                             fn_kwargs={"features": features, "labels": labels, "reference": reference})
+        # Arrow tables -> pandas in one conversion: numpy dtypes directly (to_pandas() would give
+        # pyarrow-backed columns whose element-wise casts dominate the run time on large inputs)
+        frame = pa.concat_tables(ray.get(out.to_arrow_refs())).to_pandas()
+    finally:
+        ctx.op_resource_reservation_enabled = reservation
     order = {s: i for i, s in enumerate(groups)}
     frame = frame.sort_values([SYMBOL, TIMESTAMP], key=lambda s: s.map(order) if s.name == SYMBOL else s,
                               kind="stable").reset_index(drop=True)
