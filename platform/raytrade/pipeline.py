@@ -30,6 +30,7 @@ import pandas as pd
 from raytrade.config import PipelineConfig
 from raytrade.data.ingest import read_many
 from raytrade.data.preprocess import preprocess
+from raytrade.data.readers import keep_last_bars
 from raytrade.data.schema import SYMBOL, TIMESTAMP
 from raytrade.data.splits import chronological_split
 from raytrade.data.validation import apply_policy
@@ -132,7 +133,7 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
     with progress.stage("load", f"Loading and validating bars from {data_path}"):
         bars, validation = apply_policy(read_many(data_path, cfg.data.symbol), cfg.data.policy)
         if cfg.data.max_bars is not None:
-            bars = bars.groupby(SYMBOL, sort=False, group_keys=False).tail(cfg.data.max_bars).reset_index(drop=True)
+            bars = keep_last_bars(bars, cfg.data.max_bars)
         if validation.issues:
             progress.note(f"validation ({cfg.data.policy}): {len(validation.errors())} error(s), "
                           f"{len(validation.warnings())} warning(s); see report.json data.validation")

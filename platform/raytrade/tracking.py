@@ -99,10 +99,6 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
-def log_dict(data: dict[str, Any], artifact_file: str) -> None:
-    mlflow.log_dict(data, artifact_file)
-
-
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_path)
 
@@ -111,10 +107,6 @@ def log_artifact_to_run(tracking_uri: str, run_id: str, path: str | Path) -> Non
     """Attach a file to an already finished run."""
     use_tracking_uri(tracking_uri)
     MlflowClient().log_artifact(run_id, str(path))
-
-
-def set_tags(tags: dict[str, str]) -> None:
-    mlflow.set_tags(tags)
 
 
 class DirectoryModel(mlflow.pyfunc.PythonModel):

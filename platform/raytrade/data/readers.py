@@ -91,6 +91,9 @@ def load_bars(path: str | Path, symbol: str | None = None, max_bars: int | None 
         DataValidationError: see :func:`read_bars` and :func:`~raytrade.data.schema.validate_bars`.
     """
     bars = validate_bars(read_bars(path, symbol))
-    if max_bars is not None:
-        bars = bars.groupby(SYMBOL, sort=False, group_keys=False).tail(max_bars).reset_index(drop=True)
-    return bars
+    return bars if max_bars is None else keep_last_bars(bars, max_bars)
+
+
+def keep_last_bars(bars: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The last ``n`` bars of each symbol (row order kept, index reset)."""
+    return bars.groupby(SYMBOL, sort=False, group_keys=False).tail(n).reset_index(drop=True)

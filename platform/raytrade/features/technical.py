@@ -54,6 +54,16 @@ class _Inputs:
         """1-bar log return ln(c_t / c_{t-1}) (NaN at t=0)."""
         return self.get("r1", lambda: np.log(talib.ROCR(self.c, timeperiod=1)))
 
+    @property
+    def adx14(self) -> np.ndarray:
+        """ADX(14) (TA-Lib, 0..100), shared by the trend and regime features."""
+        return self.get("adx", lambda: talib.ADX(self.h, self.low, self.c, timeperiod=14))
+
+    @property
+    def stoch(self) -> tuple[np.ndarray, np.ndarray]:
+        """Slow %K and %D (5, 3, 3), TA-Lib STOCH (0..100)."""
+        return self.get("stoch", lambda: talib.STOCH(self.h, self.low, self.c))
+
     def sma(self, n: int) -> np.ndarray:
         return self.get(f"sma{n}", lambda: talib.SMA(self.c, timeperiod=n))
 
@@ -132,9 +142,9 @@ def _specs(cfg: FeatureConfig) -> list[FeatureSpec]:
                        lambda x, n=n: talib.RSI(x.c, timeperiod=n) / 100.0))
     specs += [
         S("stoch_k", "momentum", 8, "slow %K(5,3,3) / 100, Lane (TA-Lib STOCH)",
-          lambda x: x.get("stoch", lambda: talib.STOCH(x.h, x.low, x.c))[0] / 100.0),
+          lambda x: x.stoch[0] / 100.0),
         S("stoch_d", "momentum", 8, "slow %D(5,3,3) / 100 (TA-Lib STOCH)",
-          lambda x: x.get("stoch", lambda: talib.STOCH(x.h, x.low, x.c))[1] / 100.0),
+          lambda x: x.stoch[1] / 100.0),
         S("willr_14", "momentum", 13, "Williams %R(14) / 100, in [-1, 0] (TA-Lib WILLR)",
           lambda x: talib.WILLR(x.h, x.low, x.c, timeperiod=14) / 100.0),
         S("cci_20", "momentum", 19, "CCI(20) / 100, Lambert 1980 (TA-Lib CCI)",
@@ -158,8 +168,7 @@ def _specs(cfg: FeatureConfig) -> list[FeatureSpec]:
         return x.get("macd", lambda: talib.MACD(x.c, fastperiod=12, slowperiod=26, signalperiod=9))
 
     specs += [
-        S("adx_14", "trend", 27, "ADX(14) / 100, Wilder (TA-Lib ADX)", lambda x: x.get(
-            "adx", lambda: talib.ADX(x.h, x.low, x.c, timeperiod=14)) / 100.0),
+        S("adx_14", "trend", 27, "ADX(14) / 100, Wilder (TA-Lib ADX)", lambda x: x.adx14 / 100.0),
         S("plus_di_14", "trend", 14, "+DI(14) / 100 (TA-Lib PLUS_DI)",
           lambda x: talib.PLUS_DI(x.h, x.low, x.c, timeperiod=14) / 100.0),
         S("minus_di_14", "trend", 14, "-DI(14) / 100 (TA-Lib MINUS_DI)",
@@ -259,8 +268,7 @@ def _specs(cfg: FeatureConfig) -> list[FeatureSpec]:
         S("trend_regime", "regime", 199, "(SMA(50) - SMA(200)) / close (trend regime)",
           lambda x: (x.sma(50) - x.sma(200)) / x.c),
         S("adx_trending", "regime", 27, "1 if ADX(14) > 25 else 0 (trending market)",
-          lambda x: np.where(np.isnan(x.get("adx", lambda: talib.ADX(x.h, x.low, x.c, timeperiod=14))), np.nan,
-                             (x.get("adx", lambda: talib.ADX(x.h, x.low, x.c, timeperiod=14)) > 25).astype(float))),
+          lambda x: np.where(np.isnan(x.adx14), np.nan, (x.adx14 > 25).astype(float))),
         S("efficiency_24", "regime", 24, "Kaufman efficiency ratio |c_t - c_t-24| / sum_24 |dc|, in [0, 1]",
           lambda x: efficiency(x, 24)),
     ]

@@ -176,10 +176,9 @@ class Ingress:
             timestamp = fc["timestamp"]
         else:
             min_bars = info["forecaster"]["min_bars"]
-            if len(req.bars) < min_bars:
-                return JSONResponse(status_code=422, content={"detail": [{
-                    "loc": ["body", "bars"], "type": "too_short",
-                    "msg": f"need at least {min_bars} bars (feature warm-up + lookback), got {len(req.bars)}"}]})
+            if len(req.bars) < min_bars:  # answered as 422 on `bars` by the handler above
+                raise InsufficientDataError(
+                    f"need at least {min_bars} bars (feature warm-up + lookback), got {len(req.bars)}")
             frame = validate_bars(_bars_frame(req))
             fc = await self.forecaster.forecast.remote(frame)
             timestamp = frame["timestamp"].iloc[-1].to_pydatetime()
