@@ -18,7 +18,7 @@ import torch
 
 from raytrade.config import FeatureConfig, LabelConfig
 from raytrade.data.labels import CLASS_NAMES
-from raytrade.errors import InsufficientDataError
+from raytrade.errors import InsufficientDataError, ModelNotFoundError
 from raytrade.features.scaler import FeatureScaler
 from raytrade.features.technical import compute_features, feature_set_version, warmup_bars
 from raytrade.models.registry import build_model
@@ -37,6 +37,7 @@ class ForecasterBundle:
         scaler: fitted on training rows only.
         features, labels: the feature windows and the label horizon/threshold it was trained with.
         lookback: bars per input window.
+        mc_samples: MC-dropout passes used when a caller asks for uncertainty (0 = none).
     """
 
     model: torch.nn.Module
@@ -46,6 +47,7 @@ class ForecasterBundle:
     features: FeatureConfig
     labels: LabelConfig
     lookback: int
+    mc_samples: int = 0
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -76,49 +78,58 @@ class ForecasterBundle:
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
+        """Write ``model.pt`` (state dict) and ``bundle.json`` (:func:`bundle_metadata`) to ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(self.model.state_dict(), directory / STATE_FILE)
-        meta = {
-            "model_name": self.model_name,
-            "model_kwargs": {**self.model_kwargs, "kernel_sizes": list(self.model_kwargs["kernel_sizes"])},
-            "scaler": self.scaler.to_dict(),
-            "features": self.features.model_dump(mode="json"),
-            "labels": self.labels.model_dump(mode="json"),
-            "lookback": self.lookback,
-        }
+        meta = {**bundle_metadata(self.scaler, self.features, self.labels, self.lookback, self.mc_samples),
+                "model_name": self.model_name, "model_kwargs": _jsonable(self.model_kwargs)}
         (directory / META_FILE).write_text(json.dumps(meta, indent=2))
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> ForecasterBundle:
+        """Load a bundle saved by :meth:`save` or a Ray Train checkpoint of the forecaster.
+
+        Raises:
+            ModelNotFoundError: ``directory`` lacks ``bundle.json`` or ``model.pt``.
+        """
         directory = Path(directory)
+        if not (directory / META_FILE).is_file() or not (directory / STATE_FILE).is_file():
+            raise ModelNotFoundError(f"{directory} is not a forecaster bundle (needs {META_FILE} and {STATE_FILE})")
         meta = json.loads((directory / META_FILE).read_text())
-        kwargs = {**meta["model_kwargs"], "kernel_sizes": tuple(meta["model_kwargs"]["kernel_sizes"])}
+        kwargs = dict(meta["model_kwargs"])
         model = build_model(meta["model_name"], **kwargs)
         model.load_state_dict(torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True))
         return cls(model=model, model_name=meta["model_name"], model_kwargs=kwargs,
                    scaler=FeatureScaler.from_dict(meta["scaler"]),
                    features=FeatureConfig.model_validate(meta["features"]),
-                   labels=LabelConfig.model_validate(meta["labels"]), lookback=int(meta["lookback"]))
+                   labels=LabelConfig.model_validate(meta["labels"]), lookback=int(meta["lookback"]),
+                   mc_samples=int(meta.get("mc_samples", 0)))
 
     # ---- inference ---------------------------------------------------------------------------
-    def forecast_windows(self, x: np.ndarray, batch_size: int = 2048) -> dict[str, np.ndarray]:
+    def forecast_windows(self, x: np.ndarray, batch_size: int = 2048, mc_samples: int = 0,
+                         embedding: bool = False) -> dict[str, np.ndarray]:
         """Forecast scaled windows ``x (n, lookback, n_features)``.
 
-        Returns ``probs`` float32 (n, 3) [sell, hold, buy] and ``expected_return`` float32 (n,)
-        (log return over the label horizon).
+        Returns float32 ``probs`` (n, 3) [sell, hold, buy] and ``expected_return`` (n,) (log return over
+        the label horizon); with ``mc_samples > 0`` (MC dropout) also ``probs_std`` (n, 3),
+        ``return_std`` (n,) (log units), ``predictive_entropy`` and ``mutual_information`` (n,) in nats,
+        and the means over the samples as ``probs``/``expected_return``; with ``embedding`` also the
+        fused embedding ``(n, embed_dim)``.
         """
         device = next(self.model.parameters()).device
-        probs, rets = [], []
+        chunks: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(x), batch_size):
             chunk = torch.as_tensor(x[start : start + batch_size], dtype=torch.float32, device=device)
-            out = self.model.forecast(chunk)
-            probs.append(out["probs"].cpu().numpy())
-            rets.append(out["expected_return"].cpu().numpy())
-        if not probs:
+            out = self.model.forecast(chunk, mc_samples=mc_samples)
+            if not embedding:
+                out.pop("embedding", None)
+            for key, value in out.items():
+                chunks.setdefault(key, []).append(value.float().cpu().numpy())
+        if not chunks:
             return {"probs": np.empty((0, 3), np.float32), "expected_return": np.empty(0, np.float32)}
-        return {"probs": np.concatenate(probs), "expected_return": np.concatenate(rets)}
+        return {key: np.concatenate(parts) for key, parts in chunks.items()}
 
     def window_from_bars(self, bars: pd.DataFrame) -> np.ndarray:
         """The scaled input window ``(1, lookback, n_features)`` ending at the LAST of ONE symbol's bars.
@@ -159,6 +170,19 @@ class ForecasterBundle:
             "confidence": float(probs[k]),
             "horizon_bars": self.labels.horizon,
         }
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples -> lists, recursively, so kwargs survive a JSON round trip unchanged."""
+    return json.loads(json.dumps(value))
+
+
+def bundle_metadata(scaler: FeatureScaler, features: FeatureConfig, labels: LabelConfig, lookback: int,
+                    mc_samples: int = 0) -> dict[str, Any]:
+    """The JSON-ready part of ``bundle.json`` that does not depend on the weights (Ray Train checkpoints
+    add ``model_name``, ``model_kwargs``, ``epoch`` and ``metrics`` to it)."""
+    return {"scaler": scaler.to_dict(), "features": features.model_dump(mode="json"),
+            "labels": labels.model_dump(mode="json"), "lookback": int(lookback), "mc_samples": int(mc_samples)}
 
 
 def load_bundle(directory: str) -> ForecasterBundle:
