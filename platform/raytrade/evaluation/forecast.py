@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import spearmanr
+from sklearn.metrics import f1_score
 
 
 def information_coefficient(predicted: np.ndarray, realised: np.ndarray) -> float:
@@ -36,3 +38,53 @@ def forecast_metrics(probs: np.ndarray, y_class: np.ndarray, expected_return: np
         "ic": information_coefficient(expected_return, y_return),
         "n": float(n),
     }
+
+
+def directional_accuracy(expected_return: np.ndarray, realised: np.ndarray) -> float:
+    """Share of rows where the sign of the predicted return matches the sign of the realised one.
+
+    Rows whose realised return is exactly 0 are excluded (no direction to call); a predicted 0
+    on the remaining rows counts as a miss. NaN when no row is left.
+
+    Args:
+        expected_return, realised: (n,) predicted and realised forward log returns.
+    """
+    p, r = np.asarray(expected_return, float), np.asarray(realised, float)
+    if p.shape != r.shape:
+        raise ValueError(f"expected_return and realised must have the same shape, got {p.shape} and {r.shape}")
+    moved = r != 0
+    if not moved.any():
+        return float("nan")
+    return float((np.sign(p[moved]) == np.sign(r[moved])).mean())
+
+
+def macro_f1(probs_or_pred: np.ndarray, y_class: np.ndarray, sample_weight: np.ndarray | None = None) -> float:
+    """Macro-averaged F1 score (unweighted mean of the per-class F1) of the buy/hold/sell classifier.
+
+    Averaged over the classes present in the labels or the predictions of these rows; a class
+    never predicted (or never true) scores F1 = 0 (``sklearn.metrics.f1_score``, ``zero_division=0``).
+
+    Args:
+        probs_or_pred: (n, 3) class probabilities [sell, hold, buy] (argmax taken) or (n,) ints.
+        y_class: (n,) ints in {0, 1, 2}.
+        sample_weight: optional (n,) non-negative row weights (e.g. bootstrap multiplicities).
+    """
+    pred = np.asarray(probs_or_pred)
+    pred = pred.argmax(1) if pred.ndim == 2 else pred.astype(int)
+    y = np.asarray(y_class, dtype=int)
+    if len(y) == 0:
+        raise ValueError("no labelled rows to score")
+    return float(f1_score(y, pred, average="macro", zero_division=0.0,
+                          sample_weight=sample_weight))
+
+
+def rank_information_coefficient(predicted: np.ndarray, realised: np.ndarray) -> float:
+    """Spearman rank correlation of predicted and realised returns (the rank IC).
+
+    Robust to outliers and monotone transforms of the prediction, unlike the Pearson IC.
+    0.0 when either side is constant or fewer than 3 pairs (as :func:`information_coefficient`).
+    """
+    p, r = np.asarray(predicted, float), np.asarray(realised, float)
+    if len(p) < 3 or np.ptp(p) == 0 or np.ptp(r) == 0:
+        return 0.0
+    return float(spearmanr(p, r).statistic)
