@@ -17,6 +17,7 @@ import time
 BENCHMARKS: dict[str, str] = {
     "features": "benchmarks.features",
     "env": "benchmarks.bench_env",
+    "training": "benchmarks.training",
 }
 
 

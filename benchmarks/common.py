@@ -45,6 +45,9 @@ Files:
   core; six indicators, raytrade vs raw TA-Lib vs the `ta` library, with value checks; Ray Data
   `preprocess` on 1 vs 2 CPUs against a serial in-process loop.
 - `env.{json,md}` (`benchmarks/bench_env.py`): `TradingEnv` stepping vs the vectorised backtest.
+- `training.{json,md}` (`benchmarks/training.py`): forecaster training samples/s per epoch with Ray Train
+  (1 worker; 1 worker streaming from Ray Data; 2 workers x 1 CPU with DDP) vs a plain PyTorch loop with
+  the same model, data and threads; peak memory and Ray Train's fixed start-up.
 
 Timings depend on the machine and on what else runs on it (`machine.load_average_1_5_15m` is
 recorded when the results are written); compare numbers only between runs on the same, otherwise

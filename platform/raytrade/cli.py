@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -148,18 +148,71 @@ def features(
                f"({dropped} warm-up rows without defined features left out)")
 
 
-@app.command()
-def pipeline(
-    config: Annotated[Path, typer.Option(help="pipeline YAML, e.g. jobs/configs/demo.yaml")],
-    data: Annotated[Path | None, typer.Option(help="override data.path")] = None,
-) -> None:
-    """Run every stage end to end and write <run dir>/report.json."""
+ConfigOpt = Annotated[Path, typer.Option(help="pipeline YAML, e.g. jobs/configs/demo.yaml")]
+DataOpt = Annotated[Path | None, typer.Option(help="override data.path")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="override a config field: --set train.epochs=2, --set output_dir=/tmp/runs (YAML value; repeatable)")]
+
+
+def _load(config: Path, overrides: list[str] | None):
+    """Load the config with ``section.field=value`` overrides (values parsed as YAML)."""
+    import yaml
+
     from raytrade.config import load_config
+    from raytrade.errors import ConfigError
+
+    sections: dict[str, Any] = {}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        section, dot, field = key.partition(".")
+        if not sep or not section or (dot and not field):
+            raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE or FIELD=VALUE, e.g. train.epochs=2")
+        if dot:
+            sections.setdefault(section, {})[field] = yaml.safe_load(value)
+        else:
+            sections[section] = yaml.safe_load(value)
+    return load_config(config, sections)
+
+
+@app.command()
+def pipeline(config: ConfigOpt, data: DataOpt = None, set_: SetOpt = None) -> None:
+    """Run every stage end to end and write <run dir>/report.json."""
     from raytrade.pipeline import run_pipeline
 
-    cfg = load_config(config)
-    report = run_pipeline(cfg, data)
+    report = run_pipeline(_load(config, set_), data)
     typer.echo(f"report: {report['run_dir']}/report.json")
+
+
+@app.command()
+def train(config: ConfigOpt, data: DataOpt = None, set_: SetOpt = None) -> None:
+    """Train the forecaster with Ray Train (model.name picks the network), register it in MLflow
+    (alias tracking.alias) and write <run dir>/train.json."""
+    from raytrade.stages.forecaster import run_train
+
+    report = run_train(_load(config, set_), data)
+    typer.echo(f"report: {report['run_dir']}/train.json")
+
+
+@app.command()
+def tune(config: ConfigOpt, data: DataOpt = None, set_: SetOpt = None) -> None:
+    """Ray Tune (Optuna + ASHA) over the forecaster; retrain and register the best configuration, which
+    becomes the champion only if it beats the current one on validation. Writes <run dir>/tune.json."""
+    from raytrade.stages.tuning import run_tune
+
+    report = run_tune(_load(config, set_), data)
+    typer.echo(report["verdict"])
+    typer.echo(f"report: {report['run_dir']}/tune.json")
+
+
+@app.command("walk-forward")
+def walk_forward(config: ConfigOpt, data: DataOpt = None, set_: SetOpt = None) -> None:
+    """Expanding-window walk-forward evaluation of the forecaster and the baselines (walk_forward.models),
+    with bootstrap confidence intervals; prints the table and writes <run dir>/walk_forward.{json,md}."""
+    from raytrade.stages.walkforward import run_walk_forward
+
+    report = run_walk_forward(_load(config, set_), data)
+    typer.echo(report["table_markdown"])
+    typer.echo(f"report: {report['run_dir']}/walk_forward.json")
 
 
 @app.command()

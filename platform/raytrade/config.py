@@ -77,29 +77,92 @@ class SplitConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """CNN+LSTM forecaster architecture (see :class:`raytrade.models.CNNLSTMForecaster`)."""
+    """Forecaster architecture; ``name`` picks a network from :mod:`raytrade.models.registry`.
+
+    ``cnn_lstm`` (the design model) uses every field but ``transformer_*``; the baselines use the
+    subset they need: ``lstm``/``gru`` (``lstm_*``, ``bidirectional``), ``transformer``
+    (``transformer_*``, ``attention_heads``), ``linear`` (logistic regression on the last bar's features).
+    """
 
     name: str = "cnn_lstm"
     lookback: int = Field(64, gt=1, description="bars per input window")
-    conv_channels: int = Field(16, gt=0)
-    kernel_sizes: tuple[int, ...] = (3, 5, 7)
-    lstm_hidden: int = Field(32, gt=0)
-    lstm_layers: int = Field(1, gt=0)
-    dropout: float = Field(0.1, ge=0, lt=1)
+    conv_channels: int = Field(16, gt=0, description="channels of EACH Conv1d branch")
+    kernel_sizes: tuple[int, ...] = Field((3, 5, 7, 11), description="one Conv1d branch per odd kernel size (bars)")
+    lstm_hidden: int = Field(32, gt=0, description="LSTM/GRU hidden size per direction")
+    lstm_layers: int = Field(2, gt=0)
+    bidirectional: bool = True
+    attention_heads: int = Field(4, gt=0, description="heads of the self-attention over the LSTM outputs")
+    embed_dim: int = Field(32, gt=0, description="size of the fused embedding fed to the heads (and to RL)")
+    transformer_dim: int = Field(32, gt=0, description="d_model of the Transformer baseline")
+    transformer_layers: int = Field(2, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1, description="also the MC-dropout rate at inference")
+    mc_samples: int = Field(20, ge=0, description="MC-dropout forward passes for uncertainty; 0 = off")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if not self.kernel_sizes or any(k < 1 or k % 2 == 0 for k in self.kernel_sizes):
+            raise ValueError(f"kernel_sizes must be odd positive bar counts, got {list(self.kernel_sizes)}")
+        return self
 
 
 class TrainConfig(_Section):
-    """Ray Train (TorchTrainer) settings."""
+    """Ray Train (TorchTrainer) settings: multi-task loss, early stopping, scaling and fault tolerance.
 
-    epochs: int = Field(5, gt=0)
+    Loss = ``class_loss_weight`` x cross-entropy(buy/hold/sell, class weights) +
+    ``return_loss_weight`` x MSE(return / return_scale).
+    """
+
+    epochs: int = Field(5, gt=0, description="maximum epochs (early stopping may end sooner)")
     batch_size: int = Field(256, gt=0)
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
+    class_loss_weight: float = Field(1.0, ge=0, description="weight of the classification loss")
     return_loss_weight: float = Field(1.0, ge=0, description="weight of the regression (return) loss")
-    num_workers: int = Field(1, gt=0)
+    class_weights: Literal["balanced", "none"] = Field(
+        "balanced", description="balanced = inverse class frequency on TRAIN rows (sklearn's 'balanced')")
+    early_stopping_patience: int | None = Field(3, ge=1, description="epochs without val_loss improvement; None = off")
+    early_stopping_min_delta: float = Field(0.0, ge=0)
+    num_workers: int = Field(1, gt=0, description="Ray Train workers (DDP when > 1)")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="extra resources per worker, e.g. {GPU: 1} or custom ones")
+    mixed_precision: bool = Field(True, description="autocast + GradScaler on GPU workers (ignored on CPU)")
+    data_loading: Literal["cached", "streaming"] = Field(
+        "cached", description="cached: read each worker's shard once into memory; streaming: Ray Data every epoch")
+    max_failures: int = Field(2, ge=-1, description="worker-group restarts from the last checkpoint; -1 = unlimited")
     seed: int = 0
+
+
+class TuneConfig(_Section):
+    """Ray Tune search (OptunaSearch + ASHA) over the forecaster; ranges are [low, high]."""
+
+    num_samples: int = Field(8, gt=0, description="trials")
+    max_concurrent_trials: int = Field(1, gt=0)
+    max_epochs: int = Field(6, gt=0, description="epochs per trial (ASHA stops bad trials sooner)")
+    grace_period: int = Field(1, gt=0, description="ASHA: epochs before a trial can be stopped")
+    reduction_factor: int = Field(3, gt=1)
+    metric: str = Field("val_nll", description="reported metric to optimise; val_nll (class cross-entropy, "
+                        "comparable across loss weights) by default; accuracy/F1/IC are maximised, others minimised")
+    learning_rate: tuple[float, float] = (1e-4, 3e-3)
+    dropout: tuple[float, float] = (0.0, 0.4)
+    lstm_hidden: tuple[int, ...] = (16, 32, 64)
+    conv_channels: tuple[int, ...] = (8, 16, 32)
+    lookback: tuple[int, ...] = (32, 64)
+    kernel_sets: tuple[tuple[int, ...], ...] = ((3, 5, 7, 11), (3, 5), (5, 11))
+    return_loss_weight: tuple[float, float] = (0.1, 2.0)
+    seed: int = 0
+
+
+class WalkForwardConfig(_Section):
+    """Expanding-window walk-forward evaluation; embargo defaults to horizon + lookback bars."""
+
+    n_folds: int = Field(4, gt=0)
+    test_fraction: float = Field(0.4, gt=0, lt=1, description="share of labelled rows covered by the test folds")
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="tail of each fold's training span used for early stop")
+    models: tuple[str, ...] = ("cnn_lstm", "lstm", "gru", "transformer", "linear")
+    n_bootstrap: int = Field(1000, gt=0, description="stationary-bootstrap resamples per confidence interval")
+    confidence: float = Field(0.95, gt=0, lt=1)
 
 
 class RLConfig(_Section):
@@ -179,6 +242,8 @@ class PipelineConfig(_Section):
     split: SplitConfig = SplitConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    tune: TuneConfig = TuneConfig()
+    walk_forward: WalkForwardConfig = WalkForwardConfig()
     rl: RLConfig = RLConfig()
     backtest: BacktestConfig = BacktestConfig()
     tracking: TrackingConfig = TrackingConfig()

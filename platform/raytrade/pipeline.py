@@ -12,14 +12,9 @@ All strategy metrics are on the TEST split, after transaction costs (see
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,78 +23,23 @@ import numpy as np
 import pandas as pd
 
 from raytrade.config import PipelineConfig
-from raytrade.data.ingest import read_many
-from raytrade.data.preprocess import preprocess
-from raytrade.data.readers import keep_last_bars
+from raytrade.data.prepare import load_market_data, prepare_data
 from raytrade.data.schema import SYMBOL, TIMESTAMP
-from raytrade.data.splits import chronological_split
-from raytrade.data.validation import apply_policy
-from raytrade.data.windows import Windows, make_windows
+from raytrade.data.windows import Windows
 from raytrade.errors import ConfigError
 from raytrade.evaluation import metrics_table, periods_per_year, run_backtests
-from raytrade.evaluation.forecast import forecast_metrics
 from raytrade.evaluation.plots import plot_equity
-from raytrade.features.scaler import FeatureScaler
-from raytrade.models.bundle import ForecasterBundle, forecast_features, signal_positions
-from raytrade.models.registry import build_model
+from raytrade.models.bundle import forecast_features, signal_positions
 from raytrade.rl.ensemble import combine_positions
+from raytrade.runtime import Progress, ray_session
+from raytrade.stages.forecaster import FORECASTER_LOADER, data_summary, train_forecaster
 from raytrade.store.publish import publish_latest_windows
 
 log = logging.getLogger(__name__)
 
-FORECASTER_LOADER = "raytrade.models.bundle:load_bundle"
+__all__ = ["FORECASTER_LOADER", "POLICY_LOADER", "request_payload", "run_pipeline"]
+
 POLICY_LOADER = "raytrade.rl.policy:load_policy"
-
-
-@dataclass
-class Progress:
-    """Prints ``[i/n] stage ... done in s`` lines to stderr and keeps the timings."""
-
-    total: int
-    stream: Any = field(default=sys.stderr)
-    timings: dict[str, float] = field(default_factory=dict)
-    _i: int = 0
-    _t0: float = field(default_factory=time.perf_counter)
-
-    @contextmanager
-    def stage(self, key: str, title: str) -> Iterator[None]:
-        self._i += 1
-        print(f"[{self._i}/{self.total}] {title} ...", file=self.stream, flush=True)
-        start = time.perf_counter()
-        yield
-        self.timings[key] = round(time.perf_counter() - start, 2)
-        print(f"[{self._i}/{self.total}] {title}: done in {self.timings[key]:.1f}s "
-              f"(total {time.perf_counter() - self._t0:.0f}s)", file=self.stream, flush=True)
-
-    def note(self, message: str) -> None:
-        print(f"      {message}", file=self.stream, flush=True)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _ensure_ray(cfg: PipelineConfig) -> bool:
-    """Connect to / start Ray; returns True when this call started it (and so must stop it)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None,
-             include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
-    return True
-
-
-def _quiet_ray_data() -> None:
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
 
 
 def _env_arrays(w: Windows, cols: list[int], probs: np.ndarray, exp_ret: np.ndarray,
@@ -120,7 +60,6 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
     from raytrade import tracking
     from raytrade.rl.env import env_config
     from raytrade.rl.ppo import train_ppo
-    from raytrade.training.trainer import fit_forecaster
 
     data_path = Path(data_path or cfg.data.path)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -131,34 +70,20 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
     lookback, horizon, embargo = cfg.model.lookback, cfg.labels.horizon, cfg.embargo
 
     with progress.stage("load", f"Loading and validating bars from {data_path}"):
-        bars, validation = apply_policy(read_many(data_path, cfg.data.symbol), cfg.data.policy)
-        if cfg.data.max_bars is not None:
-            bars = keep_last_bars(bars, cfg.data.max_bars)
+        market = load_market_data(cfg, data_path)
+        bars, validation, symbol = market.bars, market.validation, market.symbol
         if validation.issues:
             progress.note(f"validation ({cfg.data.policy}): {len(validation.errors())} error(s), "
                           f"{len(validation.warnings())} warning(s); see report.json data.validation")
-        symbols = list(pd.unique(bars[SYMBOL]))
-        if len(symbols) != 1:
-            raise ConfigError(
-                f"data.symbol: the pipeline trades one symbol per run; {data_path} holds {len(symbols)} "
-                f"({', '.join(map(str, symbols[:5]))}{', ...' if len(symbols) > 5 else ''}): set data.symbol"
-            )
-        symbol = str(symbols[0])
         ppy = cfg.backtest.periods_per_year or periods_per_year(bars[TIMESTAMP])
         progress.note(f"{symbol}: {len(bars)} bars {bars[TIMESTAMP].iloc[0]} -> {bars[TIMESTAMP].iloc[-1]}, "
                       f"{ppy:.0f} bars/year")
 
-    started_ray = _ensure_ray(cfg)
-    try:
-        _quiet_ray_data()
+    with ray_session(cfg):
         with progress.stage("features", "Ray Data: causal features + labels per symbol"):
-            pre = preprocess(bars, cfg.features, cfg.labels)
-            labelled = pre.frame[pre.frame["label_return"].notna()].reset_index(drop=True)
-            unlabelled = len(pre.frame) - len(labelled)
-            split = chronological_split(labelled, cfg.split, embargo, min_rows=lookback + cfg.rl.window + 1)
-            scaler = FeatureScaler(pre.feature_columns).fit(split.train)
-            scaled = {name: scaler.transform(part) for name, part in split.parts().items()}
-            windows = {name: make_windows(part, pre.feature_columns, lookback) for name, part in scaled.items()}
+            prepared = prepare_data(cfg, market)
+            pre, split = prepared.features, prepared.split
+            windows = prepared.windows(lookback)
             progress.note(f"{len(pre.feature_columns)} features; rows train/val/test = "
                           f"{len(split.train)}/{len(split.val)}/{len(split.test)}; embargo {embargo} bars; "
                           f"windows {len(windows['train'])}/{len(windows['val'])}/{len(windows['test'])}")
@@ -167,53 +92,21 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
                 report["store"] = publish_latest_windows(pre, bars, cfg.features, cfg.model.lookback, cfg.store)
                 progress.note(f"{len(report['store']['keys'])} window(s), feature set {report['store']['version']}")
         report["data"] = {
-            "path": str(data_path), "sha256": _file_sha256(data_path), "symbol": symbol, "bars": len(bars),
-            "first_timestamp": bars[TIMESTAMP].iloc[0].isoformat(),
-            "last_timestamp": bars[TIMESTAMP].iloc[-1].isoformat(),
-            "periods_per_year": ppy, "feature_columns": pre.feature_columns,
-            "warmup_rows_dropped": pre.warmup_dropped[symbol], "unlabelled_tail_rows_dropped": unlabelled,
-            "embargo_bars": embargo, "lookback": lookback, "horizon": horizon,
-            "split_rows": {n: len(p) for n, p in split.parts().items()},
-            "split_ranges": {n: [p[TIMESTAMP].iloc[0].isoformat(), p[TIMESTAMP].iloc[-1].isoformat()]
-                             for n, p in split.parts().items()},
-            "scaler_fit_rows": scaler.n_fit_rows, "scaler_fit_end": scaler.fit_end,
-            "validation": validation.to_dict(),
+            **data_summary(market, prepared), "periods_per_year": ppy,
+            "warmup_rows_dropped": pre.warmup_dropped[symbol],
+            "unlabelled_tail_rows_dropped": len(pre.frame) - len(prepared.labelled),
+            "lookback": lookback, "horizon": horizon, "validation": validation.to_dict(),
         }
 
         tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
         run_ids: dict[str, str] = {}
-        with progress.stage("train", f"Ray Train: CNN+LSTM forecaster, {cfg.train.epochs} epochs, "
+        with progress.stage("train", f"Ray Train: {cfg.model.name} forecaster, up to {cfg.train.epochs} epochs, "
                                      f"{cfg.train.num_workers} worker(s), use_gpu={cfg.train.use_gpu}"):
-            outcome = fit_forecaster(windows["train"], windows["val"], cfg.model, cfg.train,
-                                     run_dir / "ray_train", name="forecaster")
-            for row in outcome.history.to_dict("records"):
-                progress.note("epoch {epoch:.0f}: train_loss {train_loss:.4f} val_loss {val_loss:.4f} "
-                              "val_accuracy {val_accuracy:.3f} val_ic {val_ic:.3f}".format(**row))
-            model = build_model(cfg.model.name, **outcome.model_kwargs)
-            model.load_state_dict(outcome.state_dict)
-            bundle = ForecasterBundle(model=model, model_name=cfg.model.name, model_kwargs=outcome.model_kwargs,
-                                      scaler=scaler, features=cfg.features, labels=cfg.labels, lookback=lookback)
-            bundle_dir = bundle.save(run_dir / "forecaster")
-            fc = {name: bundle.forecast_windows(w.x) for name, w in windows.items()}
-            test_w = windows["test"]
-            fm = forecast_metrics(fc["test"]["probs"], test_w.y_class, fc["test"]["expected_return"], test_w.y_return)
-            report["forecaster_metrics"] = {"test": fm, "best_val": outcome.best_metrics,
-                                            "epochs": outcome.history.to_dict("records")}
-            progress.note(f"test accuracy {fm['accuracy']:.3f} "
-                          f"(majority class {fm['majority_baseline_accuracy']:.3f}), "
-                          f"test IC {fm['ic']:.3f}")
-            with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-forecaster") as run_id:
-                tracking.log_params({"model": cfg.model.model_dump(mode="json"),
-                                     "train": cfg.train.model_dump(mode="json"),
-                                     "features": cfg.features.model_dump(mode="json"),
-                                     "labels": cfg.labels.model_dump(mode="json"), "embargo": embargo,
-                                     "data_sha256": report["data"]["sha256"], "symbol": symbol})
-                for row in outcome.history.to_dict("records"):
-                    tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-                tracking.log_metrics({f"test_{k}": v for k, v in fm.items()})
-                version = tracking.log_model_dir(bundle_dir, FORECASTER_LOADER, cfg.tracking.forecaster_model,
-                                                 cfg.tracking.alias)
-            run_ids["forecaster"] = run_id
+            forecaster = train_forecaster(cfg, prepared, run_dir, tracking_uri, progress, report["data"])
+            outcome, fc, test_w = forecaster.outcome, forecaster.forecasts, windows["test"]
+            version = forecaster.version
+            report["forecaster_metrics"] = forecaster.report()
+            run_ids["forecaster"] = forecaster.run_id
             report["model_versions"] = {"forecaster": version}
 
         with progress.stage("rl", f"RLlib PPO: {cfg.rl.iterations} iterations x {cfg.rl.train_batch_size} env steps"):
@@ -290,11 +183,6 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
             progress.note(f"report: {path}")
             progress.note(f"MLflow: {tracking_uri} (mlflow ui --backend-store-uri {tracking_uri})")
         return report
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
 
 
 def request_payload(bars: pd.DataFrame, end: pd.Timestamp, n_bars: int, position: float = 0.0) -> dict[str, Any]:

@@ -67,15 +67,19 @@ def use_tracking_uri(tracking_uri: str) -> None:
     mlflow.set_registry_uri(tracking_uri)
 
 
+def _ensure_experiment(tracking_uri: str, experiment: str) -> str:
+    """Id of ``experiment``, created (artifacts next to a SQLite store) when missing."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    return exp.experiment_id if exp else client.create_experiment(
+        experiment, artifact_location=_artifact_root(tracking_uri))
+
+
 @contextmanager
 def start_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
     """Open an MLflow run (creating the experiment if needed); yields the run id."""
     use_tracking_uri(tracking_uri)
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(
-        experiment, artifact_location=_artifact_root(tracking_uri)
-    )
+    exp_id = _ensure_experiment(tracking_uri, experiment)
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags) as run:
         yield run.info.run_id
 
@@ -124,8 +128,9 @@ class DirectoryModel(mlflow.pyfunc.PythonModel):
         return self.obj.predict(model_input)
 
 
-def log_model_dir(local_dir: str | Path, loader: str, registered_name: str, alias: str) -> str:
-    """Log ``local_dir`` in the active run as a pyfunc model, register it and point ``alias`` at it.
+def log_model_dir(local_dir: str | Path, loader: str, registered_name: str, alias: str | None) -> str:
+    """Log ``local_dir`` in the active run as a pyfunc model, register it and point ``alias`` at it
+    (``alias=None``: register only; see :func:`set_alias`).
 
     Returns:
         The new registered model version (as a string).
@@ -138,8 +143,41 @@ def log_model_dir(local_dir: str | Path, loader: str, registered_name: str, alia
             pip_requirements=[],  # the serving image is this project; skip slow requirement inference
         )
         version = mlflow.register_model(info.model_uri, registered_name)
-    MlflowClient().set_registered_model_alias(registered_name, alias, version.version)
+    if alias:
+        MlflowClient().set_registered_model_alias(registered_name, alias, version.version)
     return str(version.version)
+
+
+def set_alias(tracking_uri: str, registered_name: str, alias: str, version: str) -> None:
+    """Point ``registered_name@alias`` at ``version``."""
+    use_tracking_uri(tracking_uri)
+    MlflowClient().set_registered_model_alias(registered_name, alias, str(version))
+
+
+def aliased_version(tracking_uri: str, registered_name: str, alias: str) -> str | None:
+    """The version ``registered_name@alias`` points at, or None when the model or alias does not exist."""
+    use_tracking_uri(tracking_uri)
+    try:
+        return str(MlflowClient().get_model_version_by_alias(registered_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    """Save ``text`` as an artifact file of the active run (e.g. a markdown table)."""
+    with _quiet_mlflow():
+        mlflow.log_text(text, artifact_file)
+
+
+def tune_logger_callback(tracking_uri: str, experiment: str, tags: dict[str, str] | None = None) -> Any:
+    """Ray Tune's MLflow integration (``MLflowLoggerCallback``): one MLflow run per trial with its
+    config as params and every reported result as metrics."""
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    use_tracking_uri(tracking_uri)
+    _ensure_experiment(tracking_uri, experiment)
+    return MLflowLoggerCallback(tracking_uri=tracking_uri, registry_uri=tracking_uri, experiment_name=experiment,
+                                tags=tags, save_artifact=False)
 
 
 def load_model_dir(registered_name: str, alias: str, tracking_uri: str) -> tuple[Any, str, str]:

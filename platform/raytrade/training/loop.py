@@ -1,103 +1,265 @@
 """The Ray Train loop run on every worker (``TorchTrainer(train_loop_per_worker, ...)``).
 
-Reads its shard of the ``train`` and ``val`` Ray Datasets (columns ``x`` (lookback, n_features)
-float32, ``y_class`` int64, ``y_return`` float32), trains the forecaster with cross-entropy on the
-buy/hold/sell class plus ``return_loss_weight`` x MSE on the return divided by ``return_scale``, and
-reports metrics with a checkpoint (``model.pt`` state dict) every epoch. Works unchanged on CPU
-and GPU workers (``ray.train.torch.prepare_model`` places the model and wraps it in DDP).
+Each worker reads its shard of the ``train`` and ``val`` Ray Datasets (``ray.train.get_dataset_shard``;
+columns ``x`` float32 ``(lookback, n_features)``, ``y_class`` int64, ``y_return`` float32) and trains
+the forecaster on the multi-task loss
+
+    class_loss_weight x cross-entropy(logits, y_class; class weights)
+    + return_loss_weight x MSE(return_z, y_return / return_scale)
+
+with DDP across workers (``ray.train.torch.prepare_model``), mixed precision on GPU workers
+(``torch.autocast`` + ``GradScaler`` for float16), early stopping on the validation loss (all
+workers decide together from all-reduced sums) and one checkpoint per epoch. A checkpoint is a
+complete :class:`~raytrade.models.bundle.ForecasterBundle` directory (weights + scaler + feature/label
+config) plus ``train_state.pt`` (optimizer, grad scaler, epoch, early-stopping state, RNG state), so
+after a worker failure (``FailureConfig(max_failures=...)``) training resumes from the last epoch,
+not from epoch 0, and any epoch's checkpoint serves forecasts directly.
+
+Data loading: ``data_loading="cached"`` (default) reads the shard from Ray Data once into worker
+memory and reshuffles it every epoch with a seeded generator (fast for windows that fit in memory);
+``"streaming"`` iterates the shard every epoch with Ray Data's local shuffle buffer.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import random
+import resource
 import tempfile
+import time
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
 from torch import nn
 
 from raytrade.models import build_model
+from raytrade.models.bundle import META_FILE, STATE_FILE
 
-MODEL_FILE = "model.pt"
-
-
-def _batches(shard: Any, batch_size: int, shuffle: bool, device: torch.device):
-    return shard.iter_torch_batches(
-        batch_size=batch_size,
-        dtypes={"x": torch.float32, "y_class": torch.int64, "y_return": torch.float32},
-        device=device,
-        local_shuffle_buffer_size=batch_size * 8 if shuffle else None,
-    )
+TRAIN_STATE_FILE = "train_state.pt"
+_DTYPES = {"x": torch.float32, "y_class": torch.int64, "y_return": torch.float32}
 
 
-def _evaluate(model: nn.Module, shard: Any, batch_size: int, device: torch.device, w: float, scale: float) -> dict:
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _load_shard(shard: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """The whole shard as tensors on ``device`` (rows in Ray Data's order)."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in _DTYPES}
+    for batch in shard.iter_batches(batch_size=8192, batch_format="numpy"):
+        for k in _DTYPES:
+            parts[k].append(np.asarray(batch[k]))
+    return {k: torch.as_tensor(np.concatenate(v) if v else np.empty(0), dtype=_DTYPES[k]).to(device)
+            for k, v in parts.items()}
+
+
+class _ShardBatches:
+    """Mini-batches of one dataset shard, cached in memory or streamed from Ray Data."""
+
+    def __init__(self, shard: Any, device: torch.device, cached: bool) -> None:
+        self.shard, self.device = shard, device
+        self.tensors = _load_shard(shard, device) if cached else None
+
+    def __call__(self, batch_size: int, shuffle_seed: int | None) -> Iterator[dict[str, torch.Tensor]]:
+        if self.tensors is not None:
+            n = len(self.tensors["y_class"])
+            if shuffle_seed is None:
+                order = torch.arange(n)
+            else:
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
+            order = order.to(self.device)
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                yield {k: v[idx] for k, v in self.tensors.items()}
+            return
+        yield from self.shard.iter_torch_batches(
+            batch_size=batch_size, dtypes=_DTYPES, device=self.device,
+            local_shuffle_buffer_size=batch_size * 8 if shuffle_seed is not None else None,
+            local_shuffle_seed=shuffle_seed,
+        )
+
+
+def multitask_loss(logits: torch.Tensor, return_z: torch.Tensor, y_class: torch.Tensor, y_z: torch.Tensor,
+                   class_weights: torch.Tensor | None, class_loss_weight: float,
+                   return_loss_weight: float) -> torch.Tensor:
+    """Weighted multi-task loss (scalar): ``wc * CE(logits, y_class; class_weights) + wr * MSE(return_z, y_z)``.
+
+    ``logits`` (batch, 3), ``return_z``/``y_z`` (batch,) in units of ``return_scale``; computed in float32.
+    """
+    ce = nn.functional.cross_entropy(logits.float(), y_class, weight=class_weights)
+    mse = nn.functional.mse_loss(return_z.float(), y_z.float())
+    return class_loss_weight * ce + return_loss_weight * mse
+
+
+def _all_reduce(values: torch.Tensor) -> torch.Tensor:
+    """Sum a float64 tensor over the Train workers (no-op with one worker)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        backend_device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+        out = values.to(backend_device)
+        torch.distributed.all_reduce(out)
+        return out.cpu()
+    return values
+
+
+def _macro_f1(confusion: np.ndarray) -> float:
+    """Macro-F1 from a (true, predicted) 3x3 confusion matrix; classes absent from both count 0."""
+    f1s = []
+    for k in range(confusion.shape[0]):
+        tp = confusion[k, k]
+        fp, fn = confusion[:, k].sum() - tp, confusion[k, :].sum() - tp
+        if tp + fp + fn > 0:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s)) if f1s else 0.0
+
+
+def _evaluate(model: nn.Module, batches: _ShardBatches, cfg: dict[str, Any], device: torch.device,
+              class_weights: torch.Tensor | None, scale: float, autocast: dict[str, Any]) -> dict[str, float]:
+    """Validation metrics over ALL workers' shards (sums are all-reduced before the ratios)."""
     model.eval()
-    totals = {"loss": 0.0, "correct": 0.0, "n": 0.0, "se": 0.0}
-    preds, targets = [], []
+    # loss*n, nll*n, se, n, sum p, sum t, sum p^2, sum t^2, sum p*t, then the 9 confusion counts
+    acc = torch.zeros(18, dtype=torch.float64)
     with torch.no_grad():
-        for batch in _batches(shard, batch_size, False, device):
-            logits, ret_z = model(batch["x"])
-            y_z = batch["y_return"] / scale
-            n = len(batch["x"])
-            loss = nn.functional.cross_entropy(logits, batch["y_class"]) + w * nn.functional.mse_loss(ret_z, y_z)
-            totals["loss"] += float(loss) * n
-            totals["correct"] += float((logits.argmax(-1) == batch["y_class"]).sum())
-            totals["se"] += float(((ret_z - y_z) ** 2).sum())
-            totals["n"] += n
-            preds.append(ret_z.cpu())
-            targets.append(y_z.cpu())
-    n = max(totals["n"], 1.0)
-    ic = 0.0
-    if preds:
-        p, t = torch.cat(preds), torch.cat(targets)
-        if len(p) > 2 and p.std() > 0 and t.std() > 0:
-            ic = float(torch.corrcoef(torch.stack([p, t]))[0, 1])
-    return {"val_loss": totals["loss"] / n, "val_accuracy": totals["correct"] / n,
-            "val_return_mse": totals["se"] / n, "val_ic": ic}
+        for batch in batches(cfg["batch_size"], None):
+            with torch.autocast(**autocast):
+                logits, ret_z = model(batch["x"])
+            logits, ret_z = logits.float(), ret_z.float()
+            y, y_z = batch["y_class"], batch["y_return"] / scale
+            n = len(y)
+            loss = multitask_loss(logits, ret_z, y, y_z, class_weights, cfg["class_loss_weight"],
+                                  cfg["return_loss_weight"])
+            nll = nn.functional.cross_entropy(logits, y)
+            p, t = ret_z.double().cpu(), y_z.double().cpu()
+            conf = torch.bincount((y * 3 + logits.argmax(-1)).cpu(), minlength=9).double()
+            acc += torch.cat([torch.tensor([float(loss) * n, float(nll) * n, float(((p - t) ** 2).sum()), n,
+                                            float(p.sum()), float(t.sum()), float((p * p).sum()),
+                                            float((t * t).sum()), float((p * t).sum())], dtype=torch.float64),
+                              conf])
+    acc = _all_reduce(acc)
+    loss_sum, nll_sum, se, n, sp, st, spp, stt, spt = acc[:9].tolist()
+    confusion = acc[9:].numpy().reshape(3, 3)
+    n = max(n, 1.0)
+    cov = spt / n - (sp / n) * (st / n)
+    var_p, var_t = spp / n - (sp / n) ** 2, stt / n - (st / n) ** 2
+    ic = cov / math.sqrt(var_p * var_t) if var_p > 1e-18 and var_t > 1e-18 else 0.0
+    return {"val_loss": loss_sum / n, "val_nll": nll_sum / n, "val_accuracy": float(np.trace(confusion) / n),
+            "val_macro_f1": _macro_f1(confusion), "val_return_mse": se / n, "val_ic": float(ic)}
+
+
+def _autocast_args(device: torch.device, enabled: bool) -> dict[str, Any]:
+    if device.type == "cuda" and enabled:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return {"device_type": "cuda", "dtype": dtype, "enabled": True}
+    return {"device_type": device.type, "enabled": False}
+
+
+def _save_checkpoint(directory: str, raw_model: nn.Module, cfg: dict[str, Any], state: dict[str, Any],
+                     metrics: dict[str, float]) -> None:
+    torch.save(raw_model.state_dict(), os.path.join(directory, STATE_FILE))
+    meta = {**cfg["bundle_meta"], "model_name": cfg["model_name"], "model_kwargs": cfg["model_kwargs"],
+            "epoch": state["epoch"], "metrics": metrics}
+    with open(os.path.join(directory, META_FILE), "w") as f:
+        json.dump(meta, f, indent=2)
+    torch.save(state, os.path.join(directory, TRAIN_STATE_FILE))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker entry point.
 
     ``config`` keys: ``model_name``, ``model_kwargs`` (constructor kwargs incl. ``n_features`` and
-    ``return_scale``), ``epochs``, ``batch_size``, ``learning_rate``, ``weight_decay``,
-    ``return_loss_weight``, ``seed``, ``torch_threads`` (CPU threads per worker, optional).
+    ``return_scale``), ``bundle_meta`` (scaler/features/labels/lookback, see
+    :func:`raytrade.models.bundle.bundle_metadata`), ``epochs``, ``batch_size``, ``learning_rate``,
+    ``weight_decay``, ``class_loss_weight``, ``return_loss_weight``, ``class_weights`` (3 floats or
+    None), ``patience`` (None = no early stopping), ``min_delta``, ``seed``, ``torch_threads``,
+    ``mixed_precision``, ``data_loading`` ("cached" | "streaming").
+
+    Reports per epoch: ``epoch``, ``train_loss``, ``val_loss`` (the training objective on val),
+    ``val_nll`` (unweighted cross-entropy, nats), ``val_accuracy``, ``val_macro_f1``,
+    ``val_return_mse``, ``val_ic``, ``best_val_loss``, ``best_epoch``, ``resumed_from_epoch``
+    (0 = fresh start), ``stopped_early`` (0/1), ``epoch_time_s``, ``train_samples_per_s``, ``world_size``,
+    ``peak_rss_mb`` (this worker's peak resident memory, MiB).
     """
-    torch.manual_seed(config["seed"] + ray.train.get_context().get_world_rank())
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    seed_everything(int(config["seed"]) + rank)
     if config.get("torch_threads"):
         torch.set_num_threads(int(config["torch_threads"]))
-    model = build_model(config["model_name"], **config["model_kwargs"])
-    model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
+    model = build_model(config["model_name"], **config["model_kwargs"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
+    autocast = _autocast_args(device, bool(config.get("mixed_precision", True)))
+    grad_scaler = torch.amp.GradScaler("cuda", enabled=autocast["enabled"] and autocast["dtype"] == torch.float16)
+
+    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0}
+    resumed_from = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            model.load_state_dict(torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True))
+            saved = torch.load(os.path.join(d, TRAIN_STATE_FILE), map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(saved.pop("optimizer"))
+        grad_scaler.load_state_dict(saved.pop("grad_scaler"))
+        torch.set_rng_state(saved.pop("torch_rng"))
+        state.update(saved)
+        resumed_from = state["epoch"]
+
+    model = ray.train.torch.prepare_model(model)
     raw_model = model.module if hasattr(model, "module") else model
     scale = float(config["model_kwargs"].get("return_scale", 1.0))
-    w = float(config["return_loss_weight"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-    rank = ray.train.get_context().get_world_rank()
+    weights = config.get("class_weights")
+    class_weights = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
+    cached = config.get("data_loading", "cached") == "cached"
+    train_batches = _ShardBatches(ray.train.get_dataset_shard("train"), device, cached)
+    val_batches = _ShardBatches(ray.train.get_dataset_shard("val"), device, cached)
+    patience = config.get("patience")
 
-    for epoch in range(config["epochs"]):
+    for epoch in range(state["epoch"], int(config["epochs"])):
         model.train()
+        started = time.perf_counter()
         running, seen = 0.0, 0
-        for batch in _batches(train_shard, config["batch_size"], True, device):
-            logits, ret_z = model(batch["x"])
-            loss = nn.functional.cross_entropy(logits, batch["y_class"]) + w * nn.functional.mse_loss(
-                ret_z, batch["y_return"] / scale
-            )
+        shuffle_seed = int(config["seed"]) * 100_003 + epoch * 1009 + rank  # new order every epoch, reproducible
+        for batch in train_batches(config["batch_size"], shuffle_seed=shuffle_seed):
+            with torch.autocast(**autocast):
+                logits, ret_z = model(batch["x"])
+            loss = multitask_loss(logits, ret_z, batch["y_class"], batch["y_return"] / scale, class_weights,
+                                  config["class_loss_weight"], config["return_loss_weight"])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            grad_scaler.scale(loss).backward()
+            grad_scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            running += float(loss) * len(batch["x"])
-            seen += len(batch["x"])
-        metrics = {"epoch": epoch + 1, "train_loss": running / max(seen, 1),
-                   **_evaluate(model, val_shard, config["batch_size"], device, w, scale)}
+            grad_scaler.step(optimizer)
+            grad_scaler.update()
+            running += float(loss) * len(batch["y_class"])
+            seen += len(batch["y_class"])
+        train_time = time.perf_counter() - started
+        metrics = _evaluate(model, val_batches, config, device, class_weights, scale, autocast)
+        if metrics["val_loss"] < state["best_val_loss"] - float(config.get("min_delta", 0.0)):
+            state.update(best_val_loss=metrics["val_loss"], best_epoch=epoch + 1, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        stop = patience is not None and state["bad_epochs"] >= int(patience)
+        metrics.update({
+            "epoch": epoch + 1, "train_loss": running / max(seen, 1), "best_val_loss": state["best_val_loss"],
+            "best_epoch": state["best_epoch"], "resumed_from_epoch": resumed_from, "stopped_early": int(stop),
+            "epoch_time_s": time.perf_counter() - started, "train_samples_per_s": seen * world_size / train_time,
+            "world_size": world_size, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        })
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
+            ckpt = None
             if rank == 0:
-                torch.save(raw_model.state_dict(), os.path.join(tmp, MODEL_FILE))
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
+                _save_checkpoint(tmp, raw_model, config, {
+                    **state, "optimizer": optimizer.state_dict(), "grad_scaler": grad_scaler.state_dict(),
+                    "torch_rng": torch.get_rng_state()}, metrics)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
+        if stop:
+            break

@@ -1,0 +1,111 @@
+"""From a config to model-ready data: load + validate one symbol's bars, Ray Data features and labels,
+chronological split with embargo, train-only scaler, windows.
+
+Used by every stage that trains or evaluates the forecaster (pipeline, ``raytrade train``/``tune``/
+``walk-forward``), so they all see the same rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from raytrade.config import PipelineConfig
+from raytrade.data.ingest import read_many
+from raytrade.data.preprocess import PreprocessResult, preprocess
+from raytrade.data.readers import keep_last_bars
+from raytrade.data.schema import SYMBOL
+from raytrade.data.splits import Split, chronological_split
+from raytrade.data.validation import ValidationReport, apply_policy
+from raytrade.data.windows import Windows, make_windows
+from raytrade.errors import ConfigError
+from raytrade.features.scaler import FeatureScaler
+
+
+@dataclass
+class MarketData:
+    """Validated bars of ONE symbol.
+
+    Attributes:
+        bars: OHLCV bars (after the validation policy and ``data.max_bars``), oldest first.
+        validation: the validation report of the raw file.
+        symbol: the symbol traded.
+    """
+
+    path: Path
+    bars: pd.DataFrame
+    validation: ValidationReport
+    symbol: str
+
+
+def load_market_data(cfg: PipelineConfig, data_path: str | Path | None = None) -> MarketData:
+    """Read, validate (``data.policy``) and trim (``data.max_bars``) the bars of one symbol.
+
+    Raises:
+        DataValidationError: a rule is broken under policy ``fail``.
+        ConfigError: the file holds several symbols and ``data.symbol`` is not set.
+    """
+    path = Path(data_path or cfg.data.path)
+    bars, validation = apply_policy(read_many(path, cfg.data.symbol), cfg.data.policy)
+    if cfg.data.max_bars is not None:
+        bars = keep_last_bars(bars, cfg.data.max_bars)
+    symbols = list(pd.unique(bars[SYMBOL]))
+    if len(symbols) != 1:
+        raise ConfigError(
+            f"data.symbol: one symbol per run; {path} holds {len(symbols)} "
+            f"({', '.join(map(str, symbols[:5]))}{', ...' if len(symbols) > 5 else ''}): set data.symbol"
+        )
+    return MarketData(path=path, bars=bars, validation=validation, symbol=str(symbols[0]))
+
+
+@dataclass
+class PreparedData:
+    """Features and labels of one symbol, split chronologically, scaled with train-only statistics.
+
+    Attributes:
+        features: the Ray Data preprocessing result (unscaled features + ``label_*`` columns).
+        labelled: rows with a label (the unlabelled last ``horizon`` bars removed), oldest first.
+        split: train | embargo | val | embargo | test of ``labelled``.
+        scaler: fitted on ``split.train`` only.
+        scaled: the three parts with scaled feature columns.
+    """
+
+    features: PreprocessResult
+    labelled: pd.DataFrame
+    split: Split
+    scaler: FeatureScaler
+    scaled: dict[str, pd.DataFrame]
+    _windows: dict[int, dict[str, Windows]] = field(default_factory=dict, repr=False)
+
+    @property
+    def feature_columns(self) -> list[str]:
+        return self.features.feature_columns
+
+    def windows(self, lookback: int) -> dict[str, Windows]:
+        """``{"train", "val", "test"}`` windows ``(n, lookback, n_features)`` (cached per lookback)."""
+        if lookback not in self._windows:
+            self._windows[lookback] = {name: make_windows(part, self.feature_columns, lookback)
+                                       for name, part in self.scaled.items()}
+        return self._windows[lookback]
+
+
+def prepare_data(cfg: PipelineConfig, market: MarketData, embargo: int | None = None,
+                 min_rows: int | None = None) -> PreparedData:
+    """Ray Data features + labels, chronological split (``embargo`` bars, default ``cfg.embargo``) and scaler.
+
+    Needs a running Ray instance (see :func:`raytrade.runtime.ensure_ray`).
+
+    Raises:
+        InsufficientDataError: too few rows for the split, embargo and ``min_rows`` per part
+            (default ``lookback + rl.window + 1``).
+    """
+    pre = preprocess(market.bars, cfg.features, cfg.labels)
+    labelled = pre.frame[pre.frame["label_return"].notna()].reset_index(drop=True)
+    embargo = cfg.embargo if embargo is None else embargo
+    split = chronological_split(labelled, cfg.split, embargo,
+                                min_rows=min_rows or cfg.model.lookback + cfg.rl.window + 1)
+    scaler = FeatureScaler(pre.feature_columns).fit(split.train)
+    scaled = {name: scaler.transform(part) for name, part in split.parts().items()}
+    return PreparedData(features=pre, labelled=labelled, split=split, scaler=scaler, scaled=scaled)

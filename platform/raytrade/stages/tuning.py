@@ -1,0 +1,119 @@
+"""Stage ``raytrade tune``: Ray Tune (Optuna + ASHA) over the forecaster, retrain the best configuration,
+register it, and move the ``champion`` alias to it only if it beats the current champion on validation.
+
+The comparison is fair across architectures, lookbacks and scalers: both models are scored by
+cross-entropy (nats) of their class probabilities on the SAME validation bars (those where both
+have a full window), each through its own scaler and lookback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from raytrade.config import PipelineConfig
+from raytrade.data.prepare import load_market_data, prepare_data
+from raytrade.data.windows import make_windows
+from raytrade.errors import ModelNotFoundError
+from raytrade.models.bundle import ForecasterBundle
+from raytrade.runtime import Progress, ray_session
+from raytrade.stages.forecaster import data_summary, new_run_dir, train_forecaster
+
+
+def validation_nll(bundles: dict[str, ForecasterBundle], val: pd.DataFrame) -> dict[str, float]:
+    """Cross-entropy (nats) of each bundle's class probabilities on the labelled validation bars that
+    every bundle has a full window for. ``val`` holds UNSCALED feature rows with ``label_class``.
+
+    A bundle whose feature columns are missing from ``val`` scores ``inf`` (it cannot be evaluated).
+    """
+    preds: dict[str, pd.DataFrame] = {}
+    for name, bundle in bundles.items():
+        if any(c not in val.columns for c in bundle.scaler.columns):
+            continue
+        w = make_windows(bundle.scaler.transform(val), bundle.scaler.columns, bundle.lookback)
+        probs = bundle.forecast_windows(w.x)["probs"]
+        preds[name] = pd.DataFrame({"timestamp": w.timestamp, "y": w.y_class, "p": list(probs)})
+    if not preds:
+        return {name: float("inf") for name in bundles}
+    common = set.intersection(*(set(df["timestamp"]) for df in preds.values()))
+    out = {name: float("inf") for name in bundles}
+    for name, df in preds.items():
+        df = df[df["timestamp"].isin(common) & (df["y"] >= 0)]
+        probs = np.stack(df["p"].to_numpy()) if len(df) else np.empty((0, 3))
+        p_true = probs[np.arange(len(df)), df["y"].to_numpy(dtype=int)] if len(df) else np.empty(0)
+        out[name] = float(-np.log(np.clip(p_true, 1e-12, 1.0)).mean()) if len(df) else float("inf")
+    return out
+
+
+def run_tune(cfg: PipelineConfig, data_path: str | Path | None = None) -> dict[str, Any]:
+    """``raytrade tune``: search, retrain best, register, champion decision; writes ``<run dir>/tune.json``
+    and ``trials.csv``.
+
+    Raises:
+        DataValidationError, ConfigError, InsufficientDataError: as :func:`raytrade.pipeline.run_pipeline`.
+    """
+    from raytrade import tracking
+    from raytrade.training.search import apply_trial, run_search
+
+    progress = Progress(total=4)
+    run_dir = new_run_dir(cfg, "tune")
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
+    with progress.stage("load", "Loading and validating bars"):
+        market = load_market_data(cfg, data_path)
+    with ray_session(cfg):
+        with progress.stage("features", "Ray Data: causal features + labels; split; scaler"):
+            # the embargo must cover the LONGEST lookback searched
+            embargo = max(cfg.embargo, cfg.labels.horizon + max(cfg.tune.lookback))
+            prepared = prepare_data(cfg, market, embargo=embargo,
+                                    min_rows=max(cfg.tune.lookback) + cfg.rl.window + 1)
+            data_info = data_summary(market, prepared)
+        with progress.stage("search", f"Ray Tune: {cfg.tune.num_samples} trials (Optuna TPE + ASHA), "
+                                      f"up to {cfg.tune.max_epochs} epochs each, metric {cfg.tune.metric}"):
+            callback = tracking.tune_logger_callback(tracking_uri, cfg.tracking.experiment,
+                                                     tags={"raytrade.stage": "tune", "raytrade.run": run_dir.name})
+            grid = run_search(cfg, prepared.scaled, prepared.feature_columns, prepared.scaler, run_dir / "ray_tune",
+                              callbacks=[callback])
+            trials = grid.get_dataframe()
+            trials.to_csv(run_dir / "trials.csv", index=False)
+            errors = [str(r.error) for r in grid if r.error]
+            best = grid.get_best_result()
+            best_params = {k: best.config[k] for k in sorted(best.config)}
+            progress.note(f"{len(trials)} trials ({len(errors)} failed); best {cfg.tune.metric} "
+                          f"{best.metrics[cfg.tune.metric]:.4f} with {best_params}")
+        best_cfg = apply_trial(cfg, best_params)
+        with progress.stage("retrain", "Retrain the best configuration, register, compare with the champion"):
+            run = train_forecaster(best_cfg, prepared, run_dir, tracking_uri, progress, data_info, alias="")
+            name, alias = cfg.tracking.forecaster_model, cfg.tracking.alias
+            contender = {"candidate": run.bundle}
+            try:
+                champion, champion_version, _ = tracking.load_model_dir(name, alias, tracking_uri)
+                if champion_version == run.version:
+                    raise ModelNotFoundError("champion is the candidate itself")
+                contender["champion"] = champion
+            except ModelNotFoundError:
+                champion_version = None
+            scores = validation_nll(contender, prepared.split.val)
+            promoted = champion_version is None or scores["candidate"] < scores["champion"]
+            if promoted:
+                tracking.set_alias(tracking_uri, name, alias, run.version)
+            verdict = (f"version {run.version} val_nll {scores['candidate']:.4f} vs champion "
+                       + (f"v{champion_version} {scores['champion']:.4f}" if champion_version else "(none)")
+                       + (f": promoted to {name}@{alias}" if promoted else f": {name}@{alias} unchanged"))
+            progress.note(verdict)
+    report = {
+        "run_dir": str(run_dir), "data": data_info, "best_config": best_params,
+        "best_trial_metrics": {k: best.metrics.get(k) for k in ("epoch", "val_loss", "val_nll", "val_accuracy",
+                                                                 "val_macro_f1", "val_ic")},
+        "n_trials": len(trials), "failed_trials": errors,
+        "candidate": {"version": run.version, "run_id": run.run_id, "val_nll": scores["candidate"],
+                      "test_metrics": run.test_metrics},
+        "champion_before": {"version": champion_version, "val_nll": scores.get("champion")},
+        "promoted": promoted, "verdict": verdict, "tracking_uri": tracking_uri, "timings_s": progress.timings,
+    }
+    (run_dir / "tune.json").write_text(json.dumps(report, indent=2, default=str))
+    progress.note(f"report: {run_dir / 'tune.json'}; trials: {run_dir / 'trials.csv'}")
+    return report
