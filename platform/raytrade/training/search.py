@@ -19,8 +19,11 @@ import pandas as pd
 
 from raytrade.config import PipelineConfig
 from raytrade.data.windows import make_windows
+from raytrade.errors import ConfigError
 from raytrade.features.scaler import FeatureScaler
 
+#: CPUs held by each trial's driver function, which only waits on its Ray Train workers
+TRIAL_DRIVER_CPUS = 0.01
 #: metrics where larger is better (everything else is minimised)
 _MAXIMISED = ("val_accuracy", "val_macro_f1", "val_ic")
 
@@ -77,6 +80,39 @@ def _trial(trial: dict[str, Any], cfg_json: dict[str, Any], scaled: dict[str, pd
                    scaler=FeatureScaler.from_dict(scaler_state), features=cfg.features, labels=cfg.labels,
                    storage_dir=Path(storage_dir) / "trials", name=tune.get_context().get_trial_id(),
                    epochs=cfg.tune.max_epochs, callbacks=[TuneReportCallback()])
+    _wait_for_cpus(cfg.train.num_workers * cfg.train.cpus_per_worker)
+
+
+def _wait_for_cpus(cpus: float, timeout_s: float = 120.0) -> None:
+    """Return once ``cpus`` CPUs are free again (or after ``timeout_s``).
+
+    Ray Train releases its workers' placement group while shutting down after ``fit`` returns; if the
+    trial ended first, Tune would kill the trial (and with it the Train controller) before the release
+    and the next trial could wait forever for those CPUs.
+    """
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and ray.available_resources().get("CPU", 0.0) + 1e-9 < cpus:
+        time.sleep(0.25)
+
+
+def fit_trials_to_cluster(cfg: PipelineConfig, cluster_cpus: float) -> tuple[PipelineConfig, str | None]:
+    """``cfg`` with ``train.cpus_per_worker`` lowered (if needed) so that one trial (driver + workers) fits
+    in ``cluster_cpus``; returns the config and a note saying what changed (None when nothing did)."""
+    free = cluster_cpus - TRIAL_DRIVER_CPUS
+    need = cfg.train.num_workers * cfg.train.cpus_per_worker
+    if need <= free:
+        return cfg, None
+    per_worker = int(free // cfg.train.num_workers)
+    if per_worker < 1:
+        raise ConfigError(f"train.num_workers: {cfg.train.num_workers} workers x 1 CPU do not fit in the cluster's "
+                          f"{cluster_cpus:g} CPUs next to the trial driver; lower train.num_workers for tuning")
+    note = (f"train.cpus_per_worker {cfg.train.cpus_per_worker:g} -> {per_worker} for the trials, so a trial "
+            f"({cfg.train.num_workers} worker(s) + its driver) fits in {cluster_cpus:g} CPUs")
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"cpus_per_worker": float(per_worker)})}), note
 
 
 def run_search(cfg: PipelineConfig, scaled: dict[str, pd.DataFrame], feature_columns: list[str],
@@ -98,8 +134,7 @@ def run_search(cfg: PipelineConfig, scaled: dict[str, pd.DataFrame], feature_col
     trainable = tune.with_parameters(
         _trial, cfg_json=cfg.model_dump(mode="json"), scaled={k: scaled[k] for k in ("train", "val")},
         feature_columns=list(feature_columns), scaler_state=scaler.to_dict(), storage_dir=str(storage_dir))
-    # the trial driver only waits on its Ray Train workers, which hold the CPUs
-    trainable = tune.with_resources(trainable, {"CPU": 0})
+    trainable = tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPUS})
     tuner = tune.Tuner(
         trainable,
         param_space=search_space(cfg),
@@ -110,6 +145,6 @@ def run_search(cfg: PipelineConfig, scaled: dict[str, pd.DataFrame], feature_col
                                     t.max_epochs), reduction_factor=t.reduction_factor),
         ),
         run_config=tune.RunConfig(name="tune", storage_path=str(storage_dir), callbacks=callbacks or None,
-                                  verbose=0),
+                                  verbose=1),
     )
     return tuner.fit()
