@@ -57,7 +57,7 @@ def run_tune(cfg: PipelineConfig, data_path: str | Path | None = None) -> dict[s
         DataValidationError, ConfigError, InsufficientDataError: as :func:`raytrade.pipeline.run_pipeline`.
     """
     from raytrade import tracking
-    from raytrade.training.search import apply_trial, fit_trials_to_cluster, run_search
+    from raytrade.training.search import apply_trial, run_search, trial_cpus
 
     progress = Progress(total=4)
     run_dir = new_run_dir(cfg, "tune")
@@ -75,13 +75,13 @@ def run_tune(cfg: PipelineConfig, data_path: str | Path | None = None) -> dict[s
                                       f"up to {cfg.tune.max_epochs} epochs each, metric {cfg.tune.metric}"):
             import ray
 
-            trial_cfg, note = fit_trials_to_cluster(cfg, ray.cluster_resources().get("CPU", 1.0))
+            cpus, note = trial_cpus(cfg, ray.cluster_resources().get("CPU", 1.0))
             if note:
                 progress.note(note)
             callback = tracking.tune_logger_callback(tracking_uri, cfg.tracking.experiment,
                                                      tags={"raytrade.stage": "tune", "raytrade.run": run_dir.name})
-            grid = run_search(trial_cfg, prepared.scaled, prepared.feature_columns, prepared.scaler,
-                              run_dir / "ray_tune", callbacks=[callback])
+            grid = run_search(cfg, prepared.scaled, prepared.feature_columns, prepared.scaler,
+                              run_dir / "ray_tune", callbacks=[callback], cpus_per_trial=cpus)
             trials = grid.get_dataframe()
             trials.to_csv(run_dir / "trials.csv", index=False)
             errors = [str(r.error) for r in grid if r.error]

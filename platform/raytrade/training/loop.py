@@ -65,9 +65,10 @@ def _load_shard(shard: Any, device: torch.device) -> dict[str, torch.Tensor]:
 class _ShardBatches:
     """Mini-batches of one dataset shard, cached in memory or streamed from Ray Data."""
 
-    def __init__(self, shard: Any, device: torch.device, cached: bool) -> None:
+    def __init__(self, shard: Any, device: torch.device, cached: bool,
+                 tensors: dict[str, torch.Tensor] | None = None) -> None:
         self.shard, self.device = shard, device
-        self.tensors = _load_shard(shard, device) if cached else None
+        self.tensors = tensors if tensors is not None else (_load_shard(shard, device) if cached else None)
 
     def __call__(self, batch_size: int, shuffle_seed: int | None) -> Iterator[dict[str, torch.Tensor]]:
         if self.tensors is not None:
@@ -171,7 +172,65 @@ def _save_checkpoint(directory: str, raw_model: nn.Module, cfg: dict[str, Any], 
     torch.save(state, os.path.join(directory, TRAIN_STATE_FILE))
 
 
+class _RayTrainSession:
+    """What the loop needs from Ray Train (a worker of a ``TorchTrainer``)."""
+
+    def __init__(self) -> None:
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def checkpoint(self) -> Any:
+        return ray.train.get_checkpoint()
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return ray.train.torch.prepare_model(model)
+
+    def batches(self, name: str, cached: bool) -> _ShardBatches:
+        return _ShardBatches(ray.train.get_dataset_shard(name), self.device, cached)
+
+    def report(self, metrics: dict[str, float], write_checkpoint: Any, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if self.rank == 0:
+                write_checkpoint(tmp)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
+
+
+class TuneTrialSession:
+    """The loop inside a Ray Tune trial: one process, arrays in memory, every epoch reported to Tune
+    (so ASHA can stop the trial); no checkpoints (the best configuration is retrained afterwards).
+
+    ``data``: ``{"train"|"val": {"x", "y_class", "y_return"}}`` numpy arrays of LABELLED windows.
+    """
+
+    def __init__(self, data: dict[str, dict[str, np.ndarray]]) -> None:
+        self.rank, self.world_size, self.device = 0, 1, torch.device("cpu")
+        self.data = data
+
+    def checkpoint(self) -> None:
+        return None
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def batches(self, name: str, cached: bool) -> _ShardBatches:
+        tensors = {k: torch.as_tensor(self.data[name][k], dtype=dt) for k, dt in _DTYPES.items()}
+        return _ShardBatches(None, self.device, True, tensors=tensors)
+
+    def report(self, metrics: dict[str, float], write_checkpoint: Any, name: str) -> None:
+        from ray import tune
+
+        tune.report(metrics)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker entry point: :func:`run_training_loop` with this worker's Ray Train session."""
+    run_training_loop(config, _RayTrainSession())
+
+
+def run_training_loop(config: dict[str, Any], session: Any) -> None:
     """Ray Train worker entry point.
 
     ``config`` keys: ``model_name``, ``model_kwargs`` (constructor kwargs incl. ``n_features`` and
@@ -187,12 +246,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     (0 = fresh start), ``stopped_early`` (0/1), ``epoch_time_s``, ``train_samples_per_s``, ``world_size``,
     ``peak_rss_mb`` (this worker's peak resident memory, MiB).
     """
-    ctx = ray.train.get_context()
-    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world_size = session.rank, session.world_size
     seed_everything(int(config["seed"]) + rank)
     if config.get("torch_threads"):
         torch.set_num_threads(int(config["torch_threads"]))
-    device = ray.train.torch.get_device()
+    device = session.device
     model = build_model(config["model_name"], **config["model_kwargs"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
     autocast = _autocast_args(device, bool(config.get("mixed_precision", True)))
@@ -200,7 +258,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0}
     resumed_from = 0
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             model.load_state_dict(torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True))
@@ -211,14 +269,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state.update(saved)
         resumed_from = state["epoch"]
 
-    model = ray.train.torch.prepare_model(model)
+    model = session.prepare_model(model)
     raw_model = model.module if hasattr(model, "module") else model
     scale = float(config["model_kwargs"].get("return_scale", 1.0))
     weights = config.get("class_weights")
     class_weights = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
     cached = config.get("data_loading", "cached") == "cached"
-    train_batches = _ShardBatches(ray.train.get_dataset_shard("train"), device, cached)
-    val_batches = _ShardBatches(ray.train.get_dataset_shard("val"), device, cached)
+    train_batches = session.batches("train", cached)
+    val_batches = session.batches("val", cached)
     patience = config.get("patience")
 
     for epoch in range(state["epoch"], int(config["epochs"])):
@@ -253,13 +311,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "epoch_time_s": time.perf_counter() - started, "train_samples_per_s": seen * world_size / train_time,
             "world_size": world_size, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         })
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                _save_checkpoint(tmp, raw_model, config, {
-                    **state, "optimizer": optimizer.state_dict(), "grad_scaler": grad_scaler.state_dict(),
-                    "torch_rng": torch.get_rng_state()}, metrics)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
+        train_state = {**state, "optimizer": optimizer.state_dict(), "grad_scaler": grad_scaler.state_dict(),
+                       "torch_rng": torch.get_rng_state()}
+        session.report(metrics, lambda d, st=train_state, m=metrics: _save_checkpoint(d, raw_model, config, st, m),
+                       f"epoch_{epoch + 1:04d}")
         if stop:
             break

@@ -1,10 +1,12 @@
 """Ray Tune search over the forecaster: Optuna's TPE sampler (``OptunaSearch``) + ASHA early stopping.
 
-Each trial is a small driver function that builds the trial's windows (the lookback is searched)
-and runs the SAME Ray Train ``TorchTrainer`` as a normal training run, forwarding every epoch's
-metrics to Tune with ``TuneReportCallback`` (the Train V2 + Tune pattern), so ASHA can stop bad
-trials after ``grace_period`` epochs. Every trial is logged to MLflow by Ray's
-``MLflowLoggerCallback`` (see :func:`raytrade.tracking.tune_logger_callback`).
+Each trial builds its windows (the lookback is searched) and runs the SAME training loop as a Ray
+Train worker (:func:`raytrade.training.loop.run_training_loop`) in the trial's own process, on the CPUs
+Tune reserved for it, reporting every epoch to Tune so ASHA can stop bad trials after ``grace_period``
+epochs; the best configuration is then retrained with Ray Train on the configured workers. (Launching
+a ``TorchTrainer`` per trial is the other Train V2 pattern; on a 2-CPU machine a finished trial's worker
+placement group was still held when the next trial asked for CPUs and the search stalled.) Every trial
+is logged to MLflow by Ray's ``MLflowLoggerCallback`` (see :func:`raytrade.tracking.tune_logger_callback`).
 
 References: Bergstra et al., "Algorithms for Hyper-Parameter Optimization" (TPE), NeurIPS 2011;
 Li et al., "A System for Massively Parallel Hyperparameter Tuning" (ASHA), MLSys 2020.
@@ -19,11 +21,8 @@ import pandas as pd
 
 from raytrade.config import PipelineConfig
 from raytrade.data.windows import make_windows
-from raytrade.errors import ConfigError
 from raytrade.features.scaler import FeatureScaler
 
-#: CPUs held by each trial's driver function, which only waits on its Ray Train workers
-TRIAL_DRIVER_CPUS = 0.01
 #: metrics where larger is better (everything else is minimised)
 _MAXIMISED = ("val_accuracy", "val_macro_f1", "val_ic")
 
@@ -66,62 +65,40 @@ def apply_trial(cfg: PipelineConfig, trial: dict[str, Any]) -> PipelineConfig:
 
 
 def _trial(trial: dict[str, Any], cfg_json: dict[str, Any], scaled: dict[str, pd.DataFrame],
-           feature_columns: list[str], scaler_state: dict[str, Any], storage_dir: str) -> None:
-    """One Tune trial: windows for the trial's lookback, then the Ray Train run (reports go to Tune)."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
+           feature_columns: list[str], scaler_state: dict[str, Any]) -> None:
+    """One Tune trial: windows for the trial's lookback, then the SAME training loop as a Ray Train
+    worker runs (:func:`~raytrade.training.loop.run_training_loop`), in this trial's process on the
+    CPUs Tune reserved for it, reporting every epoch to Tune."""
     from raytrade.config import parse_config
-    from raytrade.training.trainer import fit_forecaster
+    from raytrade.training.loop import TuneTrialSession, run_training_loop
+    from raytrade.training.trainer import loop_config
 
     cfg = apply_trial(parse_config(cfg_json), trial)
     windows = {name: make_windows(scaled[name], feature_columns, cfg.model.lookback) for name in ("train", "val")}
-    fit_forecaster(windows["train"], windows["val"], cfg.model, cfg.train,
-                   scaler=FeatureScaler.from_dict(scaler_state), features=cfg.features, labels=cfg.labels,
-                   storage_dir=Path(storage_dir) / "trials", name=tune.get_context().get_trial_id(),
-                   epochs=cfg.tune.max_epochs, callbacks=[TuneReportCallback()])
-    _wait_for_cpus(cfg.train.num_workers * cfg.train.cpus_per_worker)
+    config = loop_config(windows["train"], cfg.model, cfg.train, FeatureScaler.from_dict(scaler_state), cfg.features,
+                         cfg.labels, epochs=cfg.tune.max_epochs)
+    data = {name: {"x": w.x[w.y_class >= 0], "y_class": w.y_class[w.y_class >= 0],
+                   "y_return": w.y_return[w.y_class >= 0]} for name, w in windows.items()}
+    run_training_loop(config, TuneTrialSession(data))
 
 
-def _wait_for_cpus(cpus: float, timeout_s: float = 120.0) -> None:
-    """Return once ``cpus`` CPUs are free again (or after ``timeout_s``).
-
-    Ray Train releases its workers' placement group while shutting down after ``fit`` returns; if the
-    trial ended first, Tune would kill the trial (and with it the Train controller) before the release
-    and the next trial could wait forever for those CPUs.
-    """
-    import time
-
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and ray.available_resources().get("CPU", 0.0) + 1e-9 < cpus:
-        time.sleep(0.25)
-
-
-def fit_trials_to_cluster(cfg: PipelineConfig, cluster_cpus: float) -> tuple[PipelineConfig, str | None]:
-    """``cfg`` with ``train.cpus_per_worker`` lowered (if needed) so that one trial (driver + workers) fits
-    in ``cluster_cpus``; returns the config and a note saying what changed (None when nothing did)."""
-    free = cluster_cpus - TRIAL_DRIVER_CPUS
-    need = cfg.train.num_workers * cfg.train.cpus_per_worker
-    if need <= free:
-        return cfg, None
-    per_worker = int(free // cfg.train.num_workers)
-    if per_worker < 1:
-        raise ConfigError(f"train.num_workers: {cfg.train.num_workers} workers x 1 CPU do not fit in the cluster's "
-                          f"{cluster_cpus:g} CPUs next to the trial driver; lower train.num_workers for tuning")
-    note = (f"train.cpus_per_worker {cfg.train.cpus_per_worker:g} -> {per_worker} for the trials, so a trial "
-            f"({cfg.train.num_workers} worker(s) + its driver) fits in {cluster_cpus:g} CPUs")
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"cpus_per_worker": float(per_worker)})}), note
+def trial_cpus(cfg: PipelineConfig, cluster_cpus: float) -> tuple[float, str | None]:
+    """CPUs per trial: ``train.cpus_per_worker``, capped at the cluster's CPUs (with a note when capped)."""
+    if cfg.train.cpus_per_worker <= cluster_cpus:
+        return cfg.train.cpus_per_worker, None
+    return cluster_cpus, (f"train.cpus_per_worker {cfg.train.cpus_per_worker:g} -> {cluster_cpus:g} per trial "
+                          f"(the cluster has {cluster_cpus:g} CPUs)")
 
 
 def run_search(cfg: PipelineConfig, scaled: dict[str, pd.DataFrame], feature_columns: list[str],
-               scaler: FeatureScaler, storage_dir: str | Path, callbacks: list[Any] | None = None):
+               scaler: FeatureScaler, storage_dir: str | Path, callbacks: list[Any] | None = None,
+               cpus_per_trial: float = 1.0):
     """Run the search; returns Ray Tune's ``ResultGrid``.
 
     Args:
         scaled: ``train`` and ``val`` frames with scaled features and ``label_*`` columns.
-        storage_dir: Tune experiment storage (trial checkpoints under ``storage_dir/trials``).
+        storage_dir: Tune experiment storage.
+        cpus_per_trial: CPUs Tune reserves per trial (the trial trains in its own process).
         callbacks: Tune callbacks (e.g. the MLflow logger).
     """
     from ray import tune
@@ -133,8 +110,8 @@ def run_search(cfg: PipelineConfig, scaled: dict[str, pd.DataFrame], feature_col
     storage_dir = Path(storage_dir).resolve()
     trainable = tune.with_parameters(
         _trial, cfg_json=cfg.model_dump(mode="json"), scaled={k: scaled[k] for k in ("train", "val")},
-        feature_columns=list(feature_columns), scaler_state=scaler.to_dict(), storage_dir=str(storage_dir))
-    trainable = tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPUS})
+        feature_columns=list(feature_columns), scaler_state=scaler.to_dict())
+    trainable = tune.with_resources(trainable, {"CPU": cpus_per_trial})
     tuner = tune.Tuner(
         trainable,
         param_space=search_space(cfg),
@@ -145,6 +122,6 @@ def run_search(cfg: PipelineConfig, scaled: dict[str, pd.DataFrame], feature_col
                                     t.max_epochs), reduction_factor=t.reduction_factor),
         ),
         run_config=tune.RunConfig(name="tune", storage_path=str(storage_dir), callbacks=callbacks or None,
-                                  verbose=1),
+                                  verbose=0),
     )
     return tuner.fit()
