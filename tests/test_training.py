@@ -19,8 +19,8 @@ from raytrade.models.bundle import ForecasterBundle
 from raytrade.training.loop import TRAIN_STATE_FILE
 from raytrade.training.trainer import balanced_class_weights, fit_forecaster
 
-# metrics that depend on wall-clock time, not on the computation
-TIMING = ["epoch_time_s", "train_samples_per_s"]
+# metrics that depend on wall-clock time or process memory, not on the computation
+TIMING = ["epoch_time_s", "train_samples_per_s", "peak_rss_mb"]
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +78,16 @@ def test_two_workers_train_with_ddp(prepared, tmp_path):
     assert np.isfinite(out.history["val_loss"]).all()
 
 
-def _train_worker_pids() -> list[int]:
+def _train_worker_pids(run_name: str) -> list[int]:
+    """Live Ray Train worker processes of the run ``run_name`` (Ray Train makes each worker's working
+    directory ``<session>/artifacts/<run name>``), so workers of earlier runs still exiting are skipped."""
     pids = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if "RayTrainWorker" in cmd:
-            pids.append(proc.info["pid"])
+        try:
+            if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []) and proc.cwd().endswith(f"/{run_name}"):
+                pids.append(proc.info["pid"])
+        except psutil.Error:
+            continue
     return pids
 
 
@@ -105,7 +109,7 @@ def test_killed_worker_resumes_from_last_checkpoint(prepared, tmp_path):
     killed = None
     while time.time() < deadline and thread.is_alive():
         if list(tmp_path.glob("ft/**/epoch_0002")):  # checkpoint of epoch 2 is persisted
-            pids = _train_worker_pids()
+            pids = _train_worker_pids("ft")
             if pids:
                 os.kill(pids[0], signal.SIGKILL)
                 killed = pids[0]
