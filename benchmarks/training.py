@@ -99,8 +99,8 @@ def _median_after_warmup(rates: list[float]) -> float:
 
 
 def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rounds of one configuration as one record: per-epoch rates of every round with each round's warm-up
-    epoch dropped (``samples_per_s`` keeps a leading NaN-free warm-up of round 1 for the table)."""
+    """Rounds of one configuration as one record: ``samples_per_s`` = the warm-up epoch of round 1, then
+    every round's epochs after its own warm-up (so :func:`_median_after_warmup` drops exactly the warm-ups)."""
     merged: dict[str, Any] = {"rounds": runs, "samples_per_s": [runs[0]["samples_per_s"][0]]
                               + [v for r in runs for v in r["samples_per_s"][1:]],
                               "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}

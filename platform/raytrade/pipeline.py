@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from raytrade.evaluation.plots import plot_equity
 from raytrade.models.bundle import forecast_features, signal_positions
 from raytrade.rl.ensemble import combine_positions
 from raytrade.runtime import Progress, ray_session
-from raytrade.stages.forecaster import FORECASTER_LOADER, data_summary, train_forecaster
+from raytrade.stages.forecaster import FORECASTER_LOADER, data_summary, new_run_dir, train_forecaster
 from raytrade.store.publish import publish_latest_windows
 
 log = logging.getLogger(__name__)
@@ -62,9 +61,7 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
     from raytrade.rl.ppo import train_ppo
 
     data_path = Path(data_path or cfg.data.path)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    run_dir = (cfg.output_dir / f"{cfg.name}-{stamp}").resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = new_run_dir(cfg)
     progress = Progress(total=6 + int(cfg.serve.enabled) + int(cfg.store.enabled))
     report: dict[str, Any] = {"run_dir": str(run_dir), "config": cfg.model_dump(mode="json")}
     lookback, horizon, embargo = cfg.model.lookback, cfg.labels.horizon, cfg.embargo

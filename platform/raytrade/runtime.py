@@ -38,17 +38,13 @@ class Progress:
 
 
 def ensure_ray(cfg: PipelineConfig) -> bool:
-    """Connect to / start Ray; returns True when this call started it (and so must stop it).
-
-    A local instance starts WITH the dashboard: its state API is what Ray Train's placement-group
-    cleaner uses to release a Train run's CPUs when a Tune trial ends, and it serves ``ray job submit``.
-    """
+    """Connect to / start Ray; returns True when this call started it (and so must stop it)."""
     import ray
 
     if ray.is_initialized():
         return False
     ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None,
-             log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
+             include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
     return True
 
 

@@ -91,6 +91,13 @@ class PreparedData:
         return self._windows[lookback]
 
 
+def labelled_features(cfg: PipelineConfig, market: MarketData) -> tuple[PreprocessResult, pd.DataFrame]:
+    """Ray Data features + labels of ``market``; returns the result and its labelled rows (the last
+    ``horizon`` bars, which have no label yet, removed), oldest first. Needs a running Ray instance."""
+    pre = preprocess(market.bars, cfg.features, cfg.labels)
+    return pre, pre.frame[pre.frame["label_return"].notna()].reset_index(drop=True)
+
+
 def prepare_data(cfg: PipelineConfig, market: MarketData, embargo: int | None = None,
                  min_rows: int | None = None) -> PreparedData:
     """Ray Data features + labels, chronological split (``embargo`` bars, default ``cfg.embargo``) and scaler.
@@ -101,8 +108,7 @@ def prepare_data(cfg: PipelineConfig, market: MarketData, embargo: int | None = 
         InsufficientDataError: too few rows for the split, embargo and ``min_rows`` per part
             (default ``lookback + rl.window + 1``).
     """
-    pre = preprocess(market.bars, cfg.features, cfg.labels)
-    labelled = pre.frame[pre.frame["label_return"].notna()].reset_index(drop=True)
+    pre, labelled = labelled_features(cfg, market)
     embargo = cfg.embargo if embargo is None else embargo
     split = chronological_split(labelled, cfg.split, embargo,
                                 min_rows=min_rows or cfg.model.lookback + cfg.rl.window + 1)

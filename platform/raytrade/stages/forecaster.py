@@ -63,10 +63,10 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def new_run_dir(cfg: PipelineConfig, kind: str) -> Path:
-    """``<output_dir>/<name>-<kind>-<UTC timestamp>``, created."""
+def new_run_dir(cfg: PipelineConfig, kind: str | None = None) -> Path:
+    """``<output_dir>/<name>[-<kind>]-<UTC timestamp>``, created (``kind=None``: the pipeline's run)."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    run_dir = (cfg.output_dir / f"{cfg.name}-{kind}-{stamp}").resolve()
+    run_dir = (cfg.output_dir / "-".join(filter(None, [cfg.name, kind, stamp]))).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 

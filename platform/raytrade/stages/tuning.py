@@ -19,33 +19,31 @@ from raytrade.config import PipelineConfig
 from raytrade.data.prepare import load_market_data, prepare_data
 from raytrade.data.windows import make_windows
 from raytrade.errors import ModelNotFoundError
+from raytrade.evaluation.forecast import log_loss
 from raytrade.models.bundle import ForecasterBundle
 from raytrade.runtime import Progress, ray_session
 from raytrade.stages.forecaster import data_summary, new_run_dir, train_forecaster
 
 
 def validation_nll(bundles: dict[str, ForecasterBundle], val: pd.DataFrame) -> dict[str, float]:
-    """Cross-entropy (nats) of each bundle's class probabilities on the labelled validation bars that
-    every bundle has a full window for. ``val`` holds UNSCALED feature rows with ``label_class``.
+    """Cross-entropy (nats, :func:`~raytrade.evaluation.forecast.log_loss`) of each bundle's class
+    probabilities on the labelled validation bars that every bundle has a full window for. ``val`` holds
+    UNSCALED feature rows with ``label_class``; each bundle applies its own scaler and lookback.
 
     A bundle whose feature columns are missing from ``val`` scores ``inf`` (it cannot be evaluated).
     """
-    preds: dict[str, pd.DataFrame] = {}
+    scored = {}
     for name, bundle in bundles.items():
-        if any(c not in val.columns for c in bundle.scaler.columns):
-            continue
-        w = make_windows(bundle.scaler.transform(val), bundle.scaler.columns, bundle.lookback)
-        probs = bundle.forecast_windows(w.x)["probs"]
-        preds[name] = pd.DataFrame({"timestamp": w.timestamp, "y": w.y_class, "p": list(probs)})
-    if not preds:
-        return {name: float("inf") for name in bundles}
-    common = set.intersection(*(set(df["timestamp"]) for df in preds.values()))
+        if all(c in val.columns for c in bundle.scaler.columns):
+            w = make_windows(bundle.scaler.transform(val), bundle.scaler.columns, bundle.lookback)
+            keep = w.y_class >= 0
+            scored[name] = (w.timestamp[keep], bundle.forecast_windows(w.x[keep])["probs"], w.y_class[keep])
+    common = set.intersection(*(set(ts) for ts, _, _ in scored.values())) if scored else set()
     out = {name: float("inf") for name in bundles}
-    for name, df in preds.items():
-        df = df[df["timestamp"].isin(common) & (df["y"] >= 0)]
-        probs = np.stack(df["p"].to_numpy()) if len(df) else np.empty((0, 3))
-        p_true = probs[np.arange(len(df)), df["y"].to_numpy(dtype=int)] if len(df) else np.empty(0)
-        out[name] = float(-np.log(np.clip(p_true, 1e-12, 1.0)).mean()) if len(df) else float("inf")
+    for name, (ts, probs, y) in scored.items():
+        rows = np.isin(ts, list(common))
+        if rows.any():
+            out[name] = log_loss(probs[rows], y[rows])
     return out
 
 
@@ -93,15 +91,12 @@ def run_tune(cfg: PipelineConfig, data_path: str | Path | None = None) -> dict[s
         with progress.stage("retrain", "Retrain the best configuration, register, compare with the champion"):
             run = train_forecaster(best_cfg, prepared, run_dir, tracking_uri, progress, data_info, alias="")
             name, alias = cfg.tracking.forecaster_model, cfg.tracking.alias
-            contender = {"candidate": run.bundle}
+            contenders = {"candidate": run.bundle}  # registered without the alias: never the champion itself
             try:
-                champion, champion_version, _ = tracking.load_model_dir(name, alias, tracking_uri)
-                if champion_version == run.version:
-                    raise ModelNotFoundError("champion is the candidate itself")
-                contender["champion"] = champion
+                contenders["champion"], champion_version, _ = tracking.load_model_dir(name, alias, tracking_uri)
             except ModelNotFoundError:
                 champion_version = None
-            scores = validation_nll(contender, prepared.split.val)
+            scores = validation_nll(contenders, prepared.split.val)
             promoted = champion_version is None or scores["candidate"] < scores["champion"]
             if promoted:
                 tracking.set_alias(tracking_uri, name, alias, run.version)

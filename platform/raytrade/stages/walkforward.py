@@ -21,8 +21,7 @@ import pandas as pd
 
 from raytrade.config import PipelineConfig
 from raytrade.data.folds import expanding_folds
-from raytrade.data.prepare import load_market_data
-from raytrade.data.preprocess import preprocess
+from raytrade.data.prepare import labelled_features, load_market_data
 from raytrade.data.schema import TIMESTAMP
 from raytrade.data.windows import make_windows
 from raytrade.evaluation.metrics import periods_per_year
@@ -73,8 +72,7 @@ def run_walk_forward(cfg: PipelineConfig, data_path: str | Path | None = None) -
                 "confidence": wf.confidence, "seed": cfg.train.seed}
     with ray_session(cfg):
         with progress.stage("features", "Ray Data: causal features + labels; folds"):
-            pre = preprocess(market.bars, cfg.features, cfg.labels)
-            labelled = pre.frame[pre.frame["label_return"].notna()].reset_index(drop=True)
+            pre, labelled = labelled_features(cfg, market)
             cols = pre.feature_columns
             folds = expanding_folds(len(labelled), wf.n_folds, wf.test_fraction, wf.val_fraction, cfg.embargo,
                                     min_train_rows=lookback + cfg.train.batch_size)
@@ -120,8 +118,8 @@ def run_walk_forward(cfg: PipelineConfig, data_path: str | Path | None = None) -
         markdown = format_table(table)
         fold_tables = {fold["index"]: format_table(walk_forward_table(fold["scores"])) for fold in per_fold}
         level = f"{wf.confidence:.0%}"
-        header = (f"Walk-forward ({wf.n_folds} expanding folds, embargo {cfg.embargo} bars, {len(fold_market)} "
-                  f"test blocks, {sum(len(r) for r in fold_market)} test bars, {cfg.backtest.cost_bps:g} bps costs; "
+        header = (f"Walk-forward ({wf.n_folds} expanding folds, embargo {cfg.embargo} bars, "
+                  f"{sum(len(r) for r in fold_market)} test bars, {cfg.backtest.cost_bps:g} bps costs; "
                   f"value [{level} stationary-bootstrap CI])")
         document = "\n\n".join([f"# {market.symbol}: {header}", markdown,
                                 *[f"## Fold {k}\n\n{t}" for k, t in fold_tables.items()]])

@@ -30,6 +30,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,7 @@ import ray.train.torch
 import torch
 from torch import nn
 
+from raytrade.evaluation.forecast import macro_f1_from_confusion
 from raytrade.models import build_model
 from raytrade.models.bundle import META_FILE, STATE_FILE
 
@@ -111,17 +113,6 @@ def _all_reduce(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def _macro_f1(confusion: np.ndarray) -> float:
-    """Macro-F1 from a (true, predicted) 3x3 confusion matrix; classes absent from both count 0."""
-    f1s = []
-    for k in range(confusion.shape[0]):
-        tp = confusion[k, k]
-        fp, fn = confusion[:, k].sum() - tp, confusion[k, :].sum() - tp
-        if tp + fp + fn > 0:
-            f1s.append(2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(f1s)) if f1s else 0.0
-
-
 def _evaluate(model: nn.Module, batches: _ShardBatches, cfg: dict[str, Any], device: torch.device,
               class_weights: torch.Tensor | None, scale: float, autocast: dict[str, Any]) -> dict[str, float]:
     """Validation metrics over ALL workers' shards (sums are all-reduced before the ratios)."""
@@ -152,7 +143,7 @@ def _evaluate(model: nn.Module, batches: _ShardBatches, cfg: dict[str, Any], dev
     var_p, var_t = spp / n - (sp / n) ** 2, stt / n - (st / n) ** 2
     ic = cov / math.sqrt(var_p * var_t) if var_p > 1e-18 and var_t > 1e-18 else 0.0
     return {"val_loss": loss_sum / n, "val_nll": nll_sum / n, "val_accuracy": float(np.trace(confusion) / n),
-            "val_macro_f1": _macro_f1(confusion), "val_return_mse": se / n, "val_ic": float(ic)}
+            "val_macro_f1": macro_f1_from_confusion(confusion), "val_return_mse": se / n, "val_ic": float(ic)}
 
 
 def _autocast_args(device: torch.device, enabled: bool) -> dict[str, Any]:
@@ -313,7 +304,7 @@ def run_training_loop(config: dict[str, Any], session: Any) -> None:
         })
         train_state = {**state, "optimizer": optimizer.state_dict(), "grad_scaler": grad_scaler.state_dict(),
                        "torch_rng": torch.get_rng_state()}
-        session.report(metrics, lambda d, st=train_state, m=metrics: _save_checkpoint(d, raw_model, config, st, m),
-                       f"epoch_{epoch + 1:04d}")
+        session.report(metrics, partial(_save_checkpoint, raw_model=raw_model, cfg=config, state=train_state,
+                                        metrics=metrics), f"epoch_{epoch + 1:04d}")
         if stop:
             break

@@ -144,9 +144,10 @@ def fit_forecaster(
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
+    config = loop_config(train, model_cfg, train_cfg, scaler, features, labels, epochs)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(train, model_cfg, train_cfg, scaler, features, labels, epochs),
+        train_loop_config=config,
         scaling_config=scaling_config(train_cfg),
         datasets={"train": windows_to_dataset(train), "val": windows_to_dataset(val)},
         # rows reach the workers in a fixed order, so seeded CPU runs are reproducible
@@ -168,5 +169,5 @@ def fit_forecaster(
         history=history[keep].reset_index(drop=True),
         best_metrics={k: float(v) for k, v in best_metrics.items() if k in keep},
         checkpoint_path=best_ckpt.path,
-        class_weights=balanced_class_weights(train.y_class) if train_cfg.class_weights == "balanced" else None,
+        class_weights=config["class_weights"],
     )
