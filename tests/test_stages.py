@@ -19,6 +19,8 @@ import yaml
 from conftest import BUNDLED, REPO
 
 SMOKE = REPO / "jobs" / "configs" / "smoke.yaml"
+# the installed console script, next to this interpreter (the venv need not be on PATH, e.g. under `make test`)
+RAYTRADE = str(Path(sys.executable).parent / "raytrade")
 
 
 def _run(argv: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
@@ -74,7 +76,7 @@ def test_tune_cli_logs_every_trial_and_promotes_only_a_better_model(registry):
 
     from raytrade import tracking
 
-    proc = _run(["raytrade", "tune", "--config", str(registry["config"])])
+    proc = _run([RAYTRADE, "tune", "--config", str(registry["config"])])
     report = _report(proc.stdout)
     assert report["n_trials"] == 2 and not report["failed_trials"]
     trials = (Path(report["run_dir"]) / "trials.csv").read_text().splitlines()
@@ -121,9 +123,9 @@ def test_walk_forward_job_all_models_out_of_sample(tmp_path):
 
 def test_cli_train_of_a_baseline_and_one_line_errors(tmp_path):
     config = _config(tmp_path, train={"epochs": 1})
-    report = _report(_run(["raytrade", "train", "--config", str(config), "--set", "model.name=gru"]).stdout)
+    report = _report(_run([RAYTRADE, "train", "--config", str(config), "--set", "model.name=gru"]).stdout)
     assert report["forecaster_metrics"]["model"] == "gru"
-    bad = subprocess.run(["raytrade", "train", "--config", str(config), "--set", "model.name=resnet"], cwd=REPO,
+    bad = subprocess.run([RAYTRADE, "train", "--config", str(config), "--set", "model.name=resnet"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines()[-1].startswith("error: ") and "model.name" in bad.stderr
