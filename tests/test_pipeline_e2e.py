@@ -1,6 +1,7 @@
 """Fast end-to-end smoke test of the whole pipeline on real bars, then real HTTP against Ray Serve.
 
-One pipeline run (jobs/configs/smoke.yaml: last 3,000 BTC/USD bars, 2 epochs, 1 PPO iteration)
+One pipeline run (jobs/configs/smoke.yaml: last 3,000 BTC/USD bars, 2 epochs, one short iteration of
+RLlib PPO, SAC and TD3 each, trained in parallel as Ray tasks)
 with a temporary MLflow store; the Serve app it deploys stays up for the HTTP contract tests.
 """
 
@@ -51,7 +52,8 @@ def test_report_contract(smoke):
     report = smoke["report"]
     on_disk = json.loads((smoke["run_dir"] / "report.json").read_text())
     assert on_disk["strategies"] == report["strategies"]
-    assert set(report["strategies"]) == {"buy_and_hold", "forecaster", "ppo", "ensemble"}
+    assert set(report["strategies"]) == {"buy_and_hold", "forecaster", "ppo", "sac", "td3", "ensemble_rolling",
+                                         "ensemble_vote"}
     for name, metrics in report["strategies"].items():
         assert STRATEGY_KEYS <= set(metrics), name
         assert set(metrics) == set(SUMMARY_KEYS)
@@ -59,7 +61,23 @@ def test_report_contract(smoke):
     bh = report["strategies"]["buy_and_hold"]
     assert bh["turnover"] == pytest.approx(1.0 / bh["n_bars"])  # one entry, then held
     assert {"accuracy", "log_loss", "ic"} <= set(report["forecaster_metrics"]["test"])
-    assert set(report["mlflow_run_ids"]) >= {"forecaster", "ppo"}
+    assert set(report["mlflow_run_ids"]) >= {"forecaster", "ppo", "sac", "td3", "backtest"}
+    # every agent trained, was scored on VAL after its iteration, and is registered
+    for agent in ("ppo", "sac", "td3"):
+        rl = report["rl_metrics"][agent]
+        assert rl["backend"] == "rllib" and rl["algorithm"] == agent
+        assert rl["env_steps"] >= smoke["cfg"].rl.train_batch_size and np.isfinite(rl["val_sharpe"])
+        assert report["model_versions"][agent] == "1"
+    # the FinRL-style table (cumulative/annual return, volatility, Sharpe, max drawdown) is in the report
+    table = report["backtest"]["table"]
+    assert all(h in table for h in ("total_ret%", "annual_ret%", "annual_vol%", "sharpe", "max_dd%"))
+    assert all(f"{name} " in table for name in report["strategies"])
+    ens = report["backtest"]["ensembles"]
+    assert set(ens) == {"rolling", "vote"}
+    for method in ens.values():
+        assert method["window_starts"][0] == 0 and len(method["weights"]) == len(method["window_starts"])
+        assert all(sum(w.values()) == pytest.approx(1.0) for w in method["weights"])
+    assert set(ens["rolling"]["weights"][0]) == {"forecaster", "ppo", "sac", "td3"}
     assert report["data"]["symbol"] == "BTC/USD" and report["data"]["bars"] == 3000
 
 
@@ -88,7 +106,7 @@ def test_checkpoint_per_epoch_and_registry_aliases(smoke):
     assert isinstance(bundle, ForecasterBundle) and version == "1"
     assert run_id == smoke["report"]["mlflow_run_ids"]["forecaster"]
     policy, _, _ = tracking.load_model_dir("raytrade-agent-ppo", "champion", uri)
-    local = Policy.load(smoke["run_dir"] / "agents" / "ppo")
+    local = Policy.load(smoke["run_dir"] / "agents" / "ppo" / "policy")
     obs = np.random.default_rng(0).normal(size=(5, local.obs_dim)).astype(np.float32)
     np.testing.assert_allclose(policy.act(obs), local.act(obs), rtol=1e-6)
     from raytrade.errors import ModelNotFoundError
@@ -108,7 +126,7 @@ def test_health_and_models(smoke):
     assert c.get("/health").json() == {"status": "ok"}
     models = c.get("/models").json()
     assert models["forecaster"]["name"] == "raytrade-forecaster" and models["forecaster"]["version"] == "1"
-    assert models["agents"]["ppo"]["version"] == "1"
+    assert {a: m["version"] for a, m in models["agents"].items()} == {"ppo": "1", "sac": "1", "td3": "1"}
 
 
 def test_predict_contract_and_same_features_as_training(smoke):
@@ -124,7 +142,7 @@ def test_predict_contract_and_same_features_as_training(smoke):
     assert body["symbol"] == "BTC/USD" and body["signal"] in {"buy", "hold", "sell"}
     assert -1.0 <= body["target_position"] <= 1.0
     assert pd.Timestamp(body["timestamp"]) == pd.Timestamp(payload["bars"][-1]["timestamp"])
-    assert body["model_versions"] == {"forecaster": "1", "ppo": "1"}
+    assert body["model_versions"] == {"forecaster": "1", "ppo": "1", "sac": "1", "td3": "1"}
     # the served forecast is the registered bundle's forecast on the same bars
     bundle, _, _ = tracking.load_model_dir("raytrade-forecaster", "champion", smoke["report"]["mlflow"]["tracking_uri"])
     frame = pd.DataFrame(payload["bars"]).assign(symbol="BTC/USD")
@@ -133,18 +151,23 @@ def test_predict_contract_and_same_features_as_training(smoke):
     for k in ("sell", "hold", "buy"):
         assert body["forecast"]["probs"][k] == pytest.approx(direct["probs"][k], abs=1e-5)
     # the served agent position is the registered policy acting on the env's observation layout
-    from raytrade.models.bundle import forecast_features
+    # (forecaster outputs incl. the embedding and seeded MC-dropout uncertainty, as raytrade.rl.inputs builds them)
+    from raytrade.rl.inputs import agent_outputs, forecast_inputs
 
-    policy, _, _ = tracking.load_model_dir("raytrade-agent-ppo", "champion", smoke["report"]["mlflow"]["tracking_uri"])
-    window = bundle.window_from_bars(frame)[0]
-    extra = forecast_features(np.array([[direct["probs"][k] for k in ("sell", "hold", "buy")]]),
-                              np.array([direct["expected_return"]]), bundle.model_kwargs["return_scale"])[0]
-    obs = policy.observation(window, list(bundle.scaler.columns), extra, 0.25)
-    assert obs.shape == (policy.obs_dim,) and policy.feature_names == list(smoke["cfg"].rl.features)
-    assert body["agents"]["ppo"] == pytest.approx(float(policy.act(obs)[0]), abs=1e-4)
-    weights = smoke["cfg"].backtest.ensemble_weights
+    windows = bundle.window_from_bars(frame)
+    for agent in ("ppo", "sac", "td3"):
+        policy, _, _ = tracking.load_model_dir(f"raytrade-agent-{agent}", "champion",
+                                               smoke["report"]["mlflow"]["tracking_uri"])
+        assert policy.forecast_inputs == list(smoke["cfg"].rl.forecast_inputs)
+        outputs = agent_outputs(bundle, windows, policy.forecast_inputs)
+        row = forecast_inputs(outputs, bundle.model_kwargs["return_scale"], policy.forecast_inputs)[0]
+        obs = policy.observation(windows[0], list(bundle.scaler.columns), row, 0.25)
+        assert obs.shape == (policy.obs_dim,) and policy.feature_names == list(smoke["cfg"].rl.features)
+        assert body["agents"][agent] == pytest.approx(float(policy.act(obs)[0]), abs=1e-4), agent
+    weights = smoke["report"]["backtest"]["serve_weights"]
     expected = combine_positions({"forecaster": direct["probs"]["buy"] - direct["probs"]["sell"],
-                                  "ppo": body["agents"]["ppo"]}, weights, smoke["cfg"].backtest.max_position)
+                                  **{a: body["agents"][a] for a in ("ppo", "sac", "td3")}}, weights,
+                                 smoke["cfg"].backtest.max_position)
     assert body["target_position"] == pytest.approx(float(expected), abs=1e-5)
     delta = body["target_position"] - 0.25
     assert body["signal"] == ("buy" if delta > 0.05 else "sell" if delta < -0.05 else "hold")
@@ -197,7 +220,7 @@ def test_serve_config_is_a_valid_serve_deploy_file():
     schema = ServeDeploySchema.parse_obj(raw)
     app = schema.applications[0]
     assert app.import_path == "raytrade.serving.app:build_app"
-    assert {d.name for d in app.deployments} == {"Ingress", "Forecaster", "Agent-ppo"}
+    assert {d.name for d in app.deployments} == {"Ingress", "Forecaster", "Agent-ppo", "Agent-sac", "Agent-td3"}
     for d in raw["applications"][0]["deployments"]:
         assert d["autoscaling_config"]["max_replicas"] >= d["autoscaling_config"]["min_replicas"] >= 1
 

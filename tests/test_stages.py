@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -130,3 +131,35 @@ def test_cli_train_of_a_baseline_and_one_line_errors(tmp_path):
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines()[-1].startswith("error: ") and "model.name" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_cli_agents_trains_the_sb3_agents_in_parallel_on_the_champion_forecaster(registry):
+    """``raytrade agents`` with the five stable-baselines3 agents: each trains as its own Ray task on the
+    registered champion's outputs, is scored on VAL, registered in MLflow, and backtested with the ensembles."""
+    from raytrade import tracking
+    from raytrade.rl.policy import Policy
+
+    raw = yaml.safe_load(registry["config"].read_text())
+    agents = ["sb3_ppo", "sb3_sac", "sb3_td3", "sb3_a2c", "sb3_ddpg"]
+    raw["rl"] = {**raw["rl"], "agents": agents}
+    config = registry["tmp"] / "agents.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    report = _report(_run([RAYTRADE, "agents", "--config", str(config)]).stdout)
+    uri = report["mlflow"]["tracking_uri"]
+    assert report["forecaster_version"] == tracking.aliased_version(uri, "raytrade-forecaster", "champion")
+    assert set(report["strategies"]) == {"buy_and_hold", "forecaster", *agents, "ensemble_rolling", "ensemble_vote"}
+    pids = set()
+    for agent in agents:
+        summary = report["rl_metrics"][agent]
+        assert summary["backend"] == "sb3" and summary["algorithm"] == agent.removeprefix("sb3_")
+        assert summary["env_steps"] >= raw["rl"]["train_batch_size"] and len(summary["history"]) == 1
+        pids.add(summary["worker_pid"])
+        policy, version, _ = tracking.load_model_dir(f"raytrade-agent-sb3-{agent.removeprefix('sb3_')}", "champion",
+                                                     uri)
+        local = Policy.load(Path(report["run_dir"]) / "agents" / agent / "policy")
+        obs = np.random.default_rng(0).normal(size=(4, local.obs_dim)).astype(np.float32)
+        np.testing.assert_allclose(policy.act(obs), local.act(obs), rtol=1e-6)
+        assert np.all(np.abs(policy.act(obs)) <= 1.0)
+    assert os.getpid() not in pids  # trained in Ray worker processes, not in the driver
+    for name, metrics in report["strategies"].items():
+        assert np.isfinite(metrics["sharpe"]) or metrics["annual_volatility"] == 0, name

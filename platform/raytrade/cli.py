@@ -204,6 +204,18 @@ def tune(config: ConfigOpt, data: DataOpt = None, set_: SetOpt = None) -> None:
     typer.echo(f"report: {report['run_dir']}/tune.json")
 
 
+@app.command()
+def agents(config: ConfigOpt, data: DataOpt = None, set_: SetOpt = None) -> None:
+    """Train the RL agents of rl.agents (RLlib ppo/sac/td3, SB3 sb3_<algo>) in parallel on Ray, on the
+    registered champion forecaster's outputs (one is trained if none fits); register each policy; backtest
+    every agent, the ensembles, the forecaster and buy-and-hold on the test split. Writes <run dir>/agents.json."""
+    from raytrade.stages.agents import run_agents
+
+    report = run_agents(_load(config, set_), data)
+    typer.echo(report["backtest"]["table"])
+    typer.echo(f"report: {report['run_dir']}/agents.json")
+
+
 @app.command("walk-forward")
 def walk_forward(config: ConfigOpt, data: DataOpt = None, set_: SetOpt = None) -> None:
     """Expanding-window walk-forward evaluation of the forecaster and the baselines (walk_forward.models),

@@ -165,24 +165,98 @@ class WalkForwardConfig(_Section):
     confidence: float = Field(0.95, gt=0, lt=1)
 
 
-class RLConfig(_Section):
-    """RLlib agent trained in :class:`raytrade_envs.TradingEnv`."""
+AGENT_ALGORITHMS: dict[str, tuple[str, ...]] = {
+    "rllib": ("ppo", "sac", "td3"),
+    "sb3": ("ppo", "sac", "td3", "a2c", "ddpg"),
+}
+FORECAST_INPUTS = ("probs", "expected_return", "uncertainty", "embedding")  # as raytrade.rl.inputs.FORECAST_OUTPUTS
 
-    algorithm: Literal["ppo"] = "ppo"
-    iterations: int = Field(5, gt=0)
+
+def parse_agent_name(name: str) -> tuple[str, str]:
+    """``"ppo"`` -> ``("rllib", "ppo")``; ``"sb3_td3"`` -> ``("sb3", "td3")``.
+
+    Raises:
+        ValueError: an unknown backend or an algorithm the backend does not have.
+    """
+    backend, _, algorithm = name.rpartition("_")
+    backend = backend or "rllib"
+    if backend not in AGENT_ALGORITHMS or algorithm not in AGENT_ALGORITHMS[backend]:
+        choices = [*AGENT_ALGORITHMS["rllib"], *(f"sb3_{a}" for a in AGENT_ALGORITHMS["sb3"])]
+        raise ValueError(f"unknown agent {name!r}; choose from {choices}")
+    return backend, algorithm
+
+
+class RLConfig(_Section):
+    """RL agents trained in :class:`raytrade_envs.TradingEnv` on the TRAIN split, scored on VAL.
+
+    ``agents`` names RLlib agents (``ppo``, ``sac``, ``td3``; new API stack, TD3 from
+    :mod:`raytrade.rl.td3`) and stable-baselines3 ones (``sb3_ppo``, ``sb3_sac``, ``sb3_td3``,
+    ``sb3_a2c``, ``sb3_ddpg``). Each agent trains ``iterations`` x ``train_batch_size`` env steps as
+    one Ray task; after every iteration its deterministic policy is rolled through the VAL split
+    (validation Sharpe, after costs).
+    """
+
+    agents: tuple[str, ...] = Field(("ppo", "sac", "td3"), description="agents to train, in parallel on Ray")
+    iterations: int = Field(5, gt=0, description="training iterations per agent (VAL evaluation after each)")
     train_batch_size: int = Field(2000, gt=0, description="env steps per training iteration")
-    minibatch_size: int = Field(256, gt=0)
-    num_epochs: int = Field(5, gt=0)
+    minibatch_size: int = Field(256, gt=0, description="PPO/A2C SGD minibatch; SAC/TD3/DDPG replay batch")
+    num_epochs: int = Field(5, gt=0, description="PPO epochs over each batch")
     learning_rate: float = Field(3e-4, gt=0)
     gamma: float = Field(0.99, gt=0, le=1)
+    buffer_size: int = Field(100_000, gt=0, description="off-policy replay capacity (env steps)")
+    learning_starts: int = Field(500, ge=0, description="off-policy: env steps before the first update")
+    tau: float = Field(0.005, gt=0, le=1, description="off-policy target-network soft update rate")
     window: int = Field(8, gt=0, description="bars of features in the observation")
     features: tuple[str, ...] = Field(
         ("log_ret_1", "log_ret_4", "log_ret_24", "realised_vol_24", "rsi_14", "bb_pctb_20", "volume_z_24"),
         description="feature columns (scaled) in the observation window; empty = all")
+    forecast_inputs: tuple[str, ...] = Field(
+        FORECAST_INPUTS, description="forecaster outputs in the observation: probs (3), expected_return (1, "
+        "z-scored), uncertainty (MC-dropout return std and mutual information, 2; model.mc_samples passes), "
+        "embedding (model.embed_dim)")
+    reward: str = Field("log_return", description="log_return | differential_sharpe | drawdown_penalty | cost_penalty")
+    reward_params: dict[str, float] = Field(default_factory=dict, description="e.g. {eta: 0.01} or {penalty: 1.0}")
+    slippage_vol_mult: float = Field(0.0, ge=0, description="slippage = mult x bar volatility x traded notional")
+    fill: Literal["next_open", "close"] = Field("next_open", description="orders chosen at the close of t fill "
+                                                "at the open of t+1 (next_open) or at the close of t")
     episode_length: int = Field(500, gt=0, description="bars per training episode (random start)")
-    num_env_runners: int = Field(0, ge=0)
+    num_env_runners: int = Field(0, ge=0, description="RLlib env runner actors per agent (0 = in the agent's task)")
+    cpus_per_agent: float = Field(1.0, gt=0, description="CPUs reserved by each agent's Ray task")
     hidden: tuple[int, ...] = (64, 64)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> RLConfig:
+        if not self.agents:
+            raise ValueError("agents must name at least one agent")
+        for name in self.agents:
+            parse_agent_name(name)
+        unknown = set(self.forecast_inputs) - set(FORECAST_INPUTS)
+        if unknown:
+            raise ValueError(f"forecast_inputs: unknown {sorted(unknown)}; choose from {list(FORECAST_INPUTS)}")
+        rewards = ("log_return", "differential_sharpe", "drawdown_penalty", "cost_penalty")
+        if self.reward not in rewards:
+            raise ValueError(f"reward: unknown {self.reward!r}; choose from {list(rewards)}")
+        return self
+
+
+class EnsembleConfig(_Section):
+    """Agent ensemble on the TEST split (FinRL-style), plus the risk layer every combined strategy goes through.
+
+    ``rolling``: the test split is cut into windows of ``window_bars``; each window is traded by the member
+    with the best Sharpe over the previous window (the VAL split for the first), as in Yang et al. 2020,
+    "Deep Reinforcement Learning for Automated Stock Trading: An Ensemble Strategy" (FinRL).
+    ``vote``: each window, target = sum_i w_i * position_i with w = softmax(Sharpe_i / temperature) over the
+    previous window; the forecaster signal is one voter. Risk layer: |position| <= max_position, and exposure is
+    multiplied by ``drawdown_cut`` while the strategy's own drawdown exceeds ``max_drawdown``.
+    """
+
+    methods: tuple[Literal["rolling", "vote"], ...] = ("rolling", "vote")
+    window_bars: int = Field(168, gt=1, description="bars per selection window")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature on annualised Sharpe")
+    include_forecaster: bool = True
+    max_drawdown: float = Field(0.2, gt=0, le=1, description="drawdown (fraction) that triggers the exposure cut")
+    drawdown_cut: float = Field(0.5, ge=0, le=1, description="exposure multiplier while in excess drawdown")
 
 
 class BacktestConfig(_Section):
@@ -190,7 +264,6 @@ class BacktestConfig(_Section):
 
     cost_bps: float = Field(10.0, ge=0, description="transaction cost per unit of traded notional, bps")
     periods_per_year: float | None = Field(None, gt=0, description="default: inferred from the bar interval")
-    ensemble_weights: dict[str, float] = Field(default_factory=lambda: {"forecaster": 0.5, "ppo": 0.5})
     max_position: float = Field(1.0, gt=0, le=1, description="risk limit on |target position|")
 
 
@@ -245,6 +318,7 @@ class PipelineConfig(_Section):
     tune: TuneConfig = TuneConfig()
     walk_forward: WalkForwardConfig = WalkForwardConfig()
     rl: RLConfig = RLConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
     backtest: BacktestConfig = BacktestConfig()
     tracking: TrackingConfig = TrackingConfig()
     serve: ServeConfig = ServeConfig()

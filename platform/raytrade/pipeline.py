@@ -1,12 +1,13 @@
-"""End-to-end orchestration: bars -> features -> forecaster -> PPO -> backtest -> Serve.
+"""End-to-end orchestration: bars -> features -> forecaster -> RL agents -> ensemble backtest -> Serve.
 
-:func:`run_pipeline` runs every stage in order, prints progress, tracks both models in MLflow
+:func:`run_pipeline` runs every stage in order, prints progress, tracks every model in MLflow
 (registered with the ``champion`` alias), and writes ``<run dir>/report.json``:
 
-``{"strategies": {name: metrics}, "forecaster_metrics": {...}, "rl_metrics": {...},
-"mlflow_run_ids": {...}, "data": {...}, "serve": {...}, "timings_s": {...}}``
+``{"strategies": {name: metrics}, "backtest": {..., "table", "ensembles"}, "forecaster_metrics": {...},
+"rl_metrics": {agent: {...}}, "mlflow_run_ids": {...}, "data": {...}, "serve": {...}, "timings_s": {...}}``
 
-All strategy metrics are on the TEST split, after transaction costs (see
+``strategies`` holds buy_and_hold, forecaster, every agent of ``rl.agents`` and ``ensemble_<method>`` for
+every ``ensemble.methods``. All strategy metrics are on the TEST split, after transaction costs (see
 :mod:`raytrade.evaluation.metrics` for units).
 """
 
@@ -18,35 +19,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from raytrade.config import PipelineConfig
 from raytrade.data.prepare import load_market_data, prepare_data
 from raytrade.data.schema import SYMBOL, TIMESTAMP
 from raytrade.data.windows import Windows
-from raytrade.errors import ConfigError
-from raytrade.evaluation import metrics_table, periods_per_year, run_backtests
-from raytrade.evaluation.plots import plot_equity
-from raytrade.models.bundle import forecast_features, signal_positions
-from raytrade.rl.ensemble import combine_positions
+from raytrade.evaluation import periods_per_year
 from raytrade.runtime import Progress, ray_session
+from raytrade.stages.agents import POLICY_LOADER, rl_stage
 from raytrade.stages.forecaster import FORECASTER_LOADER, data_summary, new_run_dir, train_forecaster
 from raytrade.store.publish import publish_latest_windows
 
 log = logging.getLogger(__name__)
 
 __all__ = ["FORECASTER_LOADER", "POLICY_LOADER", "request_payload", "run_pipeline"]
-
-POLICY_LOADER = "raytrade.rl.policy:load_policy"
-
-
-def _env_arrays(w: Windows, cols: list[int], probs: np.ndarray, exp_ret: np.ndarray,
-                return_scale: float) -> dict[str, np.ndarray]:
-    """Per-bar arrays of one symbol's split for the trading env: selected feature row at t, forecasts, next return."""
-    return {"features": w.x[:, -1, cols], "forecasts": forecast_features(probs, exp_ret, return_scale),
-            "returns": w.next_return}
-
 
 def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> dict[str, Any]:
     """Run every stage; returns the report (also written to ``<run dir>/report.json``).
@@ -57,12 +44,10 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
         InsufficientDataError: too few bars for lookback, horizon, embargo and split.
     """
     from raytrade import tracking
-    from raytrade.rl.env import env_config
-    from raytrade.rl.ppo import train_ppo
 
     data_path = Path(data_path or cfg.data.path)
     run_dir = new_run_dir(cfg)
-    progress = Progress(total=6 + int(cfg.serve.enabled) + int(cfg.store.enabled))
+    progress = Progress(total=5 + int(cfg.serve.enabled) + int(cfg.store.enabled))
     report: dict[str, Any] = {"run_dir": str(run_dir), "config": cfg.model_dump(mode="json")}
     lookback, horizon, embargo = cfg.model.lookback, cfg.labels.horizon, cfg.embargo
 
@@ -100,78 +85,29 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
         with progress.stage("train", f"Ray Train: {cfg.model.name} forecaster, up to {cfg.train.epochs} epochs, "
                                      f"{cfg.train.num_workers} worker(s), use_gpu={cfg.train.use_gpu}"):
             forecaster = train_forecaster(cfg, prepared, run_dir, tracking_uri, progress, report["data"])
-            outcome, fc, test_w = forecaster.outcome, forecaster.forecasts, windows["test"]
+            fc = forecaster.forecasts
             version = forecaster.version
             report["forecaster_metrics"] = forecaster.report()
             run_ids["forecaster"] = forecaster.run_id
             report["model_versions"] = {"forecaster": version}
 
-        with progress.stage("rl", f"RLlib PPO: {cfg.rl.iterations} iterations x {cfg.rl.train_batch_size} env steps"):
-            scale = float(outcome.model_kwargs["return_scale"])
-            obs_names = list(cfg.rl.features) or pre.feature_columns
-            unknown = [n for n in obs_names if n not in pre.feature_columns]
-            if unknown:
-                raise ConfigError(f"rl.features: unknown feature(s) {unknown}; see docs/FEATURES.md")
-            cols = [pre.feature_columns.index(n) for n in obs_names]
-            arrays = {n: _env_arrays(windows[n], cols, fc[n]["probs"], fc[n]["expected_return"], scale)
-                      for n in windows}
-            train_env = env_config(**arrays["train"], window=cfg.rl.window, cost_bps=cfg.backtest.cost_bps,
-                                   episode_length=min(cfg.rl.episode_length, len(windows["train"]) - cfg.rl.window - 1),
-                                   random_start=True, max_position=cfg.backtest.max_position)
-            rl = train_ppo(cfg.rl, train_env, on_iteration=lambda i, row: progress.note(
-                f"iteration {i}: episode_return_mean {row['episode_return_mean']:.4f} ({row['env_steps']} env steps)"),
-                feature_names=obs_names)
-            policy_dir = rl.policy.save(run_dir / "agents" / "ppo")
-            agent_model = f"{cfg.tracking.agent_model_prefix}-ppo"
-            with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-ppo") as run_id:
-                tracking.log_params({"rl": cfg.rl.model_dump(mode="json"), "cost_bps": cfg.backtest.cost_bps,
-                                     "forecaster_version": version, "data_sha256": report["data"]["sha256"]})
-                for row in rl.history.to_dict("records"):
-                    tracking.log_metrics({"episode_return_mean": row["episode_return_mean"]},
-                                         step=int(row["iteration"]))
-                report["model_versions"]["ppo"] = tracking.log_model_dir(policy_dir, POLICY_LOADER, agent_model,
-                                                                         cfg.tracking.alias)
-            run_ids["ppo"] = run_id
-            report["rl_metrics"] = {"ppo": rl.history.to_dict("records")}
-
-        with progress.stage("backtest", f"Backtest on the test split after {cfg.backtest.cost_bps:g} bps costs"):
-            from raytrade_envs import TradingEnv
-
-            test_env = TradingEnv(**env_config(**arrays["test"], window=cfg.rl.window, cost_bps=cfg.backtest.cost_bps,
-                                               max_position=cfg.backtest.max_position))
-            ppo_pos = rl.policy.rollout(test_env)
-            # every strategy trades the same bars: those where the agent has a full observation window
-            bars_idx = np.arange(cfg.rl.window - 1, cfg.rl.window - 1 + len(ppo_pos))
-            fc_pos = signal_positions(fc["test"]["probs"][bars_idx], cfg.backtest.max_position)
-            strategies = {
-                "buy_and_hold": np.full(len(bars_idx), cfg.backtest.max_position),
-                "forecaster": fc_pos,
-                "ppo": ppo_pos,
-                "ensemble": combine_positions({"forecaster": fc_pos, "ppo": ppo_pos}, cfg.backtest.ensemble_weights,
-                                              cfg.backtest.max_position),
-            }
-            results = run_backtests(strategies, test_w.next_return[bars_idx], cfg.backtest.cost_bps, ppy)
-            report["strategies"] = {name: r.metrics for name, r in results.items()}
-            report["backtest"] = {"cost_bps": cfg.backtest.cost_bps, "periods_per_year": ppy,
-                                  "first_bar": pd.Timestamp(test_w.timestamp[bars_idx[0]]).isoformat(),
-                                  "last_bar": pd.Timestamp(test_w.timestamp[bars_idx[-1]]).isoformat(),
-                                  "n_bars": len(bars_idx), "ensemble_weights": cfg.backtest.ensemble_weights}
-            print(metrics_table(results), file=progress.stream, flush=True)
-            plot = plot_equity(results, test_w.timestamp[bars_idx], run_dir / "equity.png",
-                               title=f"{symbol}: test split after {cfg.backtest.cost_bps:g} bps costs")
-            progress.note(f"equity curves: {plot}")
-            with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-backtest") as run_id:
-                for name, m in report["strategies"].items():
-                    tracking.log_metrics({f"{name}.{k}": v for k, v in m.items()})
-                tracking.log_artifact(plot)
-                run_ids["backtest"] = run_id
+        with progress.stage("agents", f"Agents {', '.join(cfg.rl.agents)} in parallel on Ray "
+                                      f"({cfg.rl.iterations} x {cfg.rl.train_batch_size} env steps each), "
+                                      f"then the test-split backtest after {cfg.backtest.cost_bps:g} bps costs"):
+            rl = rl_stage(cfg, prepared, bars, forecaster.bundle, fc, run_dir, tracking_uri, progress,
+                          {"forecaster_version": version, "data_sha256": report["data"]["sha256"]}, ppy)
+            report.update(strategies=rl["strategies"], backtest=rl["backtest"], rl_metrics=rl["rl_metrics"])
+            report["model_versions"].update(rl["model_versions"])
+            run_ids.update(rl["mlflow_run_ids"])
+            agent_models = rl["agent_models"]
 
         report["mlflow_run_ids"] = run_ids
         report["mlflow"] = {"tracking_uri": tracking_uri, "forecaster_model": cfg.tracking.forecaster_model,
-                            "agent_models": {"ppo": agent_model}, "alias": cfg.tracking.alias}
+                            "agent_models": agent_models, "alias": cfg.tracking.alias}
         if cfg.serve.enabled:
             with progress.stage("serve", f"Ray Serve: deploying {cfg.serve.config} and posting requests"):
-                report["serve"] = _serve_and_query(cfg, bars, test_w, tracking_uri, agent_model, progress)
+                report["serve"] = _serve_and_query(cfg, bars, windows["test"], tracking_uri, agent_models,
+                                                   report["backtest"]["serve_weights"], progress)
         with progress.stage("report", "Writing report"):
             report["timings_s"] = progress.timings
             path = run_dir / "report.json"
@@ -194,7 +130,7 @@ def request_payload(bars: pd.DataFrame, end: pd.Timestamp, n_bars: int, position
 
 
 def _serve_and_query(cfg: PipelineConfig, bars: pd.DataFrame, test_w: Windows, tracking_uri: str,
-                     agent_model: str, progress: Progress) -> dict[str, Any]:
+                     agent_models: dict[str, str], weights: dict[str, float], progress: Progress) -> dict[str, Any]:
     import httpx
     from ray import serve
 
@@ -203,8 +139,8 @@ def _serve_and_query(cfg: PipelineConfig, bars: pd.DataFrame, test_w: Windows, t
 
     app, app_cfg = app_from_config(cfg.serve.config, {
         "tracking_uri": tracking_uri, "forecaster_model": cfg.tracking.forecaster_model,
-        "agent_models": {"ppo": agent_model}, "alias": cfg.tracking.alias,
-        "ensemble_weights": cfg.backtest.ensemble_weights, "max_position": cfg.backtest.max_position,
+        "agent_models": agent_models, "alias": cfg.tracking.alias,
+        "ensemble_weights": weights, "max_position": cfg.backtest.max_position,
         "redis_url": cfg.store.url if cfg.store.enabled else None, "store_prefix": cfg.store.prefix,
     })
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})

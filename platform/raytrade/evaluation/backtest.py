@@ -78,6 +78,8 @@ def backtest(
     cost_bps: float,
     periods_per_year: float,
     name: str = "strategy",
+    gap_returns: Any | None = None,
+    slippage: Any | None = None,
 ) -> BacktestResult:
     """Backtest one position series.
 
@@ -90,6 +92,10 @@ def backtest(
             ``|positions[t] - positions[t-1]|`` with a flat book before the first bar.
         periods_per_year: bars per year (> 0), for the annualised metrics.
         name: strategy name carried into the result.
+        gap_returns: optional ``(n,)`` ``ln(open[t+1] / close[t])``: orders fill at the next bar's open
+            (the previous position earns the gap); None fills at the close of ``t``.
+        slippage: optional ``(n,)`` (or scalar) extra cost as a fraction of traded notional.
+        (Both as in :func:`raytrade_envs.accounting.net_returns`, so results match the env.)
 
     Returns:
         :class:`BacktestResult` with per-bar net returns, the equity curve and the metrics.
@@ -103,7 +109,7 @@ def backtest(
     if pos.ndim == 1 and pos.size == 0:
         raise ValueError(f"strategy {name!r}: positions must not be empty")
     try:
-        rets = net_returns(pos, lr, cost_bps, initial_position=0.0)
+        rets = net_returns(pos, lr, cost_bps, initial_position=0.0, gap_returns=gap_returns, slippage=slippage)
         metrics = summarize(rets, pos, periods_per_year, initial_position=0.0)
     except ValueError as exc:
         raise ValueError(f"strategy {name!r}: {exc}") from exc
@@ -122,6 +128,8 @@ def run_backtests(
     next_log_returns: Any,
     cost_bps: float,
     periods_per_year: float,
+    gap_returns: Any | None = None,
+    slippage: Any | None = None,
 ) -> dict[str, BacktestResult]:
     """Backtest several position series on the same bars and costs.
 
@@ -130,6 +138,7 @@ def run_backtests(
         next_log_returns: shape ``(n,)``, shared by every strategy.
         cost_bps: transaction cost in basis points of traded notional (>= 0).
         periods_per_year: bars per year (> 0).
+        gap_returns, slippage: shared by every strategy, as in :func:`backtest`.
 
     Returns:
         name -> :class:`BacktestResult`, in the order of ``strategies``.
@@ -138,7 +147,8 @@ def run_backtests(
         ValueError: as :func:`backtest`, naming the strategy at fault.
     """
     return {
-        name: backtest(pos, next_log_returns, cost_bps, periods_per_year, name=name)
+        name: backtest(pos, next_log_returns, cost_bps, periods_per_year, name=name, gap_returns=gap_returns,
+                       slippage=slippage)
         for name, pos in strategies.items()
     }
 

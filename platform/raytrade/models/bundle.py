@@ -196,8 +196,3 @@ def signal_positions(probs: np.ndarray, max_position: float = 1.0) -> np.ndarray
     ``probs`` (n, 3) [sell, hold, buy] -> positions (n,) in [-max_position, max_position].
     """
     return np.clip((probs[:, 2] - probs[:, 0]) * max_position, -max_position, max_position)
-
-
-def forecast_features(probs: np.ndarray, expected_return: np.ndarray, return_scale: float) -> np.ndarray:
-    """Forecaster outputs as RL observation features ``(n, 4)``: the 3 probs and the z-scored return."""
-    return np.column_stack([probs, expected_return / (return_scale or 1.0)]).astype(np.float32)

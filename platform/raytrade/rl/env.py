@@ -1,4 +1,4 @@
-"""Registration of :class:`raytrade_envs.TradingEnv` with RLlib/Tune, and the env_config it takes."""
+"""The trading env's inputs from a split, its registration with RLlib/Tune, and the env_config it takes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ RLLIB_ENV_NAME = "raytrade_trading"
 
 
 def make_env(env_config: dict[str, Any]) -> TradingEnv:
-    """RLlib env creator: ``env_config`` holds TradingEnv's keyword arguments (arrays included)."""
+    """RLlib/SB3 env creator: ``env_config`` holds TradingEnv's keyword arguments (arrays included)."""
     return TradingEnv(**dict(env_config))
 
 
@@ -33,15 +33,22 @@ def env_config(
     episode_length: int | None = None,
     random_start: bool = False,
     max_position: float = 1.0,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Keyword arguments of :class:`TradingEnv` (see there for shapes and units)."""
+    """Keyword arguments of :class:`TradingEnv` (see there for shapes and units).
+
+    ``options`` passes the env's other keywords through (``gap_returns``, ``volatility``,
+    ``slippage_vol_mult``, ``reward``, ``reward_params``, ``account_observation``, ...).
+    """
     return {
         "features": np.asarray(features, dtype=np.float32),
         "returns": np.asarray(returns, dtype=np.float64),
-        "forecasts": None if forecasts is None else np.asarray(forecasts, dtype=np.float32),
+        "forecasts": None if forecasts is None or np.asarray(forecasts).shape[-1] == 0
+        else np.asarray(forecasts, dtype=np.float32),
         "window": window,
         "cost_bps": cost_bps,
         "episode_length": episode_length,
         "random_start": random_start,
         "max_position": max_position,
+        **options,
     }

@@ -1,98 +1,153 @@
-"""A trained RL policy for inference: an RLlib ``RLModule`` acting deterministically.
+"""A trained agent's policy for inference, whatever trained it: an RLlib ``RLModule`` or a stable-baselines3 model.
 
-Used by the backtest (rolling through the test split), MLflow (saved as a directory) and Ray Serve
-(loaded by name@alias). Deterministic action = mean of the Gaussian action distribution, clipped
-to the action space [-1, 1] (a target position, fraction of equity).
+Used by the backtest (rolling through a split), MLflow (saved as a directory) and Ray Serve (loaded by
+name@alias). The action is deterministic: RLlib's inference distribution made deterministic (the Gaussian
+mean for PPO, the squashed mean for SAC, the actor output for TD3), SB3's ``predict(deterministic=True)``,
+clipped to the action space [-1, 1] (target position as a fraction of ``max_position`` of equity).
+
+Saved layout: ``policy.json`` (backend, algorithm, observation spec) + ``module/`` (RLlib) or
+``model.zip`` (SB3).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from raytrade_envs import TradingEnv
+from raytrade_envs import TradingEnv, observation_vector
 
 MODULE_DIR = "module"
+SB3_FILE = "model.zip"
 META_FILE = "policy.json"
 
 
 class Policy:
-    """Deterministic wrapper of an RLlib RLModule (torch).
+    """Deterministic wrapper of a trained agent.
 
     Attributes:
-        module: the RLModule; algorithm: e.g. ``"ppo"``; obs_dim: observation length it expects;
-        window: bars of features per observation (as trained); feature_names: the (scaled) feature
-        columns of the observation window, in order.
+        model: the RLlib RLModule (``backend="rllib"``) or SB3 model (``backend="sb3"``).
+        backend, algorithm: e.g. ``"rllib"``, ``"td3"``.
+        obs_dim: observation length it expects; window: bars of features per observation;
+        feature_names: the scaled feature columns of the window, in order;
+        forecast_inputs: forecaster outputs in the observation (:mod:`raytrade.rl.inputs`);
+        account_observation: whether unrealised P&L and drawdown end the observation.
     """
 
-    def __init__(self, module: Any, algorithm: str = "ppo", obs_dim: int | None = None, window: int | None = None,
-                 feature_names: list[str] | None = None):
-        self.module = module
+    def __init__(self, model: Any, backend: str = "rllib", algorithm: str = "ppo", obs_dim: int | None = None,
+                 window: int | None = None, feature_names: Sequence[str] | None = None,
+                 forecast_inputs: Sequence[str] = ("probs", "expected_return"), account_observation: bool = True):
+        self.model = model
+        self.backend = backend
         self.algorithm = algorithm
         self.obs_dim = obs_dim
         self.window = window
         self.feature_names = list(feature_names or [])
+        self.forecast_inputs = list(forecast_inputs)
+        self.account_observation = bool(account_observation)
 
-    def observation(self, window: np.ndarray, columns: list[str], forecasts: np.ndarray, position: float) -> np.ndarray:
-        """The env observation from a scaled feature window ``(>= window, len(columns))`` ending at t, the
-        forecaster outputs at t and the current position (same layout as :class:`TradingEnv`)."""
+    # ------------------------------------------------------------ observation
+    def observation(self, window: np.ndarray, columns: list[str], forecast_row: np.ndarray, position: float,
+                    unrealised_pnl: float = 0.0, drawdown: float = 0.0) -> np.ndarray:
+        """The env observation ``(obs_dim,)`` float32 (layout of :func:`raytrade_envs.observation_vector`).
+
+        Args:
+            window: scaled features ``(>= self.window, len(columns))`` ending at bar t.
+            columns: names of ``window``'s columns; ``self.feature_names`` are picked from them.
+            forecast_row: :func:`raytrade.rl.inputs.forecast_inputs` row for bar t ``(K,)``.
+            position: current holding in [-1, 1] (fraction of equity).
+            unrealised_pnl, drawdown: account state (fractions) when the policy was trained with it.
+        """
         idx = [columns.index(name) for name in self.feature_names] if self.feature_names else list(range(len(columns)))
-        rows = np.asarray(window)[-int(self.window) :, idx]
-        return np.concatenate([rows.ravel(), np.asarray(forecasts).ravel(), [position]]).astype(np.float32)
+        rows = np.asarray(window)[-int(self.window):, idx]
+        return observation_vector(rows, np.asarray(forecast_row, dtype=np.float32).ravel(),
+                                  np.atleast_1d(np.asarray(position, dtype=np.float64)), unrealised_pnl, drawdown,
+                                  account=self.account_observation)
 
-    @classmethod
-    def from_module_dir(cls, path: str | Path, **kwargs: Any) -> Policy:
-        from ray.rllib.core.rl_module.rl_module import RLModule
-
-        return cls(RLModule.from_checkpoint(Path(path).resolve()), **kwargs)
-
+    # ------------------------------------------------------------------- act
     def act(self, obs: np.ndarray) -> np.ndarray:
-        """Target positions ``(n,)`` in [-1, 1] for observations ``(n, obs_dim)`` (or one ``(obs_dim,)``)."""
+        """Target positions ``(n,)`` in [-1, 1] for observations ``(n, obs_dim)`` (or one ``(obs_dim,)``);
+        ``(n, n_assets)`` for a portfolio policy.
+
+        Raises:
+            ValueError: the observation length differs from the one the policy was trained on.
+        """
         obs = np.atleast_2d(np.asarray(obs, dtype=np.float32))
         if self.obs_dim is not None and obs.shape[1] != self.obs_dim:
             raise ValueError(f"observation has {obs.shape[1]} values, the policy expects {self.obs_dim}")
-        with torch.no_grad():
-            out = self.module.forward_inference({"obs": torch.from_numpy(obs)})
-        dist_inputs = out["action_dist_inputs"].cpu().numpy()
-        mean = dist_inputs[:, : dist_inputs.shape[1] // 2]
-        return np.clip(mean[:, 0], -1.0, 1.0)
+        if self.backend == "sb3":
+            actions, _ = self.model.predict(obs, deterministic=True)
+        else:
+            import torch
+
+            with torch.no_grad():
+                out = self.model.forward_inference({"obs": torch.from_numpy(obs)})
+                dist = self.model.get_inference_action_dist_cls().from_logits(out["action_dist_inputs"])
+                actions = dist.to_deterministic().sample().cpu().numpy()
+        actions = np.clip(np.asarray(actions, dtype=np.float64).reshape(len(obs), -1), -1.0, 1.0)
+        return actions[:, 0] if actions.shape[1] == 1 else actions
 
     def predict(self, obs: Any) -> np.ndarray:
         """pyfunc entry point (MLflow): same as :meth:`act`."""
         return self.act(np.asarray(obs, dtype=np.float32))
 
-    def rollout(self, env: TradingEnv) -> np.ndarray:
-        """Run one episode from ``env.reset()`` acting deterministically; returns the positions taken.
+    def evaluate(self, env: TradingEnv, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """One deterministic episode from ``env.reset(seed=seed)``: ``(positions, net_returns)``.
 
-        Position ``k`` is the target chosen at env step ``k`` (bar ``window-1+k`` of the env data).
+        ``positions[k]`` is the position held after env step ``k`` (fraction of equity) and
+        ``net_returns[k]`` the simple net return of that bar after costs (fraction), both from the env's info.
         """
-        obs, _ = env.reset(seed=0)
-        positions = []
+        obs, _ = env.reset(seed=seed)
+        positions, returns = [], []
         done = False
         while not done:
-            action = self.act(obs)
-            obs, _, terminated, truncated, info = env.step(action.astype(np.float32))
+            action = np.atleast_1d(self.act(obs)[0]).astype(np.float32)
+            obs, _, terminated, truncated, info = env.step(action)
             positions.append(info["position"])
+            returns.append(info["net_return"])
             done = terminated or truncated
-        return np.asarray(positions)
+        return np.asarray(positions, dtype=np.float64), np.asarray(returns, dtype=np.float64)
+
+    def rollout(self, env: TradingEnv) -> np.ndarray:
+        """Positions of one deterministic episode (see :meth:`evaluate`)."""
+        return self.evaluate(env)[0]
+
+    # ------------------------------------------------------------- save/load
+    def meta(self) -> dict[str, Any]:
+        return {"backend": self.backend, "algorithm": self.algorithm, "obs_dim": self.obs_dim, "window": self.window,
+                "feature_names": self.feature_names, "forecast_inputs": self.forecast_inputs,
+                "account_observation": self.account_observation}
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.module.save_to_path((directory / MODULE_DIR).resolve())
-        meta = {"algorithm": self.algorithm, "obs_dim": self.obs_dim, "window": self.window,
-                "feature_names": self.feature_names}
-        (directory / META_FILE).write_text(json.dumps(meta))
+        if self.backend == "sb3":
+            self.model.save(directory / SB3_FILE)
+        else:
+            self.model.save_to_path((directory / MODULE_DIR).resolve())
+        (directory / META_FILE).write_text(json.dumps(self.meta()))
         return directory
+
+    @classmethod
+    def from_module_dir(cls, path: str | Path, **meta: Any) -> Policy:
+        """A policy around the RLlib module saved at ``path`` (``RLModule.save_to_path``)."""
+        from ray.rllib.core.rl_module.rl_module import RLModule
+
+        return cls(RLModule.from_checkpoint(Path(path).resolve()), **{**meta, "backend": "rllib"})
 
     @classmethod
     def load(cls, directory: str | Path) -> Policy:
         directory = Path(directory)
-        meta = json.loads((directory / META_FILE).read_text())
+        meta: Mapping[str, Any] = json.loads((directory / META_FILE).read_text())
+        backend = meta.get("backend", "rllib")
+        if backend == "sb3":
+            from raytrade.rl.sb3_agents import SB3_ALGORITHMS
+
+            model = SB3_ALGORITHMS[meta["algorithm"]].load(directory / SB3_FILE, device="cpu")
+            return cls(model, **{**meta, "backend": backend})
         return cls.from_module_dir(directory / MODULE_DIR, **meta)
 
 

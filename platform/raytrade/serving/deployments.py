@@ -18,8 +18,8 @@ from ray.serve.handle import DeploymentHandle
 
 from raytrade.data.schema import validate_bars
 from raytrade.errors import DataValidationError, InsufficientDataError, RaytradeError
-from raytrade.models.bundle import forecast_features
 from raytrade.rl.ensemble import combine_positions, normalise_weights
+from raytrade.rl.inputs import FORECAST_OUTPUTS, agent_outputs, forecast_inputs
 from raytrade.serving.schemas import PredictRequest, PredictResponse
 from raytrade.store import FeaturesNotFoundError, OnlineFeatureStore, StoreUnavailableError
 
@@ -78,11 +78,16 @@ class Forecaster:
         self.store = None if not redis_url else OnlineFeatureStore(
             redis_url, feature_set_version=self.bundle.feature_set_version, prefix=store_prefix)
 
+    def _outputs(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        """Deterministic forecast + embedding, and MC-dropout uncertainty when the bundle has MC samples."""
+        inputs = FORECAST_OUTPUTS if self.bundle.mc_samples > 0 else ("probs", "expected_return", "embedding")
+        return agent_outputs(self.bundle, windows, inputs)
+
     def _result(self, windows: np.ndarray, out: dict[str, np.ndarray], i: int) -> dict[str, Any]:
-        scale = float(self.bundle.model_kwargs.get("return_scale", 1.0))
-        obs_extra = forecast_features(out["probs"][i : i + 1], out["expected_return"][i : i + 1], scale)[0]
+        """The forecast of request ``i``, its scaled window, and its row of every output (for the agents)."""
         return {**self.bundle.describe(out["probs"][i], out["expected_return"][i]), "window": windows[i],
-                "obs_extra": obs_extra}
+                "outputs": {k: v[i : i + 1] for k, v in out.items()},
+                "return_scale": float(self.bundle.model_kwargs.get("return_scale", 1.0))}
 
     def forecast_stored(self, symbol: str) -> dict[str, Any]:
         """Forecast from the online store's latest window of ``symbol``.
@@ -96,7 +101,7 @@ class Forecaster:
                                         detail="no online store is configured (serve arg redis_url)")
         latest = self.store.read_latest(symbol)
         windows = self.bundle.window_from_features(latest.features)
-        result = self._result(windows, self.bundle.forecast_windows(windows), 0)
+        result = self._result(windows, self._outputs(windows), 0)
         result["timestamp"] = pd.Timestamp(latest.features["timestamp"].iloc[-1]).to_pydatetime()
         return result
 
@@ -111,7 +116,7 @@ class Forecaster:
     async def forecast(self, frames: list[pd.DataFrame]) -> list[dict[str, Any]]:
         """Per request: forecast dict + ``window`` (lookback, n_features) scaled features, ending at the last bar."""
         windows = np.concatenate([self.bundle.window_from_bars(f) for f in frames])
-        out = self.bundle.forecast_windows(windows)
+        out = self._outputs(windows)
         return [self._result(windows, out, i) for i in range(len(frames))]
 
 
@@ -130,9 +135,12 @@ class Agent:
                 "algorithm": self.policy.algorithm, "window": self.policy.window, "obs_dim": self.policy.obs_dim,
                 "feature_names": self.policy.feature_names}
 
-    def act(self, window: np.ndarray, columns: list[str], obs_extra: np.ndarray, position: float) -> float:
-        """Target position from the scaled feature window (columns named), forecaster outputs and position."""
-        return float(self.policy.act(self.policy.observation(window, columns, obs_extra, position))[0])
+    def act(self, window: np.ndarray, columns: list[str], outputs: dict[str, np.ndarray], return_scale: float,
+            position: float) -> float:
+        """Target position from the scaled feature window (columns named), the forecaster's outputs for this
+        request (:func:`raytrade.rl.inputs.forecast_inputs` picks the policy's inputs) and the position."""
+        row = forecast_inputs(outputs, return_scale, self.policy.forecast_inputs)[0]
+        return float(np.atleast_1d(self.policy.act(self.policy.observation(window, columns, row, position))[0])[0])
 
 
 @serve.deployment(autoscaling_config=DEFAULT_AUTOSCALING, ray_actor_options={"num_cpus": 0.25})
@@ -183,7 +191,8 @@ class Ingress:
             fc = await self.forecaster.forecast.remote(frame)
             timestamp = frame["timestamp"].iloc[-1].to_pydatetime()
         agent_positions = {
-            name: await h.act.remote(fc["window"], info["forecaster"]["columns"], fc["obs_extra"], req.position)
+            name: await h.act.remote(fc["window"], info["forecaster"]["columns"], fc["outputs"], fc["return_scale"],
+                                    req.position)
             for name, h in self.agents.items()
         }
         members = {"forecaster": fc["probs"]["buy"] - fc["probs"]["sell"], **agent_positions}

@@ -1,0 +1,104 @@
+"""RLlib agents on the new API stack (RLModule + Learner + EnvRunner): PPO, SAC and TD3.
+
+* PPO: Schulman et al., "Proximal Policy Optimization Algorithms", 2017 (``ray.rllib.algorithms.ppo``).
+* SAC: Haarnoja et al., "Soft Actor-Critic Algorithms and Applications", 2018 (``ray.rllib.algorithms.sac``).
+* TD3: Fujimoto et al., 2018, implemented on RLlib's SAC machinery in :mod:`raytrade.rl.td3`.
+
+:func:`algo_config` builds the ``AlgorithmConfig`` from :class:`~raytrade.config.RLConfig`;
+:func:`train_rllib` runs it iteration by iteration, scoring the policy on the VAL split after each
+(see :func:`raytrade.rl.agents.fit_agent`, which owns the loop shared with the SB3 backend).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from raytrade.config import RLConfig
+from raytrade.rl.env import make_env, register_trading_env
+from raytrade.rl.policy import Policy
+
+
+OFF_POLICY_FRAGMENT = 8  # env steps sampled per off-policy training step
+
+
+def algo_config(algorithm: str, cfg: RLConfig, env_config: dict[str, Any]):
+    """The RLlib ``AlgorithmConfig`` of ``algorithm`` (``ppo`` | ``sac`` | ``td3``) for ``cfg`` (torch, new stack).
+
+    One training iteration samples about ``cfg.train_batch_size`` env steps; off-policy agents update once
+    per sampled step from a replay buffer of ``cfg.buffer_size`` steps with batches of ``cfg.minibatch_size``.
+    """
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    hidden = list(cfg.hidden)
+    if algorithm == "ppo":
+        from ray.rllib.algorithms.ppo import PPOConfig
+
+        config = PPOConfig().training(
+            lr=cfg.learning_rate, gamma=cfg.gamma, train_batch_size_per_learner=cfg.train_batch_size,
+            minibatch_size=min(cfg.minibatch_size, cfg.train_batch_size), num_epochs=cfg.num_epochs,
+            entropy_coeff=0.0,
+        ).rl_module(model_config=DefaultModelConfig(fcnet_hiddens=hidden, fcnet_activation="tanh"))
+    elif algorithm in ("sac", "td3"):
+        if algorithm == "sac":
+            from ray.rllib.algorithms.sac import SACConfig as OffPolicyConfig
+        else:
+            from raytrade.rl.td3 import TD3Config as OffPolicyConfig
+
+        config = OffPolicyConfig().training(
+            actor_lr=cfg.learning_rate, critic_lr=cfg.learning_rate, gamma=cfg.gamma, tau=cfg.tau,
+            train_batch_size_per_learner=cfg.minibatch_size,
+            replay_buffer_config={"type": "EpisodeReplayBuffer", "capacity": cfg.buffer_size},
+            num_steps_sampled_before_learning_starts=min(cfg.learning_starts, cfg.train_batch_size),
+        ).rl_module(model_config=DefaultModelConfig(fcnet_hiddens=hidden, fcnet_activation="relu"))
+        if algorithm == "sac":
+            config = config.training(alpha_lr=cfg.learning_rate)
+        # sample OFF_POLICY_FRAGMENT steps per training step and make as many updates: one update per env step
+        # (training_intensity = replayed / sampled steps), with the per-call overhead paid once per fragment
+        config = config.env_runners(rollout_fragment_length=OFF_POLICY_FRAGMENT).training(
+            training_intensity=float(cfg.minibatch_size))
+        config = config.reporting(min_sample_timesteps_per_iteration=cfg.train_batch_size, min_time_s_per_iteration=0)
+    else:
+        raise ValueError(f"RLlib backend has no algorithm {algorithm!r}; choose ppo, sac or td3")
+    return (
+        config.environment(env=register_trading_env(), env_config=env_config)
+        .framework("torch")
+        .env_runners(num_env_runners=cfg.num_env_runners, num_envs_per_env_runner=1)
+        .learners(num_learners=0)
+        .debugging(seed=cfg.seed)
+        .reporting(metrics_num_episodes_for_smoothing=5)
+    )
+
+
+class RLlibTrainer:
+    """One RLlib algorithm behind the agent-training interface of :func:`raytrade.rl.agents.fit_agent`."""
+
+    backend = "rllib"
+
+    def __init__(self, algorithm: str, cfg: RLConfig, env_config: dict[str, Any], policy_meta: dict[str, Any]):
+        self.algorithm = algorithm
+        self.algo = algo_config(algorithm, cfg, env_config).build_algo()
+        self.obs_dim = int(make_env(env_config).observation_space.shape[0])
+        self.policy_meta = policy_meta
+
+    def train_iteration(self) -> dict[str, float]:
+        """One ``Algorithm.train()``; returns env steps so far and the mean training episode return."""
+        result = self.algo.train()
+        runners = result.get("env_runners", {})
+        return {"env_steps": int(result.get("num_env_steps_sampled_lifetime",
+                                            runners.get("num_env_steps_sampled_lifetime", 0))),
+                "train_episode_return_mean": float(runners.get("episode_return_mean", float("nan")))}
+
+    def policy(self) -> Policy:
+        """The current policy (a copy of the module, detached from the algorithm)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.algo.get_module().save_to_path(Path(tmp) / "module")
+            return Policy.from_module_dir(Path(tmp) / "module", obs_dim=self.obs_dim, **self.policy_meta)
+
+    def save_checkpoint(self, path: Path) -> Path:
+        """Full algorithm checkpoint (``Algorithm.save_to_path``) for resuming training."""
+        return Path(self.algo.save_to_path(str(Path(path).resolve())))
+
+    def stop(self) -> None:
+        self.algo.stop()

@@ -1,0 +1,99 @@
+"""stable-baselines3 agents (PPO, SAC, TD3, A2C, DDPG) behind the same training interface as the RLlib ones.
+
+Raffin et al., "Stable-Baselines3: Reliable Reinforcement Learning Implementations", JMLR 2021. Each agent
+learns ``train_batch_size`` env steps per iteration (``learn(..., reset_num_timesteps=False)``) in one
+:class:`raytrade_envs.TradingEnv`; :func:`raytrade.rl.agents.fit_agent` runs it as a Ray task so several
+agents train in parallel.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raytrade.config import RLConfig
+from raytrade.rl.env import make_env
+from raytrade.rl.policy import SB3_FILE, Policy
+
+
+def _algorithms() -> dict[str, Any]:
+    from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
+
+    return {"ppo": PPO, "sac": SAC, "td3": TD3, "a2c": A2C, "ddpg": DDPG}
+
+
+class _Algorithms(dict):
+    """name -> SB3 class, imported on first use (no import-time side effects)."""
+
+    def __missing__(self, key: str) -> Any:
+        self.update(_algorithms())
+        if key not in self.keys():
+            raise KeyError(f"stable-baselines3 backend has no algorithm {key!r}; choose from {sorted(self)}")
+        return dict.__getitem__(self, key)
+
+
+SB3_ALGORITHMS: dict[str, Any] = _Algorithms()
+
+
+def sb3_model(algorithm: str, cfg: RLConfig, env: Any) -> Any:
+    """The SB3 model of ``algorithm`` for ``cfg`` on ``env`` (MLP ``cfg.hidden``, CPU, seeded)."""
+    cls = SB3_ALGORITHMS[algorithm]
+    common = {"learning_rate": cfg.learning_rate, "gamma": cfg.gamma, "seed": cfg.seed, "device": "cpu",
+              "verbose": 0, "policy_kwargs": {"net_arch": list(cfg.hidden)}}
+    if algorithm == "ppo":
+        extra = {"n_steps": cfg.train_batch_size, "batch_size": min(cfg.minibatch_size, cfg.train_batch_size),
+                 "n_epochs": cfg.num_epochs}
+    elif algorithm == "a2c":
+        extra = {"n_steps": 5}
+    else:  # off-policy: sac, td3, ddpg
+        from stable_baselines3.common.noise import NormalActionNoise
+
+        extra = {"buffer_size": cfg.buffer_size, "batch_size": cfg.minibatch_size, "tau": cfg.tau,
+                 "learning_starts": min(cfg.learning_starts, cfg.train_batch_size)}
+        if algorithm in ("td3", "ddpg"):
+            n = env.action_space.shape[0]
+            extra["action_noise"] = NormalActionNoise(np.zeros(n), 0.1 * np.ones(n))
+    return cls("MlpPolicy", env, **common, **extra)
+
+
+class SB3Trainer:
+    """One SB3 model behind the agent-training interface of :func:`raytrade.rl.agents.fit_agent`."""
+
+    backend = "sb3"
+
+    def __init__(self, algorithm: str, cfg: RLConfig, env_config: dict[str, Any], policy_meta: dict[str, Any]):
+        from stable_baselines3.common.monitor import Monitor
+
+        self.algorithm = algorithm
+        self.cfg = cfg
+        self.env = Monitor(make_env(env_config))
+        self.model = sb3_model(algorithm, cfg, self.env)
+        self.obs_dim = int(self.env.observation_space.shape[0])
+        self.policy_meta = policy_meta
+
+    def train_iteration(self) -> dict[str, float]:
+        """``learn(train_batch_size)``; returns env steps so far and the mean return of recent training episodes."""
+        self.model.learn(total_timesteps=self.cfg.train_batch_size, reset_num_timesteps=False)
+        episodes = list(self.model.ep_info_buffer or [])[-5:]
+        mean = float(np.mean([e["r"] for e in episodes])) if episodes else float("nan")
+        return {"env_steps": int(self.model.num_timesteps), "train_episode_return_mean": mean}
+
+    def policy(self) -> Policy:
+        """The current policy (a copy of the model, detached from training)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.model.save(Path(tmp) / SB3_FILE)
+            model = SB3_ALGORITHMS[self.algorithm].load(Path(tmp) / SB3_FILE, device="cpu")
+        return Policy(model, backend="sb3", obs_dim=self.obs_dim, **self.policy_meta)
+
+    def save_checkpoint(self, path: Path) -> Path:
+        """The SB3 model zip (weights + optimizer state) for resuming training."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save(path / SB3_FILE)
+        return path
+
+    def stop(self) -> None:
+        self.env.close()
