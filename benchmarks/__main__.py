@@ -16,8 +16,9 @@ import time
 #: Modules are named either ``<name>.py`` or ``bench_<name>.py``.
 BENCHMARKS: dict[str, str] = {
     "features": "benchmarks.features",
-    "env": "benchmarks.bench_env",
+    "env": "benchmarks.env",
     "training": "benchmarks.training",
+    "rl": "benchmarks.rl",
 }
 
 

@@ -44,10 +44,13 @@ Files:
 - `features.{json,md}` (`benchmarks/features.py`): the full feature set on 1M one-minute bars on one
   core; six indicators, raytrade vs raw TA-Lib vs the `ta` library, with value checks; Ray Data
   `preprocess` on 1 vs 2 CPUs against a serial in-process loop.
-- `env.{json,md}` (`benchmarks/bench_env.py`): `TradingEnv` stepping vs the vectorised backtest.
+- `env.{json,md}` (`benchmarks/env.py`): `TradingEnv` steps/s vs gym-anytrading's `StocksEnv` and a
+  FinRL-style pandas env on the same bars and actions; `VecTradingEnv` env-steps/s with 64 and 1024 envs.
 - `training.{json,md}` (`benchmarks/training.py`): forecaster training samples/s per epoch with Ray Train
   (1 worker; 1 worker streaming from Ray Data; 2 workers x 1 CPU with DDP) vs a plain PyTorch loop with
   the same model, data and threads; peak memory and Ray Train's fixed start-up.
+- `rl.{json,md}` (`benchmarks/rl.py`): RLlib PPO (new API stack) vs stable-baselines3 PPO env steps/s on
+  the same TradingEnv and CPU budget, and RLlib with one env-runner actor.
 
 Timings depend on the machine and on what else runs on it (`machine.load_average_1_5_15m` is
 recorded when the results are written); compare numbers only between runs on the same, otherwise

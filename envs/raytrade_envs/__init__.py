@@ -1,18 +1,50 @@
 """Gymnasium trading environments and the shared per-bar accounting of raytrade.
 
-Depends only on numpy, pandas and gymnasium. Importing this package registers
-``"raytrade_envs/Trading-v0"`` (entry point :class:`TradingEnv`) with gymnasium,
-so ``gymnasium.make("raytrade_envs/Trading-v0", features=..., returns=...)`` works.
+Depends only on numpy, pandas and gymnasium (never on Ray or ``raytrade``). Importing this
+package registers ``"raytrade_envs/Trading-v0"`` (entry point :class:`TradingEnv`) with
+gymnasium, so ``gymnasium.make("raytrade_envs/Trading-v0", features=..., returns=...)`` works.
+
+Modules (one seam each):
+
+* :mod:`raytrade_envs.accounting`: per-bar net return with costs, gap fills and slippage
+  (:func:`bar_net_return`, :func:`net_returns`), shared with the backtester;
+* :mod:`raytrade_envs.market`: :class:`MarketSimulator` (fills, costs, slippage);
+* :mod:`raytrade_envs.observation`: :class:`ObservationBuilder` and :func:`observation_vector`
+  (the single definition of the observation layout);
+* :mod:`raytrade_envs.actions`: :class:`ActionMapper` (single asset and portfolio);
+* :mod:`raytrade_envs.rewards`: reward schemes by name (:data:`REWARDS`);
+* :mod:`raytrade_envs.trading_env`: :class:`TradingEnv`;
+* :mod:`raytrade_envs.vector_env`: :class:`VecTradingEnv` (``N`` envs stepped with numpy).
 """
 
 from __future__ import annotations
 
 import gymnasium
 
-from raytrade_envs.accounting import bar_net_return, net_returns
+from raytrade_envs.accounting import bar_net_return, net_log_return, net_returns
+from raytrade_envs.actions import ActionMapper
+from raytrade_envs.market import MarketSimulator, ohlcv_arrays
+from raytrade_envs.observation import ObservationBuilder, observation_size, observation_vector
+from raytrade_envs.rewards import REWARDS, make_reward
 from raytrade_envs.trading_env import TradingEnv
+from raytrade_envs.vector_env import VecTradingEnv
 
-__all__ = ["ENV_ID", "TradingEnv", "bar_net_return", "net_returns"]
+__all__ = [
+    "ENV_ID",
+    "REWARDS",
+    "ActionMapper",
+    "MarketSimulator",
+    "ObservationBuilder",
+    "TradingEnv",
+    "VecTradingEnv",
+    "bar_net_return",
+    "make_reward",
+    "net_log_return",
+    "net_returns",
+    "observation_size",
+    "observation_vector",
+    "ohlcv_arrays",
+]
 
 #: Gymnasium id under which :class:`TradingEnv` is registered.
 ENV_ID = "raytrade_envs/Trading-v0"

@@ -1,10 +1,19 @@
-"""Single-asset trading environment following the Gymnasium API.
+"""Gymnasium trading environment: one asset or a portfolio, continuous target positions.
 
-The agent chooses, at the close of each bar ``t``, a target position (fraction of
-equity, negative = short) that is held until the close of bar ``t + 1``. The reward
-is the portfolio's net *log* return over that bar, computed with
-:func:`raytrade_envs.accounting.bar_net_return` so that it matches the backtester
-exactly.
+The agent chooses, at the close of each bar ``t``, target positions (fractions of equity,
+negative = short) that are held until the close of bar ``t + 1``. The environment is composed
+of four seams:
+
+* :class:`raytrade_envs.market.MarketSimulator`: fills (at ``close[t]``, or at the next bar's
+  open with ``gap_returns``), transaction costs in bps and volatility-proportional slippage;
+* :class:`raytrade_envs.observation.ObservationBuilder`: feature window, forecaster outputs,
+  positions, unrealised P&L and drawdown;
+* :class:`raytrade_envs.actions.ActionMapper`: ``Box(-1, 1, (A,))`` actions to positions
+  (position limit, long-only, gross rescaling, invalid-action policy);
+* :mod:`raytrade_envs.rewards`: the reward scheme selected by name.
+
+The accounting is :mod:`raytrade_envs.accounting`, shared with the backtester, so rewards and
+backtest P&L agree to floating-point precision.
 """
 
 from __future__ import annotations
@@ -16,216 +25,268 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from raytrade_envs.accounting import BPS, bar_net_return
+from raytrade_envs._validate import as_finite_array, as_float, as_int
+from raytrade_envs.accounting import MIN_GROWTH
+from raytrade_envs.actions import ActionMapper
+from raytrade_envs.market import MarketSimulator
+from raytrade_envs.observation import DEFAULT_CACHE_MAX_BYTES, ObservationBuilder
+from raytrade_envs.rewards import make_reward
 
-__all__ = ["TradingEnv"]
+__all__ = ["EnvCore", "TradingEnv"]
 
-_MIN_GROWTH = 1e-12  # floor on (1 + net) before taking the log of a ruinous bar
-
-
-def _is_int(value: Any) -> bool:
-    """True for Python/numpy integers (but not bools)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+_LOG_MIN_GROWTH = math.log(MIN_GROWTH)
 
 
-def _as_finite_array(value: Any, name: str, ndim: int, dtype: type) -> np.ndarray:
-    """Convert ``value`` to a contiguous array of ``dtype`` and validate it.
+class EnvCore:
+    """Validated data and the four seams, shared by :class:`TradingEnv` and :class:`VecTradingEnv`.
 
-    Raises:
-        ValueError: naming ``name`` if the array has the wrong ndim, cannot be
-            converted to numbers, or contains non-finite values (also after the
-            cast to ``dtype``, which catches float32 overflow).
+    Takes the keyword arguments documented on :class:`TradingEnv` (except ``render_mode``).
+
+    Attributes:
+        market, observations, actions: the seams; reward_name, reward_params: the reward config;
+        n_bars (T), n_features (F), n_forecasts (K), n_assets (A), single (1-D returns);
+        first_start (``window - 1``), last_index (``T - 1``), last_start (the last admissible
+        episode start); episode_length, random_start, ruin_equity, window.
     """
-    try:
-        arr64 = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be numeric array-like: {exc}") from exc
-    if arr64.ndim != ndim:
-        expected = "(T,)" if ndim == 1 else "(T, n_columns)"
-        raise ValueError(
-            f"{name} must be {ndim}-D with shape {expected}, got shape {arr64.shape}"
-        )
-    if not np.all(np.isfinite(arr64)):
-        bad = np.argwhere(~np.isfinite(arr64))[0]
-        raise ValueError(
-            f"{name} contains non-finite values (NaN or inf), first at index {tuple(int(i) for i in bad)}"
-        )
-    arr = np.ascontiguousarray(arr64, dtype=dtype)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} has values that overflow {np.dtype(dtype).name}")
-    arr.setflags(write=False)
-    return arr
-
-
-class TradingEnv(gymnasium.Env):
-    """Gymnasium environment for trading one asset with a continuous position.
-
-    Args:
-        features: array-like of shape ``(T, F)``; already-scaled, causal features
-            (row ``t`` uses only bars ``<= t``). Stored as float32.
-        returns: array-like of shape ``(T,)``; next-bar natural log returns,
-            ``returns[t] = ln(close[t + 1] / close[t])``, i.e. the return earned by
-            the position chosen at ``t``. Stored as float64.
-        forecasts: optional array-like of shape ``(T, K)``; forecaster outputs
-            available at the close of bar ``t`` (class probabilities, predicted
-            returns, ...). Stored as float32.
-        window: number of feature rows (bars ``t - window + 1 .. t``) in each
-            observation; ``>= 1``.
-        cost_bps: transaction cost in basis points (1e-4) of traded notional;
-            ``>= 0``.
-        episode_length: maximum number of steps per episode; ``None`` runs until
-            the data runs out.
-        random_start: if True, ``reset`` draws the start index uniformly (with
-            ``self.np_random``) from the starts that leave room for
-            ``episode_length`` steps; otherwise every episode starts at
-            ``window - 1``.
-        max_position: scale applied to the clipped action; the applied position
-            is ``clip(action, -1, 1) * max_position``; in ``(0, 1]``.
-        render_mode: ``None``, ``"ansi"`` (``render`` returns a string) or
-            ``"human"`` (``render`` prints it).
-
-    Spaces:
-        * action: ``Box(-1, 1, shape=(1,), float32)`` -- target position as a
-          fraction of ``max_position`` of equity.
-        * observation: ``Box(-inf, inf, shape=(window * F + K + 1,), float32)``
-          laid out as ``features[t - window + 1 : t + 1].ravel()`` (oldest row
-          first), then ``forecasts[t]`` (if given), then the current position.
-          Nothing at an index ``> t`` is ever read.
-
-    Dynamics of ``step(action)`` at index ``t``:
-        ``net = bar_net_return(position, new_position, returns[t], cost_bps)``
-        (simple return, fraction), ``reward = log(max(1 + net, 1e-12))``
-        (net log return), ``equity *= 1 + net``, then ``t += 1``.
-        ``truncated`` when ``t`` reaches ``T - 1`` (the observation at ``T - 1`` is
-        still valid, but ``returns[T - 1]`` is never traded) or when
-        ``episode_length`` steps have been taken; ``terminated`` only when equity
-        drops to ``<= 0``.
-
-    Raises:
-        ValueError: in ``__init__`` for invalid arguments (message names the
-            argument); in ``step`` for NaN or wrongly-sized actions.
-        RuntimeError: if ``step`` is called before ``reset`` or after the episode
-            has ended.
-    """
-
-    metadata: ClassVar[dict[str, Any]] = {
-        "render_modes": ["ansi", "human"],
-        "render_fps": 4,
-    }
 
     def __init__(
         self,
         features: Any,
         returns: Any,
         forecasts: Any | None = None,
+        gap_returns: Any | None = None,
+        volatility: Any | None = None,
         window: int = 8,
         cost_bps: float = 10.0,
+        slippage_vol_mult: float = 0.0,
+        max_position: float = 1.0,
+        allow_short: bool = True,
         episode_length: int | None = None,
         random_start: bool = False,
-        max_position: float = 1.0,
-        render_mode: str | None = None,
+        ruin_equity: float = 0.0,
+        reward: str = "log_return",
+        reward_params: dict[str, Any] | None = None,
+        invalid_action: str = "clip",
+        account_observation: bool = True,
+        obs_cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
     ) -> None:
-        super().__init__()
-        feats = _as_finite_array(features, "features", 2, np.float32)
-        rets = _as_finite_array(returns, "returns", 1, np.float64)
+        feats = as_finite_array(features, "features", (2,), np.float32)
+        market = MarketSimulator(returns, gap_returns, volatility, cost_bps, slippage_vol_mult)
         n_bars, n_features = feats.shape
-        if n_features < 1:
-            raise ValueError(
-                f"features must have at least one column, got shape {feats.shape}"
-            )
-        if rets.shape[0] != n_bars:
-            raise ValueError(
-                f"returns length {rets.shape[0]} does not match features length {n_bars}"
-            )
-        fcst: np.ndarray | None = None
-        n_forecasts = 0
+        if market.n_bars != n_bars:
+            raise ValueError(f"returns length {market.n_bars} does not match features length {n_bars}")
+        fcst = None
         if forecasts is not None:
-            fcst = _as_finite_array(forecasts, "forecasts", 2, np.float32)
+            fcst = as_finite_array(forecasts, "forecasts", (2,), np.float32)
             if fcst.shape[0] != n_bars:
-                raise ValueError(
-                    f"forecasts length {fcst.shape[0]} does not match features length {n_bars}"
-                )
-            n_forecasts = fcst.shape[1]
-            if n_forecasts < 1:
-                raise ValueError(
-                    f"forecasts must have at least one column, got shape {fcst.shape}"
-                )
-
-        if not _is_int(window):
-            raise ValueError(f"window must be an int, got {window!r}")
-        window = int(window)
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
+                raise ValueError(f"forecasts length {fcst.shape[0]} does not match features length {n_bars}")
+        window = as_int(window, "window", 1)
         if n_bars < window + 1:
             raise ValueError(
                 f"window={window} is too large for {n_bars} bars: need at least window + 1 bars "
                 "(features/returns length T >= window + 1)"
             )
-        try:
-            cost = float(cost_bps)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"cost_bps must be a number, got {cost_bps!r}") from exc
-        if not math.isfinite(cost) or cost < 0.0:
-            raise ValueError(f"cost_bps must be a finite number >= 0, got {cost_bps!r}")
-        try:
-            max_pos = float(max_position)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"max_position must be a number, got {max_position!r}"
-            ) from exc
-        if not (0.0 < max_pos <= 1.0):
-            raise ValueError(f"max_position must be in (0, 1], got {max_position!r}")
         if episode_length is not None:
-            if not _is_int(episode_length):
-                raise ValueError(
-                    f"episode_length must be an int or None, got {episode_length!r}"
-                )
-            episode_length = int(episode_length)
-            if episode_length < 1:
-                raise ValueError(
-                    f"episode_length must be >= 1 or None, got {episode_length}"
-                )
+            episode_length = as_int(episode_length, "episode_length", 1)
+        self.ruin_equity = as_float(ruin_equity, "ruin_equity", 0.0, 1.0, high_open=True)
+        self.actions = ActionMapper(market.n_assets, max_position, allow_short, invalid_action,
+                                    portfolio=not market.single)
+        self.reward_name = reward
+        self.reward_params = dict(reward_params or {})
+        make_reward(reward, reward_params)  # validate now; each env owns its instance
+
+        self.market = market
+        self.observations = ObservationBuilder(feats, fcst, window, market.n_assets, bool(account_observation),
+                                               obs_cache_max_bytes)
+        self.window = window
+        self.episode_length = episode_length
+        self.random_start = bool(random_start)
+        self.account_observation = bool(account_observation)
+        self.n_bars = n_bars
+        self.n_features = n_features
+        self.n_forecasts = 0 if fcst is None else fcst.shape[1]
+        self.n_assets = market.n_assets
+        self.single = market.single
+        self.first_start = window - 1
+        self.last_index = n_bars - 1  # episodes truncate when t reaches this index
+        last_start = self.last_index - 1 if episode_length is None else self.last_index - episode_length
+        self.last_start = max(self.first_start, last_start)
+
+    def check_start(self, start: Any) -> int:
+        """Validate a fixed episode start (``options["start"]``): an int in ``[first_start, last_start]``."""
+        if not (isinstance(start, (int, np.integer)) and not isinstance(start, bool)):
+            raise ValueError(f"start must be an int, got {start!r}")
+        start = int(start)
+        if not self.first_start <= start <= self.last_start:
+            raise ValueError(f"start must be in [{self.first_start}, {self.last_start}] (window - 1 .. last "
+                             f"admissible start), got {start}")
+        return start
+
+    def action_space(self) -> spaces.Box:
+        return spaces.Box(low=-1.0, high=1.0, shape=(self.n_assets,), dtype=np.float32)
+
+    def observation_space(self) -> spaces.Box:
+        return spaces.Box(low=-np.inf, high=np.inf, shape=(self.observations.dim,), dtype=np.float32)
+
+
+class TradingEnv(gymnasium.Env):
+    """Gymnasium environment for trading one asset, or a portfolio, with continuous target positions.
+
+    Args:
+        features: ``(T, F)`` already-scaled causal features (row ``t`` uses only bars ``<= t``);
+            stored as float32.
+        returns: ``(T,)`` for one asset or ``(T, A)`` for a portfolio; ``returns[t] =
+            ln(close[t+1] / close[t])`` (natural log, fraction), earned by the target chosen at
+            the close of ``t``. Stored as float64.
+        forecasts: optional ``(T, K)`` forecaster outputs available at the close of ``t``
+            (probabilities, expected return, uncertainty, embedding ...); appended to the
+            observation; stored as float32.
+        gap_returns: optional, shape of ``returns``; ``ln(open[t+1] / close[t])``. Given, the target
+            chosen at the close of ``t`` fills at the open of ``t + 1``: the previous position
+            earns the gap, the new one ``ln(close[t+1] / open[t+1]) = returns - gap_returns``.
+            ``None``: fills at ``close[t]``.
+        volatility: optional, shape of ``returns``, >= 0; per-bar volatility known at ``t``
+            (fraction, e.g. std of 1-bar log returns) for slippage. ``None``: no slippage.
+        window: feature rows per observation (bars ``t - window + 1 .. t``), >= 1.
+        cost_bps: transaction cost in basis points (1e-4) of traded notional, >= 0.
+        slippage_vol_mult: slippage cost fraction per unit traded = ``slippage_vol_mult *
+            volatility[t]``, >= 0 (needs ``volatility`` to have an effect).
+        max_position: in ``(0, 1]``. One asset: cap on ``|position|``; portfolio: cap on the gross
+            exposure ``sum_a |position_a|``.
+        allow_short: ``False`` maps negative targets to 0 (long-only).
+        episode_length: maximum steps per episode; ``None`` runs until the data runs out.
+        random_start: draw each episode's start uniformly from ``[window - 1, last_start]``
+            with ``self.np_random`` (``last_start`` leaves room for ``episode_length`` steps, or
+            one step without it); otherwise every episode starts at ``window - 1``.
+            ``reset(options={"start": s})`` forces a start.
+        ruin_equity: in ``[0, 1)``, a fraction of the starting equity (1.0). The episode
+            *terminates* when equity ``<= ruin_equity``. The default 0.0 ends it only when the
+            account is wiped out (equity <= 0), e.g. by a ruinous cost or a leveraged loss.
+        reward: one of :data:`raytrade_envs.rewards.REWARDS`: ``"log_return"``,
+            ``"differential_sharpe"``, ``"drawdown_penalty"``, ``"cost_penalty"``.
+        reward_params: parameters of the reward (e.g. ``{"eta": 0.01}``, ``{"penalty": 1.0}``);
+            unknown keys raise ``ValueError`` naming them.
+        invalid_action: ``"clip"``: actions outside ``[-1, 1]`` (and ``+-inf``) are clipped;
+            ``"raise"``: they raise ``ValueError`` naming the value. NaN always raises.
+        account_observation: append unrealised P&L and drawdown to the observation.
+        render_mode: ``None``, ``"ansi"`` (``render()`` returns a string) or ``"human"`` (prints it).
+        obs_cache_max_bytes: precompute the static part of all observations when the ``(T, dim)``
+            float32 table fits in this many bytes (default 256 MiB); otherwise build per step.
+
+    Spaces:
+        * action: ``Box(-1, 1, (A,), float32)`` (``A = 1`` for 1-D returns): target positions as
+          fractions of ``max_position`` (see :mod:`raytrade_envs.actions` for the mapping).
+        * observation: ``Box(-inf, inf, (window * F + K + A + 2 * account_observation,), float32)``
+          laid out as ``features[t - window + 1 : t + 1].ravel()`` (oldest row first),
+          ``forecasts[t]``, positions (``A``), unrealised P&L, drawdown; see
+          :func:`raytrade_envs.observation.observation_vector`. Nothing at an index ``> t`` is read.
+
+    Dynamics of ``step(action)`` at index ``t`` (the close of bar ``t``):
+        1. ``new = ActionMapper(action)``;
+        2. ``net = sum_a prev_a * expm1(gap[t,a]) + new_a * expm1(returns[t,a] - gap[t,a])
+           - (cost_bps * 1e-4 + slippage_vol_mult * volatility[t,a]) * |new_a - prev_a|``
+           (simple return, fraction; see :mod:`raytrade_envs.accounting`); ``cost`` is the last
+           term (fraction of equity);
+        3. ``equity *= 1 + net``; ``peak = max(peak, equity)`` (peak starts at 1.0);
+           ``drawdown = 1 - equity / peak``;
+        4. unrealised P&L: the entry equity ``E0`` is reset to the equity *before* the bar
+           whenever the sign pattern of the positions changes (a position opened from flat,
+           flipped or closed in any asset); ``unrealised_pnl = equity / E0 - 1`` while any
+           position is open, ``0.0`` when flat. It therefore includes the entry costs and, with
+           next-open fills, the opening bar's gap;
+        5. reward from the scheme, on ``log1p(net)`` (floored at ``log(1e-12)``), ``cost`` and the
+           drawdown increase; then ``t += 1``.
+
+        ``terminated`` when equity ``<= ruin_equity``. ``truncated`` when ``t`` reaches ``T - 1``
+        (the data ran out: the observation at ``T - 1`` is valid but ``returns[T - 1]`` is never
+        traded) or ``episode_length`` steps were taken. Both can be True on the same step.
+
+    ``info`` (reset and step): ``t`` (bar index of the observation), ``position`` (float for one
+    asset; ``(A,)`` array for a portfolio, which also has ``positions``), ``equity`` (relative to
+    1.0 at reset), ``net_return`` (simple, this bar), ``cost`` (this bar, fraction of equity),
+    ``costs_paid`` (cumulative sum of ``cost``), ``drawdown``, ``unrealised_pnl``.
+
+    Determinism: given ``reset(seed=...)`` and the same actions, everything is reproducible; the
+    env pickles and unpickles mid-episode (caches are rebuilt) and continues identically.
+
+    Raises:
+        ValueError: in ``__init__`` for invalid arguments (the message names the argument); in
+            ``step`` for NaN, wrongly sized or (``invalid_action="raise"``) out-of-range actions;
+            in ``reset`` for a bad ``options["start"]``.
+        RuntimeError: if ``step`` is called before ``reset`` or after the episode has ended.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "human"], "render_fps": 4}
+
+    def __init__(
+        self,
+        features: Any,
+        returns: Any,
+        forecasts: Any | None = None,
+        gap_returns: Any | None = None,
+        volatility: Any | None = None,
+        window: int = 8,
+        cost_bps: float = 10.0,
+        slippage_vol_mult: float = 0.0,
+        max_position: float = 1.0,
+        allow_short: bool = True,
+        episode_length: int | None = None,
+        random_start: bool = False,
+        ruin_equity: float = 0.0,
+        reward: str = "log_return",
+        reward_params: dict[str, Any] | None = None,
+        invalid_action: str = "clip",
+        account_observation: bool = True,
+        render_mode: str | None = None,
+        obs_cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
+    ) -> None:
+        super().__init__()
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}"
             )
-
-        self._features = feats
-        self._returns = rets
-        self._forecasts = fcst
-        self.window = window
-        self.cost_bps = cost
-        self.episode_length = episode_length
-        self.random_start = bool(random_start)
-        self.max_position = max_pos
-        self.render_mode = render_mode
-        self.n_bars = n_bars
-        self.n_features = n_features
-        self.n_forecasts = n_forecasts
-
-        self._first_start = window - 1
-        self._last_index = n_bars - 1  # episode truncates when t reaches this index
-        if episode_length is None:
-            last_start = self._last_index - 1
-        else:
-            last_start = self._last_index - episode_length
-        self._last_start = max(self._first_start, last_start)
-
-        self._n_window = window * n_features
-        self._obs_dim = self._n_window + n_forecasts + 1
-        self.action_space = spaces.Box(low=-1.0, high=1.0, shape=(1,), dtype=np.float32)
-        self.observation_space = spaces.Box(
-            low=-np.inf, high=np.inf, shape=(self._obs_dim,), dtype=np.float32
+        core = EnvCore(
+            features, returns, forecasts=forecasts, gap_returns=gap_returns, volatility=volatility, window=window,
+            cost_bps=cost_bps, slippage_vol_mult=slippage_vol_mult, max_position=max_position,
+            allow_short=allow_short, episode_length=episode_length, random_start=random_start,
+            ruin_equity=ruin_equity, reward=reward, reward_params=reward_params, invalid_action=invalid_action,
+            account_observation=account_observation, obs_cache_max_bytes=obs_cache_max_bytes,
         )
+        self._core = core
+        self._market = core.market
+        self._obs = core.observations
+        self._mapper = core.actions
+        self._reward = make_reward(core.reward_name, core.reward_params)
+        self._plain_reward = self._reward.plain_log_return
+        self._single = core.single
+        self._last_index = core.last_index
+        self.render_mode = render_mode
+        self.window = core.window
+        self.cost_bps = core.market.cost_bps
+        self.max_position = core.actions.max_position
+        self.episode_length = core.episode_length
+        self.random_start = core.random_start
+        self.ruin_equity = core.ruin_equity
+        self.n_bars = core.n_bars
+        self.n_features = core.n_features
+        self.n_forecasts = core.n_forecasts
+        self.n_assets = core.n_assets
+        self.action_space = core.action_space()
+        self.observation_space = core.observation_space()
 
         self._t = -1
         self._start = -1
         self._steps = 0
-        self._position = 0.0
+        self._position: Any = 0.0 if self._single else np.zeros(self.n_assets)
         self._equity = 1.0
-        self._done = True
+        self._peak = 1.0
+        self._entry_equity = 1.0
+        self._drawdown = 0.0
+        self._unrealised = 0.0
+        self._costs_paid = 0.0
         self._last_net = 0.0
         self._last_cost = 0.0
+        self._done = True
 
     # ------------------------------------------------------------------ state
     @property
@@ -234,132 +295,164 @@ class TradingEnv(gymnasium.Env):
         return self._t
 
     @property
-    def position(self) -> float:
-        """Currently held position, fraction of equity in [-max_position, max_position]."""
-        return self._position
+    def position(self) -> Any:
+        """Held position: a float (one asset) or a copy of the ``(A,)`` array (fractions of equity)."""
+        return self._position if self._single else self._position.copy()
 
     @property
     def equity(self) -> float:
         """Portfolio equity relative to 1.0 at reset."""
         return self._equity
 
+    @property
+    def observation_layout(self) -> dict[str, Any]:
+        """Slices/indices of the observation parts: features, forecasts, positions, unrealised_pnl, drawdown."""
+        return self._obs.layout()
+
     # ---------------------------------------------------------------- helpers
     def _observation(self) -> np.ndarray:
-        t = self._t
-        obs = np.empty(self._obs_dim, dtype=np.float32)
-        obs[: self._n_window] = self._features[t - self.window + 1 : t + 1].reshape(-1)
-        if self._forecasts is not None:
-            obs[self._n_window : self._n_window + self.n_forecasts] = self._forecasts[t]
-        obs[-1] = self._position
-        return obs
+        if self._single:
+            return self._obs.build_single(self._t, self._position, self._unrealised, self._drawdown)
+        return self._obs.build(self._t, self._position, self._unrealised, self._drawdown)
 
     def _info(self) -> dict[str, Any]:
-        return {
+        info = {
             "t": self._t,
-            "position": self._position,
+            "position": self._position if self._single else self._position.copy(),
             "equity": self._equity,
             "net_return": self._last_net,
             "cost": self._last_cost,
+            "costs_paid": self._costs_paid,
+            "drawdown": self._drawdown,
+            "unrealised_pnl": self._unrealised,
         }
+        if not self._single:
+            info["positions"] = self._position.copy()
+        return info
 
     # -------------------------------------------------------------------- API
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Start a new episode with zero position and equity 1.0.
+        """Start a new episode: flat book, equity 1.0, reward state cleared.
 
-        The start index is ``window - 1``, or, with ``random_start``, drawn
-        uniformly from ``[window - 1, last_start]`` using ``self.np_random``.
-        ``options`` is accepted for API compatibility and ignored.
+        The start index is ``window - 1``; with ``random_start`` it is drawn uniformly from
+        ``[window - 1, last_start]`` with ``self.np_random``; ``options={"start": s}`` forces
+        ``s`` (ValueError outside that range).
 
         Returns:
-            ``(observation, info)``; ``info`` has keys ``t``, ``position``,
-            ``equity``, ``net_return`` (0.0) and ``cost`` (0.0).
+            ``(observation, info)`` with the info keys documented on the class (zeros for the
+            per-bar values).
         """
         super().reset(seed=seed)
-        if self.random_start and self._last_start > self._first_start:
-            start = int(
-                self.np_random.integers(self._first_start, self._last_start + 1)
-            )
+        core = self._core
+        if options and "start" in options:
+            start = core.check_start(options["start"])
+        elif self.random_start and core.last_start > core.first_start:
+            start = int(self.np_random.integers(core.first_start, core.last_start + 1))
         else:
-            start = self._first_start
+            start = core.first_start
         self._start = start
         self._t = start
         self._steps = 0
-        self._position = 0.0
+        self._position = 0.0 if self._single else np.zeros(self.n_assets)
         self._equity = 1.0
+        self._peak = 1.0
+        self._entry_equity = 1.0
+        self._drawdown = 0.0
+        self._unrealised = 0.0
+        self._costs_paid = 0.0
         self._last_net = 0.0
         self._last_cost = 0.0
+        self._reward.reset()
         self._done = False
         if self.render_mode == "human":
             self.render()
         return self._observation(), self._info()
 
-    def step(
-        self, action: Any
-    ) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
-        """Rebalance to the target position, hold it for one bar, advance ``t``.
+    def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Rebalance to the target position(s), hold for one bar, advance ``t``.
 
         Args:
-            action: array-like with exactly one element, the target position in
-                [-1, 1] (values outside are clipped); the applied position is
-                ``clip(action, -1, 1) * max_position``.
+            action: shape ``(A,)`` (any array-like with ``A`` numbers) in ``[-1, 1]``.
 
         Returns:
-            ``(observation, reward, terminated, truncated, info)`` where reward is
-            the net log return of the bar, and ``info`` has ``t`` (new index),
-            ``position``, ``equity``, ``net_return`` (simple net return, fraction)
-            and ``cost`` (cost as a fraction of equity).
+            ``(observation, reward, terminated, truncated, info)``; see the class docstring.
 
         Raises:
-            ValueError: if the action is NaN or does not have exactly one element.
+            ValueError: for NaN, a wrongly sized action, or an out-of-range / infinite action
+                with ``invalid_action="raise"``.
             RuntimeError: if called before ``reset`` or after the episode ended.
         """
         if self._done:
-            raise RuntimeError(
-                "step() called on a finished or un-reset episode; call reset() first"
-            )
-        act = np.asarray(action, dtype=np.float64)
-        if act.size != 1:
-            raise ValueError(
-                f"action must contain exactly one element, got shape {act.shape}"
-            )
-        target = float(act.reshape(-1)[0])
-        if math.isnan(target):
-            raise ValueError("action contains NaN")
-        target = min(1.0, max(-1.0, target))
-        new_pos = target * self.max_position
-
-        prev_pos = self._position
-        net = bar_net_return(
-            prev_pos, new_pos, float(self._returns[self._t]), self.cost_bps
-        )
+            raise RuntimeError("step() called on a finished or un-reset episode; call reset() first")
+        t = self._t
+        prev = self._position
+        if self._single:
+            new = self._mapper.map_single(action)
+            net, cost = self._market.step_single(t, prev, new)
+            opened = prev == 0.0 or (new > 0.0) != (prev > 0.0)
+            flat = new == 0.0
+        else:
+            new = self._mapper.map(action)
+            net, cost = self._market.step(t, prev, new)
+            opened = bool((np.sign(new) != np.sign(prev)).any())
+            flat = not new.any()
         growth = 1.0 + net
-        reward = math.log1p(net) if growth > _MIN_GROWTH else math.log(_MIN_GROWTH)
-        self._equity *= growth
-        self._position = new_pos
+        log_ret = math.log1p(net) if growth > MIN_GROWTH else _LOG_MIN_GROWTH
+        before = self._equity
+        equity = before * growth
+        peak = self._peak
+        if equity > peak:
+            peak = equity
+            self._peak = peak
+        drawdown = 1.0 - equity / peak
+        if flat:
+            unrealised = 0.0
+        else:
+            if opened:
+                self._entry_equity = before
+            unrealised = equity / self._entry_equity - 1.0
+        if self._plain_reward:
+            reward = log_ret
+        else:
+            dd_inc = drawdown - self._drawdown
+            reward = self._reward(log_ret, cost, dd_inc if dd_inc > 0.0 else 0.0)
+        self._equity = equity
+        self._position = new
+        self._drawdown = drawdown
+        self._unrealised = unrealised
         self._last_net = net
-        self._last_cost = self.cost_bps * BPS * abs(new_pos - prev_pos)
-        self._t += 1
+        self._last_cost = cost
+        self._costs_paid += cost
+        t += 1
+        self._t = t
         self._steps += 1
-
-        terminated = self._equity <= 0.0
-        truncated = self._t >= self._last_index or (
+        terminated = equity <= self.ruin_equity
+        truncated = t >= self._last_index or (
             self.episode_length is not None and self._steps >= self.episode_length
         )
         self._done = terminated or truncated
-        obs = self._observation()
+        if self._single:
+            obs = self._obs.build_single(t, new, unrealised, drawdown)
+        else:
+            obs = self._obs.build(t, new, unrealised, drawdown)
         if self.render_mode == "human":
             self.render()
-        return obs, reward, bool(terminated), bool(truncated), self._info()
+        return obs, reward, terminated, truncated, self._info()
 
     def render(self) -> str | None:
-        """Describe the current state: ``"ansi"`` returns a string, ``"human"`` prints it."""
+        """Describe the current state: ``"ansi"`` returns a string, ``"human"`` prints it, ``None`` does nothing."""
         if self.render_mode is None:
             return None
+        if self._single:
+            pos = f"position={self._position:+.4f}"
+        else:
+            pos = "positions=[" + ", ".join(f"{p:+.4f}" for p in self._position) + "]"
         text = (
-            f"t={self._t} position={self._position:+.4f} equity={self._equity:.6f} "
-            f"net_return={self._last_net:+.6f} cost={self._last_cost:.6f}"
+            f"t={self._t} {pos} equity={self._equity:.6f} net_return={self._last_net:+.6f} "
+            f"cost={self._last_cost:.6f} costs_paid={self._costs_paid:.6f} drawdown={self._drawdown:.4f} "
+            f"unrealised_pnl={self._unrealised:+.6f}"
         )
         if self.render_mode == "ansi":
             return text

@@ -19,7 +19,6 @@ from raytrade.config import RLConfig
 from raytrade.rl.env import make_env, register_trading_env
 from raytrade.rl.policy import Policy
 
-
 OFF_POLICY_FRAGMENT = 8  # env steps sampled per off-policy training step
 
 

@@ -58,13 +58,14 @@ class AgentData:
 
 
 def bar_terms(bars: pd.DataFrame) -> pd.DataFrame:
-    """Per bar t (indexed by timestamp): ``gap_return = ln(open[t+1]/close[t])`` and ``volatility`` = std of
-    the last ``VOL_BARS`` 1-bar log returns up to t (fraction per bar; NaN until enough bars)."""
-    close, open_ = bars["close"].to_numpy(np.float64), bars["open"].to_numpy(np.float64)
-    gap = np.full(len(bars), np.nan)
-    gap[:-1] = np.log(open_[1:] / close[:-1])
-    vol = pd.Series(np.log(close)).diff().rolling(VOL_BARS).std().to_numpy()
-    return pd.DataFrame({"gap_return": gap, "volatility": vol}, index=pd.DatetimeIndex(bars[TIMESTAMP]))
+    """Per bar t but the last (indexed by timestamp): ``gap_return = ln(open[t+1]/close[t])`` and ``volatility``
+    (std of the last ``VOL_BARS`` 1-bar log returns up to t, fraction per bar), from
+    :func:`raytrade_envs.ohlcv_arrays` (the env's own definition)."""
+    from raytrade_envs import ohlcv_arrays
+
+    arrays = ohlcv_arrays(bars["open"].to_numpy(np.float64), bars["close"].to_numpy(np.float64), VOL_BARS)
+    return pd.DataFrame({"gap_return": arrays["gap_returns"], "volatility": arrays["volatility"]},
+                        index=pd.DatetimeIndex(bars[TIMESTAMP].iloc[:-1]))
 
 
 def agent_data(cfg: PipelineConfig, prepared: PreparedData, bars: pd.DataFrame, bundle: ForecasterBundle,

@@ -1,0 +1,153 @@
+"""Action mapper: agent actions in ``Box(-1, 1, (A,))`` to target positions.
+
+* **Single asset** (``A = 1``): ``target = clip(a, -1, 1)``; long-only: ``max(target, 0)``;
+  position ``= target * max_position``, so ``|position| <= max_position``.
+* **Portfolio** (``A >= 1`` assets): clip each ``a_i`` to ``[-1, 1]``; long-only: ``max(., 0)``;
+  if the gross exposure ``sum_i |w_i| > 1`` rescale ``w <- w / sum_i |w_i|`` (gross 1); then
+  ``positions = w * max_position``, so ``sum_i |positions_i| <= max_position``.
+
+Invalid actions (``invalid_action``):
+
+* ``"clip"`` (default): values outside ``[-1, 1]``, including ``+-inf``, are clipped to the bounds.
+* ``"raise"``: any value outside ``[-1, 1]`` (including ``+-inf``) raises ``ValueError`` naming
+  the value and its index.
+* NaN always raises ``ValueError`` (it cannot be clipped to a meaningful position).
+
+A wrongly sized action raises ``ValueError`` in both modes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from raytrade_envs._validate import as_float
+
+__all__ = ["INVALID_ACTION_MODES", "ActionMapper"]
+
+#: Accepted values of ``invalid_action``.
+INVALID_ACTION_MODES: tuple[str, ...] = ("clip", "raise")
+
+
+class ActionMapper:
+    """Maps actions to target positions (fractions of equity).
+
+    Args:
+        n_assets: ``A`` (>= 1), the action length.
+        max_position: single asset: cap on ``|position|``; portfolio: cap on the gross exposure
+            ``sum |positions|``. In ``(0, 1]``.
+        allow_short: ``False`` maps negative targets to 0 (long-only).
+        invalid_action: ``"clip"`` or ``"raise"`` (see the module docstring).
+        portfolio: use the portfolio mapping (gross rescaling) even for ``A = 1``; the env sets it
+            for 2-D returns. For ``A = 1`` both mappings give the same numbers.
+
+    Raises:
+        ValueError: for a bad ``max_position`` or ``invalid_action``.
+    """
+
+    def __init__(
+        self,
+        n_assets: int = 1,
+        max_position: float = 1.0,
+        allow_short: bool = True,
+        invalid_action: str = "clip",
+        portfolio: bool = False,
+    ) -> None:
+        if invalid_action not in INVALID_ACTION_MODES:
+            raise ValueError(f"invalid_action must be one of {INVALID_ACTION_MODES}, got {invalid_action!r}")
+        self.n_assets = int(n_assets)
+        if self.n_assets < 1:
+            raise ValueError(f"n_assets must be >= 1, got {n_assets!r}")
+        self.max_position = as_float(max_position, "max_position", 0.0, 1.0, low_open=True)
+        self.allow_short = bool(allow_short)
+        self.invalid_action = invalid_action
+        self._raise = invalid_action == "raise"
+        self.portfolio = bool(portfolio) or self.n_assets > 1
+
+    # ----------------------------------------------------------- errors
+    def _bad_value(self, a: np.ndarray) -> None:
+        """Raise for NaN anywhere, and (raise mode) for values outside [-1, 1]; ``a`` is float64."""
+        nan = np.isnan(a)
+        if nan.any():
+            idx = np.unravel_index(int(np.argmax(nan)), a.shape)
+            raise ValueError(f"action contains NaN at index {tuple(int(i) for i in idx)}; NaN actions are rejected")
+        if self._raise:
+            out = (a > 1.0) | (a < -1.0)
+            if out.any():
+                idx = np.unravel_index(int(np.argmax(out)), a.shape)
+                raise ValueError(
+                    f"action value {float(a[idx])!r} at index {tuple(int(i) for i in idx)} is outside [-1, 1] "
+                    "(invalid_action='raise'; use invalid_action='clip' to clip it)"
+                )
+
+    # ------------------------------------------------------------ scalar
+    def map_single(self, action: Any) -> float:
+        """Target position of a one-asset env as a Python float (the hot path).
+
+        Args:
+            action: anything with exactly one number: an array of shape ``(1,)`` (as from the
+                action space), a 0-d array, a float or int.
+
+        Raises:
+            ValueError: for NaN, a wrongly sized action, or (``"raise"``) a value outside [-1, 1].
+        """
+        if type(action) is np.ndarray and action.size == 1:
+            a = action.item()
+        elif type(action) is float or type(action) is int:
+            a = float(action)
+        else:
+            arr = np.asarray(action, dtype=np.float64)
+            if arr.size != 1:
+                raise ValueError(f"action must contain exactly {self.n_assets} element(s), got shape {arr.shape}")
+            a = float(arr.reshape(-1)[0])
+        if not -1.0 <= a <= 1.0:  # NaN, +-inf or out of range
+            if math.isnan(a):
+                raise ValueError("action contains NaN at index (0,); NaN actions are rejected")
+            if self._raise:
+                raise ValueError(
+                    f"action value {a!r} at index (0,) is outside [-1, 1] "
+                    "(invalid_action='raise'; use invalid_action='clip' to clip it)"
+                )
+            a = 1.0 if a > 1.0 else -1.0
+        if a < 0.0 and not self.allow_short:
+            a = 0.0
+        return a * self.max_position
+
+    # ------------------------------------------------------------- vector
+    def map(self, action: Any) -> np.ndarray:
+        """Target positions ``(A,)`` float64 for one action of shape ``(A,)`` (or ``A`` numbers).
+
+        Raises:
+            ValueError: for NaN, a wrongly sized action, or (``"raise"``) a value outside [-1, 1].
+        """
+        a = np.asarray(action, dtype=np.float64)
+        if a.size != self.n_assets:
+            raise ValueError(f"action must contain exactly {self.n_assets} element(s), got shape {a.shape}")
+        a = a.reshape(self.n_assets)
+        if not ((a >= -1.0) & (a <= 1.0)).all():
+            self._bad_value(a)  # NaN, or out of range in raise mode: report the index within the action
+        return self.map_batch(a.reshape(1, self.n_assets))[0]
+
+    def map_batch(self, actions: Any) -> np.ndarray:
+        """Target positions ``(N, A)`` float64 for actions of shape ``(N, A)``.
+
+        Raises:
+            ValueError: for NaN, a wrong shape, or (``"raise"``) a value outside [-1, 1].
+        """
+        a = np.asarray(actions, dtype=np.float64)
+        if a.ndim != 2 or a.shape[1] != self.n_assets:
+            raise ValueError(f"actions must have shape (N, {self.n_assets}), got shape {a.shape}")
+        lo = -1.0 if self.allow_short else 0.0
+        w = np.clip(a, lo, 1.0)
+        if not (w == a).all():  # something was clipped, or NaN: check the originals
+            self._bad_value(a)
+        if self.portfolio and self.n_assets > 1:
+            gross = np.abs(w).sum(axis=1)
+            over = gross > 1.0
+            if over.any():
+                w[over] /= gross[over, None]
+        if self.max_position != 1.0:
+            w *= self.max_position
+        return w

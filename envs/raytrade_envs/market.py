@@ -1,0 +1,229 @@
+"""Market simulator: prices (as log returns), fills, transaction costs and slippage.
+
+One seam of the environment: given the position held and the target chosen at the close of
+bar ``t``, :class:`MarketSimulator` returns the portfolio's simple net return over the bar
+and the cost paid, using the accounting of :mod:`raytrade_envs.accounting`::
+
+    net = sum_a [ prev_a * expm1(gap[t, a])                      # old position earns the gap
+                + new_a  * expm1(returns[t, a] - gap[t, a])       # new position, from the fill
+                - (cost_bps * 1e-4 + slippage_vol_mult * vol[t, a]) * |new_a - prev_a| ]
+
+* **Fills**: with ``gap_returns`` (``ln(open[t+1] / close[t])``) the target fills at the
+  *open of bar t + 1*; without, at ``close[t]`` (gap 0).
+* **Transaction cost**: ``cost_bps`` basis points of traded notional.
+* **Slippage**: a cost fraction ``slippage_vol_mult * volatility[t]`` of traded notional,
+  i.e. proportional to the volatility known at ``t`` (e.g. the rolling std of 1-bar log
+  returns); no slippage without ``volatility`` or with ``slippage_vol_mult = 0``.
+
+Position limits and the long-only switch are applied to the *targets* by
+:class:`raytrade_envs.actions.ActionMapper` before they reach the simulator.
+
+The per-bar factors ``expm1(gap)``, ``expm1(returns - gap)`` and the cost rate are
+precomputed once (with numpy, so they are bit-identical to :func:`accounting.net_returns`);
+the scalar path reads them from Python lists, the batch path gathers them by fancy indexing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from raytrade_envs._validate import as_finite_array, as_float
+from raytrade_envs.accounting import BPS, net_returns
+
+__all__ = ["MarketSimulator", "ohlcv_arrays"]
+
+
+class MarketSimulator:
+    """Per-bar fills and costs for one asset or a portfolio of ``A`` assets.
+
+    Args:
+        returns: shape ``(T,)`` (one asset) or ``(T, A)``; ``returns[t] = ln(close[t+1] / close[t])``.
+        gap_returns: optional, same shape as ``returns``; ``ln(open[t+1] / close[t])``. Given,
+            targets fill at the next bar's open; ``None`` fills at ``close[t]``.
+        volatility: optional, same shape as ``returns``, >= 0; per-bar volatility (fraction, e.g.
+            std of 1-bar log returns known at ``t``) used for slippage. ``None`` = no slippage.
+        cost_bps: transaction cost in basis points of traded notional, >= 0.
+        slippage_vol_mult: slippage cost fraction per unit traded = ``slippage_vol_mult *
+            volatility[t]``; >= 0.
+
+    Attributes:
+        n_bars: ``T``; n_assets: ``A`` (1 for 1-D returns); single: True for 1-D returns.
+        returns, gap_returns, volatility: the validated float64 arrays, shape ``(T, A)``
+            (``gap_returns``/``volatility`` may be ``None``); read-only.
+
+    Raises:
+        ValueError: naming the argument for wrong shapes, non-finite values, negative
+            volatility, or negative/non-finite ``cost_bps`` / ``slippage_vol_mult``.
+    """
+
+    def __init__(
+        self,
+        returns: Any,
+        gap_returns: Any | None = None,
+        volatility: Any | None = None,
+        cost_bps: float = 10.0,
+        slippage_vol_mult: float = 0.0,
+    ) -> None:
+        rets = as_finite_array(returns, "returns", (1, 2), np.float64)
+        self.single = rets.ndim == 1
+        rets2 = rets.reshape(rets.shape[0], -1)
+        self.n_bars, self.n_assets = rets2.shape
+        self.cost_bps = as_float(cost_bps, "cost_bps", 0.0, float("inf"), high_open=True)
+        self.slippage_vol_mult = as_float(slippage_vol_mult, "slippage_vol_mult", 0.0, float("inf"), high_open=True)
+        gap = None
+        if gap_returns is not None:
+            gap = as_finite_array(gap_returns, "gap_returns", (rets.ndim,), np.float64)
+            if gap.shape != rets.shape:
+                raise ValueError(f"gap_returns must have the shape of returns {rets.shape}, got {gap.shape}")
+            gap = gap.reshape(rets2.shape)
+        vol = None
+        if volatility is not None:
+            vol = as_finite_array(volatility, "volatility", (rets.ndim,), np.float64)
+            if vol.shape != rets.shape:
+                raise ValueError(f"volatility must have the shape of returns {rets.shape}, got {vol.shape}")
+            if np.any(vol < 0.0):
+                bad = tuple(int(i) for i in np.argwhere(vol < 0.0)[0])
+                raise ValueError(f"volatility must be >= 0, first negative value at index {bad}")
+            vol = vol.reshape(rets2.shape)
+        self.returns = rets2
+        self.gap_returns = gap
+        self.volatility = vol
+        self._build()
+
+    # ----------------------------------------------------------- caches
+    def _build(self) -> None:
+        """Precompute the per-bar factors (dropped from pickles, rebuilt on load)."""
+        rets, gap, vol = self.returns, self.gap_returns, self.volatility
+        self.has_gap = gap is not None
+        self.has_slippage = vol is not None and self.slippage_vol_mult > 0.0
+        self._em_gap = np.expm1(gap) if gap is not None else np.zeros_like(rets)
+        self._em_intra = np.expm1(rets - gap) if gap is not None else np.expm1(rets)
+        base = self.cost_bps * BPS
+        if self.has_slippage:
+            self._slip = self.slippage_vol_mult * vol
+            self._rate = base + self._slip
+        else:
+            self._slip = None
+            self._rate = np.full_like(rets, base)
+        for arr in (self._em_gap, self._em_intra, self._rate):
+            arr.setflags(write=False)
+        if self.n_assets == 1:  # the scalar hot path reads Python floats
+            self._em_gap_list = self._em_gap[:, 0].tolist()
+            self._em_intra_list = self._em_intra[:, 0].tolist()
+            self._rate_list = self._rate[:, 0].tolist()
+
+    def __getstate__(self) -> dict[str, Any]:
+        keep = ("single", "n_bars", "n_assets", "cost_bps", "slippage_vol_mult", "returns", "gap_returns", "volatility")
+        return {k: self.__dict__[k] for k in keep}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._build()
+
+    # ------------------------------------------------------------ steps
+    def step_single(self, t: int, prev: float, new: float) -> tuple[float, float]:
+        """One bar of a one-asset book with Python floats (the hot path; no validation).
+
+        Args:
+            t: bar index in ``[0, T)``; the target is chosen at the close of ``t``.
+            prev: position held before the trade (fraction of equity).
+            new: target position (fraction of equity).
+
+        Returns:
+            ``(net, cost)``: the simple net return of the bar and the cost paid (transaction
+            cost + slippage), both fractions of equity.
+        """
+        cost = self._rate_list[t] * abs(new - prev)
+        return prev * self._em_gap_list[t] + new * self._em_intra_list[t] - cost, cost
+
+    def step(self, t: int, prev: np.ndarray, new: np.ndarray) -> tuple[float, float]:
+        """One bar of a portfolio: ``prev``/``new`` of shape ``(A,)``; returns ``(net, cost)`` floats."""
+        trade = self._rate[t] * np.abs(new - prev)
+        net = prev * self._em_gap[t] + new * self._em_intra[t] - trade
+        return float(net.sum()), float(trade.sum())
+
+    def step_batch(self, t: np.ndarray, prev: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One bar for ``N`` independent books at once.
+
+        Args:
+            t: int array ``(N,)`` of bar indices.
+            prev: ``(N, A)`` positions held before the trade.
+            new: ``(N, A)`` target positions.
+
+        Returns:
+            ``(net, cost)``: float64 arrays ``(N,)`` (fractions of each book's equity).
+        """
+        trade = self._rate[t] * np.abs(new - prev)
+        if self.has_gap:
+            net = prev * self._em_gap[t] + new * self._em_intra[t] - trade
+        else:
+            net = new * self._em_intra[t] - trade
+        if self.n_assets == 1:
+            return net[:, 0], trade[:, 0]
+        return net.sum(axis=1), trade.sum(axis=1)
+
+    def net_returns(self, positions: Any, start: int, initial_position: Any = 0.0) -> np.ndarray:
+        """Net returns of a position series entered at bar ``start`` (validated, via :func:`accounting.net_returns`).
+
+        Args:
+            positions: ``(n,)`` for one asset or ``(n, A)``; ``positions[k]`` is held over bar ``start + k``.
+            start: first bar index.
+            initial_position: position before the first bar.
+
+        Returns:
+            float64 ``(n,)`` simple net returns (fractions), the same numbers the env produces.
+        """
+        pos = np.asarray(positions, dtype=np.float64)
+        n = pos.shape[0]
+        sl = slice(start, start + n)
+        squeeze = (lambda a: a[:, 0]) if pos.ndim == 1 else (lambda a: a)
+        return net_returns(
+            pos,
+            squeeze(self.returns[sl]),
+            self.cost_bps,
+            initial_position=initial_position,
+            gap_returns=None if self.gap_returns is None else squeeze(self.gap_returns[sl]),
+            slippage=None if self._slip is None else squeeze(self._slip[sl]),
+        )
+
+
+def ohlcv_arrays(open_: Any, close: Any, vol_window: int = 24) -> dict[str, np.ndarray]:
+    """Returns, gap returns and causal volatility of one asset from open/close prices.
+
+    Args:
+        open_: shape ``(T,)`` opening prices (> 0).
+        close: shape ``(T,)`` closing prices (> 0).
+        vol_window: bars in the rolling standard deviation of 1-bar log returns (>= 2).
+
+    Returns:
+        dict of float64 arrays of shape ``(T - 1,)`` for bars ``t = 0 .. T-2`` (the last bar has
+        no next bar): ``returns[t] = ln(close[t+1] / close[t])``, ``gap_returns[t] =
+        ln(open[t+1] / close[t])``, and ``volatility[t]`` = sample std (ddof=1) of
+        ``ln(close[s] / close[s-1])`` for ``s in (t - vol_window, t]`` (known at the close of
+        ``t``; NaN for ``t < vol_window``, which callers drop).
+
+    Raises:
+        ValueError: for non-positive or non-finite prices, mismatched shapes or a bad window.
+    """
+    o = np.asarray(open_, dtype=np.float64)
+    c = np.asarray(close, dtype=np.float64)
+    if o.ndim != 1 or o.shape != c.shape or o.size < 2:
+        raise ValueError(f"open and close must be 1-D of the same length >= 2, got {o.shape} and {c.shape}")
+    if not (np.all(np.isfinite(o)) and np.all(np.isfinite(c)) and np.all(o > 0) and np.all(c > 0)):
+        raise ValueError("open and close prices must be finite and > 0")
+    if isinstance(vol_window, bool) or not isinstance(vol_window, (int, np.integer)) or vol_window < 2:
+        raise ValueError(f"vol_window must be an int >= 2, got {vol_window!r}")
+    log_c = np.log(c)
+    r1 = np.full(c.shape, np.nan)
+    r1[1:] = np.diff(log_c)
+    vol = np.full(c.shape, np.nan)
+    if c.size > vol_window:
+        win = np.lib.stride_tricks.sliding_window_view(r1[1:], vol_window)
+        vol[vol_window:] = win.std(axis=1, ddof=1)
+    return {
+        "returns": log_c[1:] - log_c[:-1],
+        "gap_returns": np.log(o[1:]) - log_c[:-1],
+        "volatility": vol[:-1],
+    }
