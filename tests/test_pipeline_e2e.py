@@ -260,7 +260,7 @@ def test_unreachable_redis_gives_clear_503_and_request_bars_still_work(smoke):
     report = smoke["report"]
     app, _ = app_from_config(REPO / "serve_configs" / "ensemble.yaml", {
         "tracking_uri": report["mlflow"]["tracking_uri"], "redis_url": dead,
-        "agent_models": report["mlflow"]["agent_models"]})
+        "agent_models": {"ppo": report["mlflow"]["agent_models"]["ppo"]}, "ensemble_weights": {}})
     serve.run(app, name="noredis", route_prefix="/noredis")
     try:
         c = smoke["client"]

@@ -120,7 +120,7 @@ class Forecaster:
         return [self._result(windows, out, i) for i in range(len(frames))]
 
 
-@serve.deployment(autoscaling_config=DEFAULT_AUTOSCALING, ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(autoscaling_config=DEFAULT_AUTOSCALING, ray_actor_options={"num_cpus": 0.1})
 class Agent:
     """Loads an RL policy ``model_name@alias``; ``act`` maps an observation to a target position."""
 
