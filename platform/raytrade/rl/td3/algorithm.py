@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.algorithms.sac.sac import SAC, SACConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -148,7 +149,17 @@ class TD3Config(SACConfig):
 
 
 class TD3(SAC):
-    """Twin Delayed DDPG (Fujimoto et al., 2018) on RLlib's new API stack; SAC's/DQN's training loop."""
+    """Twin Delayed DDPG (Fujimoto et al., 2018) on RLlib's new API stack; SAC's/DQN's training loop.
+
+    Only addition to ``SAC``: with ``config.debugging(seed=...)`` the replay buffer's sampling RNG is seeded
+    too (RLlib leaves it unseeded), so single-process runs (``num_env_runners=0``) are reproducible.
+    """
+
+    def setup(self, config: AlgorithmConfig) -> None:
+        super().setup(config)
+        buffer = getattr(self, "local_replay_buffer", None)
+        if self.config.seed is not None and buffer is not None and hasattr(buffer, "rng"):
+            buffer.rng = np.random.default_rng(self.config.seed)
 
     @classmethod
     def get_default_config(cls) -> AlgorithmConfig:
