@@ -11,7 +11,7 @@ from raytrade.config import parse_agent_name
 from raytrade.errors import ConfigError
 from raytrade.evaluation.metrics import sharpe_ratio
 from raytrade.rl.ensemble import combine_positions, risk_limit, rolling_selection, sharpe_vote
-from raytrade.rl.inputs import forecast_inputs, n_forecast_inputs
+from raytrade.rl.inputs import forecast_inputs
 from raytrade_envs import bar_net_return
 
 PPY = 8766.0
@@ -100,7 +100,6 @@ def test_forecast_inputs_layout_and_errors():
            "embedding": np.array([[1.0, 2.0]])}
     row = forecast_inputs(out, 0.01, ["probs", "expected_return", "uncertainty", "embedding"])
     np.testing.assert_allclose(row[0], [0.2, 0.3, 0.5, 2.0, 1.0, 0.05, 1.0, 2.0], rtol=1e-6)
-    assert row.shape[1] == n_forecast_inputs(["probs", "expected_return", "uncertainty", "embedding"], 2)
     with pytest.raises(ConfigError, match="uncertainty"):
         forecast_inputs({"probs": out["probs"], "expected_return": out["expected_return"]}, 1.0, ["uncertainty"])
 

@@ -169,7 +169,8 @@ AGENT_ALGORITHMS: dict[str, tuple[str, ...]] = {
     "rllib": ("ppo", "sac", "td3"),
     "sb3": ("ppo", "sac", "td3", "a2c", "ddpg"),
 }
-FORECAST_INPUTS = ("probs", "expected_return", "uncertainty", "embedding")  # as raytrade.rl.inputs.FORECAST_OUTPUTS
+#: forecaster outputs an agent can observe, in their default order (see :mod:`raytrade.rl.inputs`)
+FORECAST_INPUTS = ("probs", "expected_return", "uncertainty", "embedding")
 
 
 def parse_agent_name(name: str) -> tuple[str, str]:
@@ -234,9 +235,10 @@ class RLConfig(_Section):
         unknown = set(self.forecast_inputs) - set(FORECAST_INPUTS)
         if unknown:
             raise ValueError(f"forecast_inputs: unknown {sorted(unknown)}; choose from {list(FORECAST_INPUTS)}")
-        rewards = ("log_return", "differential_sharpe", "drawdown_penalty", "cost_penalty")
-        if self.reward not in rewards:
-            raise ValueError(f"reward: unknown {self.reward!r}; choose from {list(rewards)}")
+        from raytrade_envs import REWARDS
+
+        if self.reward not in REWARDS:
+            raise ValueError(f"reward: unknown {self.reward!r}; choose from {list(REWARDS)}")
         return self
 
 

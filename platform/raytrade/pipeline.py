@@ -85,7 +85,6 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
         with progress.stage("train", f"Ray Train: {cfg.model.name} forecaster, up to {cfg.train.epochs} epochs, "
                                      f"{cfg.train.num_workers} worker(s), use_gpu={cfg.train.use_gpu}"):
             forecaster = train_forecaster(cfg, prepared, run_dir, tracking_uri, progress, report["data"])
-            fc = forecaster.forecasts
             version = forecaster.version
             report["forecaster_metrics"] = forecaster.report()
             run_ids["forecaster"] = forecaster.run_id
@@ -94,7 +93,7 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
         with progress.stage("agents", f"Agents {', '.join(cfg.rl.agents)} in parallel on Ray "
                                       f"({cfg.rl.iterations} x {cfg.rl.train_batch_size} env steps each), "
                                       f"then the test-split backtest after {cfg.backtest.cost_bps:g} bps costs"):
-            rl = rl_stage(cfg, prepared, bars, forecaster.bundle, fc, run_dir, tracking_uri, progress,
+            rl = rl_stage(cfg, prepared, bars, forecaster.bundle, run_dir, tracking_uri, progress,
                           {"forecaster_version": version, "data_sha256": report["data"]["sha256"]}, ppy)
             report.update(strategies=rl["strategies"], backtest=rl["backtest"], rl_metrics=rl["rl_metrics"])
             report["model_versions"].update(rl["model_versions"])

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from raytrade.config import RLConfig, parse_agent_name
-from raytrade.evaluation.metrics import sharpe_ratio, total_return
+from raytrade.evaluation.metrics import total_return
+from raytrade.rl.ensemble import sharpe_or_zero
 from raytrade.rl.policy import Policy
 
 __all__ = ["AgentOutcome", "fit_agent", "policy_meta", "train_agents"]
@@ -39,7 +40,8 @@ class AgentOutcome:
         name, backend, algorithm: e.g. ``"sb3_td3"``, ``"sb3"``, ``"td3"``.
         policy: the best iteration's deterministic policy.
         history: one row per iteration: ``iteration``, ``env_steps``, ``train_episode_return_mean`` (sum of
-            per-bar rewards), ``val_sharpe`` (annualised), ``val_total_return`` (fraction), ``seconds``.
+            per-bar rewards), ``val_sharpe`` (annualised, 0 when undefined), ``val_total_return`` (fraction),
+            ``seconds``.
         best_iteration: the iteration kept (highest ``val_sharpe``).
         val_positions, val_returns: the kept policy's positions and simple net returns on the VAL split.
         checkpoint: where the final training state was saved (RLlib algorithm checkpoint / SB3 zip), or None.
@@ -111,8 +113,7 @@ def fit_agent(name: str, cfg: RLConfig, train_env: dict[str, Any], val_env: dict
             row: dict[str, Any] = {"iteration": iteration, **trainer.train_iteration()}
             policy = trainer.policy()
             positions, returns = policy.evaluate(TradingEnv(**val_env))
-            sharpe = sharpe_ratio(returns, periods_per_year) if len(returns) > 1 else float("nan")
-            row.update(val_sharpe=float(np.nan_to_num(sharpe, nan=-np.inf)), val_total_return=total_return(returns),
+            row.update(val_sharpe=sharpe_or_zero(returns, periods_per_year), val_total_return=total_return(returns),
                        seconds=time.perf_counter() - started)
             rows.append(row)
             if best is None or row["val_sharpe"] > best[0]:

@@ -68,8 +68,9 @@ class EnsembleResult:
         return {"window_starts": self.window_starts, "weights": self.weights}
 
 
-def _safe_sharpe(returns: np.ndarray, periods_per_year: float) -> float:
-    """Annualised Sharpe, 0.0 when undefined (fewer than 2 bars or a flat series)."""
+def sharpe_or_zero(returns: np.ndarray, periods_per_year: float) -> float:
+    """Annualised Sharpe (:func:`raytrade.evaluation.metrics.sharpe_ratio`), 0.0 when undefined (fewer than
+    2 bars or a flat series): how ensembles and agent validation score a member."""
     if len(returns) < 2 or not np.std(returns) > 0:
         return 0.0
     value = sharpe_ratio(returns, periods_per_year)
@@ -96,7 +97,7 @@ def _windowed(
     for start in range(0, n, window_bars):
         if start > 0:  # the previous window's realised returns (all known by the close of bar `start`)
             prev = slice(start - window_bars, start)
-            scores = {name: _safe_sharpe(np.asarray(member_returns[name])[prev], periods_per_year) for name in names}
+            scores = {name: sharpe_or_zero(np.asarray(member_returns[name])[prev], periods_per_year) for name in names}
         w = weigh(scores)
         end = min(start + window_bars, n)
         positions[start:end] = sum(w[name] * np.asarray(member_positions[name][start:end], np.float64)

@@ -21,10 +21,7 @@ import numpy as np
 
 from raytrade.errors import ConfigError
 
-#: every forecaster input, in the default order (``rl.forecast_inputs``)
-FORECAST_OUTPUTS = ("probs", "expected_return", "uncertainty", "embedding")
-
-__all__ = ["FORECAST_OUTPUTS", "agent_outputs", "forecast_inputs", "n_forecast_inputs"]
+__all__ = ["agent_outputs", "forecast_inputs"]
 
 
 def agent_outputs(bundle: Any, x: np.ndarray, inputs: Sequence[str], seed: int = 0) -> dict[str, np.ndarray]:
@@ -49,12 +46,6 @@ def agent_outputs(bundle: Any, x: np.ndarray, inputs: Sequence[str], seed: int =
             mc = bundle.forecast_windows(x, mc_samples=bundle.mc_samples)
         out["return_std"], out["mutual_information"] = mc["return_std"], mc["mutual_information"]
     return out
-
-
-def n_forecast_inputs(inputs: Sequence[str], embed_dim: int) -> int:
-    """Number of columns :func:`forecast_inputs` returns."""
-    sizes = {"probs": 3, "expected_return": 1, "uncertainty": 2, "embedding": embed_dim}
-    return sum(sizes[name] for name in inputs)
 
 
 def forecast_inputs(out: Mapping[str, np.ndarray], return_scale: float, inputs: Sequence[str]) -> np.ndarray:

@@ -82,12 +82,13 @@ class Policy:
             actions, _ = self.model.predict(obs, deterministic=True)
         else:
             import torch
+            from ray.rllib.core.distribution.torch.torch_distribution import TorchSquashedGaussian
 
             with torch.no_grad():
                 out = self.model.forward_inference({"obs": torch.from_numpy(obs)})
                 dist = self.model.get_inference_action_dist_cls().from_logits(out["action_dist_inputs"])
                 actions = dist.to_deterministic().sample()
-                if type(dist).__name__ == "TorchSquashedGaussian":  # SAC: its deterministic sample is pre-tanh
+                if isinstance(dist, TorchSquashedGaussian):  # SAC: RLlib's deterministic sample is pre-tanh
                     actions = torch.tanh(actions)
                 actions = actions.cpu().numpy()
         actions = np.clip(np.asarray(actions, dtype=np.float64).reshape(len(obs), -1), -1.0, 1.0)

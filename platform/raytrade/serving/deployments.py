@@ -16,10 +16,11 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from raytrade.config import FORECAST_INPUTS
 from raytrade.data.schema import validate_bars
 from raytrade.errors import DataValidationError, InsufficientDataError, RaytradeError
 from raytrade.rl.ensemble import combine_positions, normalise_weights
-from raytrade.rl.inputs import FORECAST_OUTPUTS, agent_outputs, forecast_inputs
+from raytrade.rl.inputs import agent_outputs, forecast_inputs
 from raytrade.serving.schemas import PredictRequest, PredictResponse
 from raytrade.store import FeaturesNotFoundError, OnlineFeatureStore, StoreUnavailableError
 
@@ -80,7 +81,7 @@ class Forecaster:
 
     def _outputs(self, windows: np.ndarray) -> dict[str, np.ndarray]:
         """Deterministic forecast + embedding, and MC-dropout uncertainty when the bundle has MC samples."""
-        inputs = FORECAST_OUTPUTS if self.bundle.mc_samples > 0 else ("probs", "expected_return", "embedding")
+        inputs = FORECAST_INPUTS if self.bundle.mc_samples > 0 else ("probs", "expected_return", "embedding")
         return agent_outputs(self.bundle, windows, inputs)
 
     def _result(self, windows: np.ndarray, out: dict[str, np.ndarray], i: int) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from raytrade.errors import ConfigError
 from raytrade.evaluation import metrics_table, run_backtests
 from raytrade.models.bundle import ForecasterBundle, signal_positions
 from raytrade.rl.agents import AgentOutcome, train_agents
-from raytrade.rl.ensemble import risk_limit, rolling_selection, sharpe_vote
+from raytrade.rl.ensemble import EnsembleResult, risk_limit, rolling_selection, sharpe_or_zero, sharpe_vote
 from raytrade.rl.env import env_config
 from raytrade.rl.inputs import agent_outputs, forecast_inputs
 from raytrade.runtime import Progress
@@ -69,9 +69,9 @@ def bar_terms(bars: pd.DataFrame) -> pd.DataFrame:
 
 
 def agent_data(cfg: PipelineConfig, prepared: PreparedData, bars: pd.DataFrame, bundle: ForecasterBundle,
-               windows: dict[str, Windows], forecasts: dict[str, dict[str, np.ndarray]] | None = None) -> AgentData:
-    """The env inputs of every split from ``bundle``'s forecasts on ``windows`` (computed here with
-    :func:`~raytrade.rl.inputs.agent_outputs` when ``forecasts`` lacks what ``rl.forecast_inputs`` needs).
+               windows: dict[str, Windows]) -> AgentData:
+    """The env inputs of every split from ``bundle``'s outputs on ``windows``
+    (:func:`~raytrade.rl.inputs.agent_outputs`: what ``rl.forecast_inputs`` needs, nothing more).
 
     Raises:
         ConfigError: an ``rl.features`` name is not a feature column, or uncertainty without MC dropout.
@@ -81,16 +81,11 @@ def agent_data(cfg: PipelineConfig, prepared: PreparedData, bars: pd.DataFrame, 
     if unknown:
         raise ConfigError(f"rl.features: unknown feature(s) {unknown}; see docs/FEATURES.md")
     cols = [prepared.feature_columns.index(n) for n in names]
-    fc = forecasts or {}
-    needs = {"return_std"} if "uncertainty" in cfg.rl.forecast_inputs else set()
-    needs |= {"embedding"} if "embedding" in cfg.rl.forecast_inputs else set()
     scale = float(bundle.model_kwargs.get("return_scale", 1.0))
     terms = bar_terms(bars)
     arrays, stamps, outs = {}, {}, {}
     for split, w in windows.items():
-        out = fc.get(split)
-        if out is None or not needs <= set(out):
-            out = agent_outputs(bundle, w.x, cfg.rl.forecast_inputs, seed=cfg.rl.seed)
+        out = agent_outputs(bundle, w.x, cfg.rl.forecast_inputs, seed=cfg.rl.seed)
         t = terms.reindex(pd.DatetimeIndex(pd.to_datetime(w.timestamp, utc=True)))
         arrays[split] = {"features": w.x[:, -1, cols], "forecasts": forecast_inputs(out, scale, cfg.rl.forecast_inputs),
                          "returns": w.next_return, "gap_returns": t["gap_return"].to_numpy(),
@@ -200,35 +195,35 @@ def backtest_strategies(cfg: PipelineConfig, data: AgentData, agents: dict[str, 
     val_idx = np.arange(cfg.rl.window - 1, len(val["returns"]) - 1)
     prior = {name: o.summary()["val_sharpe"] for name, o in agents.items()}
     if cfg.ensemble.include_forecaster:
-        from raytrade.rl.ensemble import _safe_sharpe
-
         fc_val = signal_positions(data.forecasts["val"]["probs"][val_idx], max_pos)
-        prior["forecaster"] = _safe_sharpe(_member_returns(cfg, val, val_idx, fc_val), periods_per_year)
+        prior["forecaster"] = sharpe_or_zero(_member_returns(cfg, val, val_idx, fc_val), periods_per_year)
 
     gap, slip = _frictions(cfg, test, idx)
-    gap = np.zeros(n) if gap is None else gap
-    slip = np.zeros(n) if slip is None else slip
 
     def bar_return(t: int, prev: float, new: float) -> float:
         return bar_net_return(prev, new, float(test["returns"][idx[t]]), cfg.backtest.cost_bps,
-                              gap_return=float(gap[t]), slippage=float(slip[t]))
+                              gap_return=0.0 if gap is None else float(gap[t]),
+                              slippage=0.0 if slip is None else float(slip[t]))
 
+    def vote() -> EnsembleResult:
+        return sharpe_vote(members, member_returns, prior, cfg.ensemble.window_bars, periods_per_year,
+                           cfg.ensemble.temperature)
+
+    votes: EnsembleResult | None = None
     ensembles, strategies = {}, {"buy_and_hold": np.full(n, max_pos), "forecaster": fc_positions, **positions}
     for method in cfg.ensemble.methods:
         if method == "rolling":
             res = rolling_selection(members, member_returns, prior, cfg.ensemble.window_bars, periods_per_year)
         else:
-            res = sharpe_vote(members, member_returns, prior, cfg.ensemble.window_bars, periods_per_year,
-                              cfg.ensemble.temperature)
-        limited, cut = risk_limit(res.positions * max_pos, bar_return, max_pos, cfg.ensemble.max_drawdown,
+            res = votes = vote()
+        # members already trade within +-max_position (the env's and the signal's limit); the layer re-caps
+        limited, cut = risk_limit(res.positions, bar_return, max_pos, cfg.ensemble.max_drawdown,
                                   cfg.ensemble.drawdown_cut)
         strategies[f"ensemble_{method}"] = limited
         ensembles[method] = {**res.to_dict(), "bars_cut_for_drawdown": int(cut.sum())}
-    gap_bt, slip_bt = _frictions(cfg, test, idx)
     results = run_backtests(strategies, test["returns"][idx], cfg.backtest.cost_bps, periods_per_year,
-                            gap_returns=gap_bt, slippage=slip_bt)
-    serve_weights = (sharpe_vote(members, member_returns, prior, cfg.ensemble.window_bars, periods_per_year,
-                                 cfg.ensemble.temperature).final_weights)
+                            gap_returns=gap, slippage=slip)
+    serve_weights = (votes or vote()).final_weights
     return {"positions": strategies, "results": results, "table": metrics_table(results), "ensembles": ensembles,
             "serve_weights": serve_weights, "prior_sharpe": prior, "timestamps": data.timestamps["test"][idx]}
 
@@ -243,13 +238,8 @@ def backtest_report(cfg: PipelineConfig, bt: dict[str, Any], periods_per_year: f
             "val_sharpe": bt["prior_sharpe"], "table": bt["table"]}
 
 
-def write_json(path: Path, obj: Any) -> Path:
-    path.write_text(json.dumps(obj, indent=2, default=str))
-    return path
-
-
 def rl_stage(cfg: PipelineConfig, prepared: PreparedData, bars: pd.DataFrame, bundle: ForecasterBundle,
-             forecasts: dict[str, dict[str, np.ndarray]] | None, run_dir: Path, tracking_uri: str,
+             run_dir: Path, tracking_uri: str,
              progress: Progress, info: dict[str, Any], periods_per_year: float) -> dict[str, Any]:
     """Env inputs, agents trained in parallel and registered, every strategy backtested on TEST, the equity plot.
 
@@ -259,7 +249,7 @@ def rl_stage(cfg: PipelineConfig, prepared: PreparedData, bars: pd.DataFrame, bu
     from raytrade import tracking
     from raytrade.evaluation.plots import plot_equity
 
-    data = agent_data(cfg, prepared, bars, bundle, bundle_windows(prepared, bundle), forecasts)
+    data = agent_data(cfg, prepared, bars, bundle, bundle_windows(prepared, bundle))
     n_inputs = data.arrays["train"]["forecasts"].shape[1]
     progress.note(f"observation: {cfg.rl.window} bars x {len(data.feature_names)} features + {n_inputs} forecaster "
                   f"inputs ({', '.join(cfg.rl.forecast_inputs)}) + position, unrealised P&L, drawdown; "
@@ -330,11 +320,12 @@ def run_agents(cfg: PipelineConfig, data_path: str | Path | None = None) -> dict
             bundle, version = champion_or_new_forecaster(cfg, prepared, run_dir, tracking_uri, progress, info)
         with progress.stage("agents", f"Agents {', '.join(cfg.rl.agents)} in parallel on Ray, "
                                       f"{cfg.rl.iterations} x {cfg.rl.train_batch_size} env steps each; backtest"):
-            rl = rl_stage(cfg, prepared, market.bars, bundle, None, run_dir, tracking_uri, progress,
+            rl = rl_stage(cfg, prepared, market.bars, bundle, run_dir, tracking_uri, progress,
                           {"forecaster_version": version, "data_sha256": info["sha256"]}, ppy)
     report = {"run_dir": str(run_dir), "data": info, "forecaster_version": version,
               **{k: v for k, v in rl.items() if k != "results"},
               "mlflow": {"tracking_uri": tracking_uri, "agent_models": rl["agent_models"]},
               "timings_s": progress.timings}
-    progress.note(f"report: {write_json(run_dir / 'agents.json', report)}")
+    (run_dir / "agents.json").write_text(json.dumps(report, indent=2, default=str))
+    progress.note(f"report: {run_dir / 'agents.json'}")
     return report
