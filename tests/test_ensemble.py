@@ -124,3 +124,78 @@ def test_rl_config_rejects_unknown_agents_and_inputs():
     with pytest.raises(ConfigError, match="forecast_inputs"):
         parse_config({"rl": {"forecast_inputs": ["probs", "volume"]}})
     assert math.isclose(parse_config({}).ensemble.max_drawdown, 0.2)
+
+
+class _ConstantPolicy:
+    """Always targets ``value``: enough to see which policy acts at each step of a switching rollout."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return np.full(len(np.atleast_2d(obs)), self.value)
+
+
+def _env_kwargs(n: int = 40, window: int = 4):
+    rng = np.random.default_rng(1)
+    return {"features": rng.normal(size=(n, 2)).astype(np.float32), "returns": rng.normal(0, 0.01, n),
+            "forecasts": None, "window": window, "cost_bps": 10.0, "episode_length": 30, "random_start": True}
+
+
+def test_switching_rollout_hands_over_at_each_window_and_keeps_the_account():
+    from raytrade.rl.policy import switching_rollout
+    from raytrade_envs import TradingEnv
+
+    env = TradingEnv(**{**_env_kwargs(), "episode_length": None, "random_start": False})
+    positions, returns = switching_rollout(env, [_ConstantPolicy(0.5), _ConstantPolicy(-1.0), _ConstantPolicy(0.0)],
+                                           [0, 10, 25])
+    assert len(positions) == 40 - 4
+    np.testing.assert_allclose(positions[:10], 0.5)
+    np.testing.assert_allclose(positions[10:25], -1.0)
+    np.testing.assert_allclose(positions[25:], 0.0)
+    # one episode: the hand-over trades from the previous policy's position (1.5 of turnover at step 10)
+    r = _env_kwargs()["returns"]
+    expected = bar_net_return(0.5, -1.0, float(r[3 + 10]), 10.0)
+    assert returns[10] == pytest.approx(expected)
+    for bad in ([1, 10, 25], [0, 10], [0, 10, 10]):
+        with pytest.raises(ValueError, match="switch_at"):
+            switching_rollout(env, [_ConstantPolicy(0.0)] * 3, bad)
+
+
+def test_slice_env_keeps_bars_in_order_and_caps_the_episode():
+    from raytrade.rl.env import slice_env
+
+    kw = _env_kwargs()
+    part = slice_env(kw, 5, 20)
+    np.testing.assert_array_equal(part["returns"], kw["returns"][5:20])
+    np.testing.assert_array_equal(part["features"], kw["features"][5:20])
+    assert part["episode_length"] == 15 - 4 - 1 and kw["episode_length"] == 30
+    with pytest.raises(ValueError, match="window \\+ 1"):
+        slice_env(kw, 0, 4)
+
+
+def test_retrain_plan_trains_each_window_only_on_bars_before_its_validation_window():
+    from raytrade.config import PipelineConfig
+    from raytrade.stages.agents import AgentData, all_bars, retrain_plan
+
+    rng = np.random.default_rng(2)
+
+    def split(n: int, first: float) -> dict[str, np.ndarray]:
+        return {"features": rng.normal(size=(n, 2)).astype(np.float32), "forecasts": np.zeros((n, 3), np.float32),
+                "returns": np.arange(n) + first, "gap_returns": np.zeros(n), "volatility": np.full(n, 0.01)}
+
+    arrays = {"train": split(200, 0.0), "val": split(60, 1000.0), "test": split(75, 2000.0)}
+    data = AgentData(arrays=arrays, timestamps={}, feature_names=["a", "b"], forecasts={})
+    cfg = PipelineConfig.model_validate({
+        "rl": {"window": 4, "episode_length": 50},
+        "ensemble": {"methods": ["rolling", "vote"], "window_bars": 20}})
+    assert retrain_plan(cfg, data) is None
+    cfg = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(
+        update={"methods": ("rolling_retrain",), "retrain_iterations": 2})})
+    plan = retrain_plan(cfg, data)
+    bars = all_bars(data)
+    np.testing.assert_array_equal(bars["returns"][[0, 200, 260, 334]], [0.0, 1000.0, 2000.0, 2074.0])
+    # test steps 0..70 -> windows at steps 0, 20, 40, 60; window k's first decision is at bar 260 + 3 + 20k
+    first_decisions = [263, 283, 303, 323]
+    assert plan.ends == [d - 20 for d in first_decisions] and plan.iterations == 2
+    assert plan.env["random_start"] and len(plan.env["returns"]) == 335

@@ -109,6 +109,26 @@ def test_mc_dropout_without_dropout_equals_the_deterministic_pass(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_mc_passes_reuse_the_fixed_encoder_part_without_changing_the_samples(name):
+    """Running ``encode_fixed`` once must give the same MC samples as full passes on the repeated batch
+    (same seed), i.e. the fixed part really holds no dropout; and ``encode`` is fixed -> rest."""
+    model = small_model(name, dropout=0.3).eval()
+    x = batch()
+    torch.testing.assert_close(model.encode(x), model.encode_from_fixed(model.encode_fixed(x)))
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.train()
+    with torch.no_grad():
+        torch.manual_seed(7)
+        probs, rets = model._mc_passes(x, 4)
+        torch.manual_seed(7)
+        logits, ret_z = model(x.repeat(4, 1, 1))
+    torch.testing.assert_close(probs, torch.softmax(logits, -1).reshape(4, len(x), 3), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(rets, (ret_z * SCALE).reshape(4, len(x)), atol=1e-6, rtol=1e-4)
+    assert (probs.std(0) > 0).any()  # dropout was on
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_forecast_restores_module_modes(name):
     model = small_model(name, dropout=0.2)
     x = batch()

@@ -53,7 +53,7 @@ def test_report_contract(smoke):
     on_disk = json.loads((smoke["run_dir"] / "report.json").read_text())
     assert on_disk["strategies"] == report["strategies"]
     assert set(report["strategies"]) == {"buy_and_hold", "forecaster", "ppo", "sac", "td3", "ensemble_rolling",
-                                         "ensemble_vote"}
+                                         "ensemble_rolling_retrain", "ensemble_vote"}
     for name, metrics in report["strategies"].items():
         assert STRATEGY_KEYS <= set(metrics), name
         assert set(metrics) == set(SUMMARY_KEYS)
@@ -73,11 +73,34 @@ def test_report_contract(smoke):
     assert all(h in table for h in ("total_ret%", "annual_ret%", "annual_vol%", "sharpe", "max_dd%"))
     assert all(f"{name} " in table for name in report["strategies"])
     ens = report["backtest"]["ensembles"]
-    assert set(ens) == {"rolling", "vote"}
+    assert set(ens) == {"rolling", "rolling_retrain", "vote"}
     for method in ens.values():
         assert method["window_starts"][0] == 0 and len(method["weights"]) == len(method["window_starts"])
         assert all(sum(w.values()) == pytest.approx(1.0) for w in method["weights"])
     assert set(ens["rolling"]["weights"][0]) == {"forecaster", "ppo", "sac", "td3"}
+
+
+def test_rolling_retrain_trains_before_validating_before_trading(smoke):
+    """FinRL with retraining: per window, every agent retrained on bars before its validation window, the best
+    on that window trades it; the retrained policies are kept per window."""
+    report, cfg = smoke["report"], smoke["cfg"]
+    ens = report["backtest"]["ensembles"]["rolling_retrain"]
+    n_windows = len(ens["window_starts"])
+    assert n_windows >= 3 and ens["window_starts"] == ens["window_starts"][:1] + [
+        k * cfg.ensemble.window_bars for k in range(1, n_windows)]
+    assert ens["first_bar"][0] == report["backtest"]["first_bar"]
+    for k in range(n_windows):
+        trained, first = pd.Timestamp(ens["trained_through"][k]), pd.Timestamp(ens["first_bar"][k])
+        val_first, val_last = (pd.Timestamp(t) for t in ens["validated_on"][k])
+        assert trained < val_first <= val_last < first
+        assert (val_last - val_first) >= (cfg.ensemble.window_bars - 1) * pd.Timedelta(hours=1)
+        sharpe = ens["validation_sharpe"][k]
+        assert set(sharpe) == {"ppo", "sac", "td3"}
+        best = max(sharpe, key=sharpe.get)
+        assert ens["weights"][k] == {name: float(name == best) for name in sharpe}
+    for agent in ("ppo", "sac", "td3"):
+        dirs = sorted(p.name for p in (smoke["run_dir"] / "agents" / agent).glob("window_*"))
+        assert len(dirs) == n_windows
     assert report["data"]["symbol"] == "BTC/USD" and report["data"]["bars"] == 3000
 
 

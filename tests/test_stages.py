@@ -133,29 +133,35 @@ def test_cli_train_of_a_baseline_and_one_line_errors(tmp_path):
     assert "Traceback" not in bad.stderr
 
 
-def test_cli_agents_trains_the_sb3_agents_in_parallel_on_the_champion_forecaster(registry):
-    """``raytrade agents`` with the five stable-baselines3 agents: each trains as its own Ray task on the
-    registered champion's outputs, is scored on VAL, registered in MLflow, and backtested with the ensembles."""
+def test_cli_agents_trains_rllib_and_sb3_agents_in_parallel_on_the_champion_forecaster(registry):
+    """``raytrade agents`` with PPO, SAC and TD3 through RLlib and through stable-baselines3 (+ A2C, DDPG): each
+    trains as its own Ray task on the registered champion's outputs, reports each iteration to the driver, is
+    scored on VAL, retrained per window for ``rolling_retrain``, registered in MLflow, and backtested."""
     from raytrade import tracking
     from raytrade.rl.policy import Policy
 
     raw = yaml.safe_load(registry["config"].read_text())
-    agents = ["sb3_ppo", "sb3_sac", "sb3_td3", "sb3_a2c", "sb3_ddpg"]
-    raw["rl"] = {**raw["rl"], "agents": agents}
+    agents = ["ppo", "sac", "td3", "sb3_ppo", "sb3_sac", "sb3_td3", "sb3_a2c", "sb3_ddpg"]
+    raw["rl"] = {**raw["rl"], "agents": agents, "cpus_per_agent": 0.5}
     config = registry["tmp"] / "agents.yaml"
     config.write_text(yaml.safe_dump(raw))
-    report = _report(_run([RAYTRADE, "agents", "--config", str(config)]).stdout)
+    proc = _run([RAYTRADE, "agents", "--config", str(config)])
+    report = _report(proc.stdout)
     uri = report["mlflow"]["tracking_uri"]
     assert report["forecaster_version"] == tracking.aliased_version(uri, "raytrade-forecaster", "champion")
-    assert set(report["strategies"]) == {"buy_and_hold", "forecaster", *agents, "ensemble_rolling", "ensemble_vote"}
+    assert set(report["strategies"]) == {"buy_and_hold", "forecaster", *agents, "ensemble_rolling",
+                                         "ensemble_rolling_retrain", "ensemble_vote"}
+    n_windows = len(report["backtest"]["ensembles"]["rolling_retrain"]["window_starts"])
     pids = set()
     for agent in agents:
+        backend, algorithm = ("sb3", agent.removeprefix("sb3_")) if agent.startswith("sb3_") else ("rllib", agent)
         summary = report["rl_metrics"][agent]
-        assert summary["backend"] == "sb3" and summary["algorithm"] == agent.removeprefix("sb3_")
+        assert summary["backend"] == backend and summary["algorithm"] == algorithm
         assert summary["env_steps"] >= raw["rl"]["train_batch_size"] and len(summary["history"]) == 1
+        assert f"[{agent}] iteration 1/1" in proc.stderr
+        assert f"[{agent}] retrained for window {n_windows}/{n_windows}" in proc.stderr
         pids.add(summary["worker_pid"])
-        policy, version, _ = tracking.load_model_dir(f"raytrade-agent-sb3-{agent.removeprefix('sb3_')}", "champion",
-                                                     uri)
+        policy, version, _ = tracking.load_model_dir(f"raytrade-agent-{agent.replace('_', '-')}", "champion", uri)
         local = Policy.load(Path(report["run_dir"]) / "agents" / agent / "policy")
         obs = np.random.default_rng(0).normal(size=(4, local.obs_dim)).astype(np.float32)
         np.testing.assert_allclose(policy.act(obs), local.act(obs), rtol=1e-6)

@@ -364,3 +364,31 @@ def test_td3_on_trading_env_with_remote_env_runner(ray_local, tmp_path):
         assert actions.shape == (100, 1)
         assert np.all(np.isfinite(actions)) and np.all(np.abs(actions) <= 1.0)
     np.testing.assert_array_equal(deterministic_action(restored, obs), deterministic_action(module, obs))
+
+
+@pytest.mark.parametrize("updates_per_step", [0.25, 1.0])
+def test_rl_config_updates_per_step_sets_the_replay_ratio(ray_local, updates_per_step):
+    """``rl.updates_per_step`` is the number of gradient updates per sampled env step, in RLlib and in SB3."""
+    from raytrade.config import RLConfig
+    from raytrade.rl.env import env_config, make_env
+    from raytrade.rl.rllib_agents import algo_config
+    from raytrade.rl.sb3_agents import sb3_model
+
+    features, returns = trading_arrays(600)
+    env_cfg = env_config(features=features, returns=returns, forecasts=None, window=4, cost_bps=10.0,
+                         episode_length=200, random_start=True)
+    cfg = RLConfig(agents=("td3",), train_batch_size=400, minibatch_size=32, learning_starts=80,
+                   hidden=(16, 16), updates_per_step=updates_per_step)
+    algo = algo_config("td3", cfg, env_cfg).build_algo()
+    try:
+        result = algo.train()
+    finally:
+        algo.stop()
+    sampled = result["env_runners"]["num_env_steps_sampled_lifetime"]
+    updates = result["learners"][DEFAULT_MODULE_ID]["num_critic_updates"]
+    expected = (sampled - cfg.learning_starts) * updates_per_step
+    assert sampled >= 400 and abs(updates - expected) <= 2 * 8, (sampled, updates, expected)
+
+    model = sb3_model("td3", cfg, make_env(env_cfg))
+    model.learn(total_timesteps=400)
+    assert abs(model._n_updates - (400 - cfg.learning_starts) * updates_per_step) <= 4, model._n_updates

@@ -207,6 +207,8 @@ class RLConfig(_Section):
     buffer_size: int = Field(100_000, gt=0, description="off-policy replay capacity (env steps)")
     learning_starts: int = Field(500, ge=0, description="off-policy: env steps before the first update")
     tau: float = Field(0.005, gt=0, le=1, description="off-policy target-network soft update rate")
+    updates_per_step: float = Field(1.0, gt=0, le=16, description="off-policy: gradient updates per sampled env "
+                                    "step (replay ratio; < 1 trains faster, e.g. 0.25 = one update per 4 steps)")
     window: int = Field(8, gt=0, description="bars of features in the observation")
     features: tuple[str, ...] = Field(
         ("log_ret_1", "log_ret_4", "log_ret_24", "realised_vol_24", "rsi_14", "bb_pctb_20", "volume_z_24"),
@@ -248,13 +250,18 @@ class EnsembleConfig(_Section):
     ``rolling``: the test split is cut into windows of ``window_bars``; each window is traded by the member
     with the best Sharpe over the previous window (the VAL split for the first), as in Yang et al. 2020,
     "Deep Reinforcement Learning for Automated Stock Trading: An Ensemble Strategy" (FinRL).
+    ``rolling_retrain``: FinRL with retraining: before each window every agent trains ``retrain_iterations``
+    more iterations on all bars before the previous window, is validated on the previous window, and the
+    best one trades the window (agents only; the forecaster is not retrained).
     ``vote``: each window, target = sum_i w_i * position_i with w = softmax(Sharpe_i / temperature) over the
     previous window; the forecaster signal is one voter. Risk layer: |position| <= max_position, and exposure is
     multiplied by ``drawdown_cut`` while the strategy's own drawdown exceeds ``max_drawdown``.
     """
 
-    methods: tuple[Literal["rolling", "vote"], ...] = ("rolling", "vote")
+    methods: tuple[Literal["rolling", "rolling_retrain", "vote"], ...] = ("rolling", "vote")
     window_bars: int = Field(168, gt=1, description="bars per selection window")
+    retrain_iterations: int = Field(1, gt=0, description="rolling_retrain: iterations of rl.train_batch_size env "
+                                    "steps each agent trains before each window")
     temperature: float = Field(1.0, gt=0, description="softmax temperature on annualised Sharpe")
     include_forecaster: bool = True
     max_drawdown: float = Field(0.2, gt=0, le=1, description="drawdown (fraction) that triggers the exposure cut")

@@ -2,7 +2,10 @@
 
 A subclass only builds its encoder: it implements :meth:`ForecasterBase.encode`, mapping a window
 ``x (batch, lookback, n_features)`` to the fused embedding ``(batch, embed_dim)``, and passes
-``embed_dim`` to ``ForecasterBase.__init__``. The base then owns
+``embed_dim`` to ``ForecasterBase.__init__``. An encoder whose first layers hold no ``nn.Dropout`` may
+split itself into :meth:`~ForecasterBase.encode_fixed` (those layers) and
+:meth:`~ForecasterBase.encode_from_fixed` (the rest), so MC dropout runs the fixed part once per window
+rather than once per pass. The base then owns
 
 * ``dropout`` on the embedding, ``class_head`` (sell/hold/buy logits) and ``return_head``
   (forward log return divided by ``return_scale``);
@@ -70,6 +73,18 @@ class ForecasterBase(nn.Module):
         """Window ``(batch, lookback, n_features)`` -> fused embedding ``(batch, embed_dim)``."""
         raise NotImplementedError
 
+    def encode_fixed(self, x: torch.Tensor) -> torch.Tensor:
+        """The leading part of :meth:`encode` with no ``nn.Dropout`` in it (identical in every MC pass).
+
+        Default: nothing (``x`` itself). A subclass overriding it also overrides :meth:`encode_from_fixed`
+        so that ``encode(x) == encode_from_fixed(encode_fixed(x))``; the first dim stays ``batch``.
+        """
+        return x
+
+    def encode_from_fixed(self, z: torch.Tensor) -> torch.Tensor:
+        """The rest of :meth:`encode`: ``encode_fixed(x)`` -> embedding ``(batch, embed_dim)``."""
+        return self.encode(z)
+
     @classmethod
     def kwargs_from_config(cls, cfg: ModelConfig, n_features: int, return_scale: float) -> dict[str, Any]:
         """JSON-serialisable constructor kwargs of this class from the config fields it uses."""
@@ -132,14 +147,19 @@ class ForecasterBase(nn.Module):
         return out
 
     def _mc_passes(self, x: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``samples`` stochastic passes, batched by repeating ``x`` up to :attr:`mc_max_rows` rows per pass."""
+        """``samples`` stochastic passes, batched by repeating ``x`` up to :attr:`mc_max_rows` rows per pass.
+
+        :meth:`encode_fixed` runs once; only :meth:`encode_from_fixed` and the heads run per pass.
+        """
         batch = x.shape[0]
         per_chunk = max(1, self.mc_max_rows // max(batch, 1))
+        fixed = self.encode_fixed(x)
         probs, rets = [], []
         done = 0
         while done < samples:
             s = min(per_chunk, samples - done)
-            logits, ret_z = self(x.repeat(s, 1, 1))
+            h = self.dropout(self.encode_from_fixed(fixed.repeat(s, *([1] * (fixed.ndim - 1)))))
+            logits, ret_z = self.class_head(h), self.return_head(h).squeeze(-1)
             probs.append(torch.softmax(logits, dim=-1).reshape(s, batch, self.n_classes))
             rets.append((ret_z * self.return_scale).reshape(s, batch))
             done += s

@@ -63,7 +63,14 @@ class _RecurrentForecaster(ForecasterBase):
         }
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        h, _ = self.rnn(x)  # (B, L, hidden * directions)
+        return self.encode_from_fixed(self.encode_fixed(x))
+
+    def encode_fixed(self, x: torch.Tensor) -> torch.Tensor:
+        """The recurrent layers ``(B, L, hidden * directions)`` (their inter-layer dropout is off in MC passes:
+        it is not an ``nn.Dropout`` module)."""
+        return self.rnn(x)[0].contiguous()  # (contiguous: dropout masks then map to the same elements)
+
+    def encode_from_fixed(self, h: torch.Tensor) -> torch.Tensor:
         h = self.rnn_dropout(h)
         pooled = torch.cat([h[:, -1], h.mean(1)], dim=-1) if self.mean_pool else h[:, -1]
         return self.fusion(pooled)  # (B, embed_dim)
@@ -159,14 +166,19 @@ class TransformerForecaster(ForecasterBase):
         }
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode_from_fixed(self.encode_fixed(x))
+
+    def encode_fixed(self, x: torch.Tensor) -> torch.Tensor:
+        """Input projection + positions ``(B, L, transformer_dim)``."""
         length = x.shape[1]
         z = self.input_proj(x)  # (B, L, d)
         if self.positional == "learned":
             if length > self.max_len:
                 raise ValueError(f"lookback {length} exceeds max_len {self.max_len} of the learned positions")
-            z = z + self.pos_embedding[:length]
-        else:
-            z = z + sinusoidal_positions(length, self.transformer_dim, z.device, z.dtype)
+            return z + self.pos_embedding[:length]
+        return z + sinusoidal_positions(length, self.transformer_dim, z.device, z.dtype)
+
+    def encode_from_fixed(self, z: torch.Tensor) -> torch.Tensor:
         h = self.encoder(self.input_dropout(z))  # (B, L, d)
         return self.fusion(h[:, -1])  # (B, embed_dim)
 

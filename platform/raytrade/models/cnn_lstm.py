@@ -154,9 +154,16 @@ class CNNLSTMForecaster(ForecasterBase):
         }
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode_from_fixed(self.encode_fixed(x))
+
+    def encode_fixed(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv branches (no dropout): ``(B, L, n_features)`` -> ``(B, L, C * n_kernels)``."""
         z = x.transpose(1, 2)  # (B, n_features, L)
-        z = torch.cat([branch(z) for branch in self.branches], dim=1)  # (B, C * n_kernels, L)
-        z = self.conv_dropout(z.transpose(1, 2))  # (B, L, C * n_kernels)
+        return torch.cat([branch(z) for branch in self.branches], dim=1).transpose(1, 2).contiguous()
+
+    def encode_from_fixed(self, z: torch.Tensor) -> torch.Tensor:
+        """Dropout -> LSTM -> attention -> pooling -> embedding ``(B, embed_dim)``."""
+        z = self.conv_dropout(z)  # (B, L, C * n_kernels)
         h, _ = self.lstm(z)  # (B, L, D)
         a, _ = self.attention(h, h, h, need_weights=False)
         h = self.attn_norm(h + self.attn_dropout(a))  # (B, L, D)

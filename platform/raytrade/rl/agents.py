@@ -4,8 +4,10 @@ An agent is named as in ``rl.agents`` (:func:`raytrade.config.parse_agent_name`)
 train through RLlib's new API stack, ``sb3_<algo>`` through stable-baselines3. :func:`fit_agent` trains
 one for ``rl.iterations`` iterations of ``rl.train_batch_size`` env steps on the TRAIN env, rolls the
 deterministic policy through the VAL env after every iteration and keeps the iteration with the best
-validation Sharpe (after costs). :func:`train_agents` runs one :func:`fit_agent` per agent as a Ray task
-(``rl.cpus_per_agent`` CPUs each), so agents train in parallel across the cluster.
+validation Sharpe (after costs). With a :class:`RetrainPlan` it then keeps training window by window, as
+FinRL's rolling ensemble retrains its agents, and keeps a policy per window. :func:`train_agents` runs one
+:func:`fit_agent` per agent as a Ray task (``rl.cpus_per_agent`` CPUs each), so agents train in parallel
+across the cluster; their per-iteration lines reach the driver through a Ray queue.
 """
 
 from __future__ import annotations
@@ -29,7 +31,24 @@ from raytrade.evaluation.metrics import total_return
 from raytrade.rl.ensemble import sharpe_or_zero
 from raytrade.rl.policy import Policy
 
-__all__ = ["AgentOutcome", "fit_agent", "policy_meta", "train_agents"]
+__all__ = ["AgentOutcome", "RetrainPlan", "fit_agent", "policy_meta", "train_agents"]
+
+
+@dataclass
+class RetrainPlan:
+    """Rolling retraining (FinRL): before trading window ``k``, train ``iterations`` more iterations on the
+    bars ``[0, ends[k])`` of ``env`` (everything before that window's validation window), then keep a copy
+    of the policy. Training continues from the previous state (weights, optimisers, replay buffer).
+
+    Attributes:
+        env: TradingEnv keyword arguments over all bars (train, val, test in order; random starts).
+        ends: exclusive end bar of each window's training data, non-decreasing.
+        iterations: iterations (of ``rl.train_batch_size`` env steps) per window.
+    """
+
+    env: dict[str, Any] = field(repr=False)
+    ends: list[int]
+    iterations: int = 1
 
 
 @dataclass
@@ -46,6 +65,7 @@ class AgentOutcome:
         val_positions, val_returns: the kept policy's positions and simple net returns on the VAL split.
         checkpoint: where the final training state was saved (RLlib algorithm checkpoint / SB3 zip), or None.
         worker_pid: the process it trained in (a Ray worker when run by :func:`train_agents`).
+        window_policies: with a :class:`RetrainPlan`, the policy after retraining for each window.
     """
 
     name: str
@@ -58,6 +78,7 @@ class AgentOutcome:
     val_returns: np.ndarray = field(repr=False)
     checkpoint: str | None = None
     worker_pid: int = field(default_factory=os.getpid)
+    window_policies: list[Policy] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict[str, Any]:
         best = self.history.loc[self.history["iteration"] == self.best_iteration].iloc[0]
@@ -86,7 +107,7 @@ def _trainer(backend: str, algorithm: str, cfg: RLConfig, env_config: dict[str, 
 
 def fit_agent(name: str, cfg: RLConfig, train_env: dict[str, Any], val_env: dict[str, Any],
               periods_per_year: float, feature_names: Sequence[str], checkpoint_dir: str | Path | None = None,
-              log: Callable[[str], None] | None = print) -> AgentOutcome:
+              log: Callable[[str], None] | None = print, retrain: RetrainPlan | None = None) -> AgentOutcome:
     """Train agent ``name`` and score it on VAL after every iteration; keep the best iteration.
 
     Args:
@@ -96,6 +117,8 @@ def fit_agent(name: str, cfg: RLConfig, train_env: dict[str, Any], val_env: dict
         feature_names: the scaled feature columns of the observation window (saved with the policy).
         checkpoint_dir: where to save the final training state; None = nowhere.
         log: called with one line per iteration (None = silent).
+        retrain: then keep training window by window (:class:`RetrainPlan`); the policies land in
+            ``window_policies``. The checkpoint is saved after the last window.
 
     Raises:
         ValueError: an unknown agent name.
@@ -122,6 +145,7 @@ def fit_agent(name: str, cfg: RLConfig, train_env: dict[str, Any], val_env: dict
                 log(f"[{name}] iteration {iteration}/{cfg.iterations}: {row['env_steps']} env steps, train episode "
                     f"return {row['train_episode_return_mean']:.4f}, val Sharpe {row['val_sharpe']:.2f}, "
                     f"val return {row['val_total_return']:+.2%} ({row['seconds']:.1f} s)")
+        window_policies = _retrain(name, trainer, retrain, log) if retrain is not None else []
         if checkpoint_dir is not None:
             checkpoint = str(trainer.save_checkpoint(Path(checkpoint_dir)))
     finally:
@@ -130,7 +154,23 @@ def fit_agent(name: str, cfg: RLConfig, train_env: dict[str, Any], val_env: dict
     _, best_iteration, policy, positions, returns = best
     return AgentOutcome(name=name, backend=backend, algorithm=algorithm, policy=policy, history=pd.DataFrame(rows),
                         best_iteration=best_iteration, val_positions=positions, val_returns=returns,
-                        checkpoint=checkpoint)
+                        checkpoint=checkpoint, window_policies=window_policies)
+
+
+def _retrain(name: str, trainer: Any, plan: RetrainPlan, log: Callable[[str], None] | None) -> list[Policy]:
+    from raytrade.rl.env import slice_env
+
+    policies = []
+    for k, end in enumerate(plan.ends):
+        started = time.perf_counter()
+        trainer.set_train_env(slice_env(plan.env, 0, end))
+        for _ in range(plan.iterations):
+            trainer.train_iteration()
+        policies.append(trainer.policy())
+        if log is not None:
+            log(f"[{name}] retrained for window {k + 1}/{len(plan.ends)} on bars [0, {end}) "
+                f"({time.perf_counter() - started:.1f} s)")
+    return policies
 
 
 def _pack(directory: Path) -> bytes:
@@ -151,15 +191,17 @@ def _unpack(data: bytes, directory: Path) -> Path:
 
 def _fit_agent_task(name: str, cfg: RLConfig, train_env: dict[str, Any], val_env: dict[str, Any],
                     periods_per_year: float, feature_names: Sequence[str], checkpoint_dir: str | None,
-                    threads: int) -> dict[str, Any]:
-    """Ray task body: :func:`fit_agent`, returning the policy as a packed directory (works across nodes)."""
+                    threads: int, retrain: RetrainPlan | None, lines: Any) -> dict[str, Any]:
+    """Ray task body: :func:`fit_agent` (log lines to the ``lines`` queue), returning the policies as packed
+    directories (works across nodes)."""
     import torch
 
     torch.set_num_threads(threads)
-    out = fit_agent(name, cfg, train_env, val_env, periods_per_year, feature_names, checkpoint_dir)
+    out = fit_agent(name, cfg, train_env, val_env, periods_per_year, feature_names, checkpoint_dir,
+                    log=lines.put, retrain=retrain)
     with tempfile.TemporaryDirectory() as tmp:
-        packed = _pack(out.policy.save(Path(tmp) / "policy"))
-    return {"name": name, "backend": out.backend, "algorithm": out.algorithm, "policy": packed,
+        packed = [_pack(p.save(Path(tmp) / str(k))) for k, p in enumerate([out.policy, *out.window_policies])]
+    return {"name": name, "backend": out.backend, "algorithm": out.algorithm, "policies": packed,
             "history": out.history.to_dict("records"), "best_iteration": out.best_iteration,
             "val_positions": out.val_positions, "val_returns": out.val_returns, "checkpoint": out.checkpoint,
             "worker_pid": out.worker_pid}
@@ -167,12 +209,15 @@ def _fit_agent_task(name: str, cfg: RLConfig, train_env: dict[str, Any], val_env
 
 def train_agents(names: Sequence[str], cfg: RLConfig, train_env: dict[str, Any], val_env: dict[str, Any],
                  periods_per_year: float, feature_names: Sequence[str], out_dir: str | Path,
-                 on_done: Callable[[AgentOutcome], None] | None = None) -> dict[str, AgentOutcome]:
-    """Train every agent in ``names`` as its own Ray task, in parallel; policies saved to ``out_dir/<name>``.
+                 on_done: Callable[[AgentOutcome], None] | None = None, on_log: Callable[[str], None] | None = None,
+                 retrain: RetrainPlan | None = None) -> dict[str, AgentOutcome]:
+    """Train every agent in ``names`` as its own Ray task, in parallel; policies saved to ``out_dir/<name>/policy``
+    (and ``out_dir/<name>/window_<k>`` with ``retrain``).
 
     Each task reserves ``cfg.cpus_per_agent`` CPUs; RLlib agents with ``cfg.num_env_runners > 0`` also start
-    that many env-runner actors. Per-iteration lines are printed by the tasks (Ray forwards them to the driver).
-    ``on_done`` is called as each agent finishes. Returns ``{name: AgentOutcome}`` in the order of ``names``.
+    that many env-runner actors. The tasks' per-iteration lines come back through a ``ray.util.queue.Queue``
+    and go to ``on_log`` as they arrive (None = dropped); ``on_done`` is called as each agent finishes.
+    Returns ``{name: AgentOutcome}`` in the order of ``names``.
 
     Raises:
         ValueError: an unknown agent name (before anything starts).
@@ -182,25 +227,45 @@ def train_agents(names: Sequence[str], cfg: RLConfig, train_env: dict[str, Any],
 
     for name in names:
         parse_agent_name(name)
+    from ray.util.queue import Queue
+
     out_dir = Path(out_dir)
-    train_ref, val_ref = ray.put(train_env), ray.put(val_env)
+    train_ref, val_ref, plan_ref = ray.put(train_env), ray.put(val_env), ray.put(retrain)
+    lines = Queue(actor_options={"num_cpus": 0})
+
+    def drain() -> None:
+        while not lines.empty():
+            line = lines.get_nowait()
+            if on_log is not None:
+                on_log(line)
+
     task = ray.remote(_fit_agent_task)
     pending = {
         task.options(num_cpus=cfg.cpus_per_agent, name=f"agent-{name}", max_retries=0).remote(
             name, cfg, train_ref, val_ref, periods_per_year, list(feature_names), str(out_dir / name / "checkpoint"),
-            max(1, int(cfg.cpus_per_agent))): name
+            max(1, int(cfg.cpus_per_agent)), plan_ref, lines): name
         for name in names
     }
     outcomes: dict[str, AgentOutcome] = {}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        name = pending.pop(done[0])
-        res = ray.get(done[0])
-        policy = Policy.load(_unpack(res["policy"], out_dir / name / "policy"))
-        outcomes[name] = AgentOutcome(name=name, backend=res["backend"], algorithm=res["algorithm"], policy=policy,
-                                      history=pd.DataFrame(res["history"]), best_iteration=res["best_iteration"],
-                                      val_positions=res["val_positions"], val_returns=res["val_returns"],
-                                      checkpoint=res["checkpoint"], worker_pid=res["worker_pid"])
-        if on_done is not None:
-            on_done(outcomes[name])
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            drain()
+            if not done:
+                continue
+            name = pending.pop(done[0])
+            res = ray.get(done[0])
+            policy, *window_policies = [
+                Policy.load(_unpack(packed, out_dir / name / ("policy" if k == 0 else f"window_{k - 1}")))
+                for k, packed in enumerate(res["policies"])]
+            outcomes[name] = AgentOutcome(
+                name=name, backend=res["backend"], algorithm=res["algorithm"], policy=policy,
+                history=pd.DataFrame(res["history"]), best_iteration=res["best_iteration"],
+                val_positions=res["val_positions"], val_returns=res["val_returns"], checkpoint=res["checkpoint"],
+                worker_pid=res["worker_pid"], window_policies=window_policies)
+            if on_done is not None:
+                on_done(outcomes[name])
+        drain()
+    finally:
+        lines.shutdown()
     return {name: outcomes[name] for name in names}

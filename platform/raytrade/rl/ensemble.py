@@ -1,9 +1,9 @@
 """Agent ensembles and the risk layer: one risk-limited target position from the forecaster and the agents.
 
 * :func:`combine_positions`: fixed-weight mean of member positions (the Serve combiner's rule).
-* :func:`rolling_selection`: FinRL's ensemble strategy (Yang, Liu, Zhong, Walid, "Deep Reinforcement Learning
-  for Automated Stock Trading: An Ensemble Strategy", ICAIF 2020): trade each window with the member that had
-  the best Sharpe over the previous window.
+* :func:`rolling_selection` (:func:`best_member` per window): FinRL's ensemble strategy (Yang, Liu, Zhong,
+  Walid, "Deep Reinforcement Learning for Automated Stock Trading: An Ensemble Strategy", ICAIF 2020): trade
+  each window with the member that had the best Sharpe over the previous window.
 * :func:`sharpe_vote`: each window, weights = softmax(previous-window Sharpe / temperature) over all members.
 * :func:`risk_limit`: caps |position| and cuts exposure while the strategy's own drawdown exceeds a limit.
 
@@ -121,11 +121,13 @@ def rolling_selection(
 
     Ties go to the member listed first. Raises ValueError on mismatched lengths or no members.
     """
-    def pick(scores: dict[str, float]) -> dict[str, float]:
-        best = max(scores, key=lambda k: scores[k])
-        return {name: float(name == best) for name in scores}
+    return _windowed(member_positions, member_returns, prior_sharpe, window_bars, periods_per_year, best_member)
 
-    return _windowed(member_positions, member_returns, prior_sharpe, window_bars, periods_per_year, pick)
+
+def best_member(scores: Mapping[str, float]) -> dict[str, float]:
+    """One-hot weights on the member with the highest score (ties: the first listed)."""
+    best = max(scores, key=lambda k: scores[k])
+    return {name: float(name == best) for name in scores}
 
 
 def sharpe_vote(

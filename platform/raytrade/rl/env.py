@@ -52,3 +52,26 @@ def env_config(
         "max_position": max_position,
         **options,
     }
+
+
+#: TradingEnv arguments that hold one row per bar.
+PER_BAR_KEYS = ("features", "returns", "forecasts", "gap_returns", "volatility")
+
+
+def slice_env(env_kwargs: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+    """``env_kwargs`` over bars ``[start, stop)`` only (every per-bar array sliced; ``episode_length`` capped
+    to what fits). The first decision is at bar ``start + window - 1``, the last at ``stop - 2``.
+
+    Raises:
+        ValueError: fewer than ``window + 1`` bars in the slice.
+    """
+    out = dict(env_kwargs)
+    for key in PER_BAR_KEYS:
+        if out.get(key) is not None:
+            out[key] = out[key][start:stop]
+    n, window = len(out["returns"]), int(out["window"])
+    if n < window + 1:
+        raise ValueError(f"bars [{start}, {stop}) hold {n} bars; an env needs window + 1 = {window + 1}")
+    if out.get("episode_length") is not None:
+        out["episode_length"] = max(1, min(int(out["episode_length"]), n - window - 1))
+    return out

@@ -158,3 +158,34 @@ class Policy:
 def load_policy(directory: str) -> Policy:
     """Loader used by the MLflow pyfunc wrapper (``raytrade.rl.policy:load_policy``)."""
     return Policy.load(directory)
+
+
+def switching_rollout(env: TradingEnv, policies: Sequence[Policy], switch_at: Sequence[int],
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One deterministic episode in which ``policies[k]`` acts from env step ``switch_at[k]`` until the next
+    switch (FinRL's rolling ensemble: each window traded by the agent chosen, as retrained, for it).
+
+    The acting policy sees the episode's real account state (the position left by the previous one).
+    Returns ``(positions, net_returns)`` as :meth:`Policy.evaluate`.
+
+    Raises:
+        ValueError: ``switch_at`` does not start at 0, is not increasing, or its length differs from ``policies``.
+    """
+    starts = [int(s) for s in switch_at]
+    increasing = all(b > a for a, b in zip(starts, starts[1:], strict=False))
+    if len(starts) != len(policies) or not starts or starts[0] != 0 or not increasing:
+        raise ValueError(f"switch_at must be increasing from 0 with one step per policy, got {starts} "
+                         f"for {len(policies)} policies")
+    obs, _ = env.reset(seed=seed)
+    positions, returns = [], []
+    k, step, done = 0, 0, False
+    while not done:
+        while k + 1 < len(starts) and step >= starts[k + 1]:
+            k += 1
+        action = np.atleast_1d(policies[k].act(obs)[0]).astype(np.float32)
+        obs, _, terminated, truncated, info = env.step(action)
+        positions.append(info["position"])
+        returns.append(info["net_return"])
+        step += 1
+        done = terminated or truncated
+    return np.asarray(positions, dtype=np.float64), np.asarray(returns, dtype=np.float64)

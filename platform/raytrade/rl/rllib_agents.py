@@ -25,8 +25,9 @@ OFF_POLICY_FRAGMENT = 8  # env steps sampled per off-policy training step
 def algo_config(algorithm: str, cfg: RLConfig, env_config: dict[str, Any]):
     """The RLlib ``AlgorithmConfig`` of ``algorithm`` (``ppo`` | ``sac`` | ``td3``) for ``cfg`` (torch, new stack).
 
-    One training iteration samples about ``cfg.train_batch_size`` env steps; off-policy agents update once
-    per sampled step from a replay buffer of ``cfg.buffer_size`` steps with batches of ``cfg.minibatch_size``.
+    One training iteration samples about ``cfg.train_batch_size`` env steps; off-policy agents make
+    ``cfg.updates_per_step`` updates per sampled step from a replay buffer of ``cfg.buffer_size`` steps with
+    batches of ``cfg.minibatch_size``.
     """
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
@@ -53,10 +54,10 @@ def algo_config(algorithm: str, cfg: RLConfig, env_config: dict[str, Any]):
         ).rl_module(model_config=DefaultModelConfig(fcnet_hiddens=hidden, fcnet_activation="relu"))
         if algorithm == "sac":
             config = config.training(alpha_lr=cfg.learning_rate)
-        # sample OFF_POLICY_FRAGMENT steps per training step and make as many updates: one update per env step
+        # sample OFF_POLICY_FRAGMENT steps per training step, then make updates_per_step updates per sampled step
         # (training_intensity = replayed / sampled steps), with the per-call overhead paid once per fragment
         config = config.env_runners(rollout_fragment_length=OFF_POLICY_FRAGMENT).training(
-            training_intensity=float(cfg.minibatch_size))
+            training_intensity=float(cfg.minibatch_size * cfg.updates_per_step))
         config = config.reporting(min_sample_timesteps_per_iteration=cfg.train_batch_size, min_time_s_per_iteration=0)
     else:
         raise ValueError(f"RLlib backend has no algorithm {algorithm!r}; choose ppo, sac or td3")
@@ -88,6 +89,16 @@ class RLlibTrainer:
         return {"env_steps": int(result.get("num_env_steps_sampled_lifetime",
                                             runners.get("num_env_steps_sampled_lifetime", 0))),
                 "train_episode_return_mean": float(runners.get("episode_return_mean", float("nan")))}
+
+    def set_train_env(self, env_config: dict[str, Any]) -> None:
+        """Keep training (module, optimisers, replay buffer kept) in a new env, e.g. on more bars: every env
+        runner swaps its ``env_config`` and rebuilds its env (``SingleAgentEnvRunner.make_env``)."""
+        def swap(runner) -> None:
+            runner.config.env_config.clear()
+            runner.config.env_config.update(env_config)
+            runner.make_env()
+
+        self.algo.env_runner_group.foreach_env_runner(swap, local_env_runner=True)
 
     def policy(self) -> Policy:
         """The current policy (a copy of the module, detached from the algorithm)."""

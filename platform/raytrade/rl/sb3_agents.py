@@ -38,6 +38,13 @@ class _Algorithms(dict):
 SB3_ALGORITHMS: dict[str, Any] = _Algorithms()
 
 
+def sb3_update_schedule(cfg: RLConfig) -> dict[str, Any]:
+    """SB3's ``train_freq`` (env steps) and ``gradient_steps`` for ``cfg.updates_per_step`` updates per env step."""
+    if cfg.updates_per_step >= 1:
+        return {"train_freq": 1, "gradient_steps": round(cfg.updates_per_step)}
+    return {"train_freq": max(1, round(1 / cfg.updates_per_step)), "gradient_steps": 1}
+
+
 def sb3_model(algorithm: str, cfg: RLConfig, env: Any) -> Any:
     """The SB3 model of ``algorithm`` for ``cfg`` on ``env`` (MLP ``cfg.hidden``, CPU, seeded)."""
     cls = SB3_ALGORITHMS[algorithm]
@@ -52,7 +59,7 @@ def sb3_model(algorithm: str, cfg: RLConfig, env: Any) -> Any:
         from stable_baselines3.common.noise import NormalActionNoise
 
         extra = {"buffer_size": cfg.buffer_size, "batch_size": cfg.minibatch_size, "tau": cfg.tau,
-                 "learning_starts": min(cfg.learning_starts, cfg.train_batch_size)}
+                 "learning_starts": min(cfg.learning_starts, cfg.train_batch_size), **sb3_update_schedule(cfg)}
         if algorithm in ("td3", "ddpg"):
             n = env.action_space.shape[0]
             extra["action_noise"] = NormalActionNoise(np.zeros(n), 0.1 * np.ones(n))
@@ -80,6 +87,13 @@ class SB3Trainer:
         episodes = list(self.model.ep_info_buffer or [])[-5:]
         mean = float(np.mean([e["r"] for e in episodes])) if episodes else float("nan")
         return {"env_steps": int(self.model.num_timesteps), "train_episode_return_mean": mean}
+
+    def set_train_env(self, env_config: dict[str, Any]) -> None:
+        """Keep training (weights, optimiser and replay buffer kept) in a new env, e.g. on more bars."""
+        from stable_baselines3.common.monitor import Monitor
+
+        self.env = Monitor(make_env(env_config))
+        self.model.set_env(self.env, force_reset=True)
 
     def policy(self) -> Policy:
         """The current policy (a copy of the model, detached from training)."""

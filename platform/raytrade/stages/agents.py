@@ -9,7 +9,8 @@ Used by ``raytrade pipeline`` and by ``raytrade agents`` / ``jobs/train_agents.p
 2. :func:`train_and_register`: :func:`raytrade.rl.agents.train_agents` (one Ray task per agent), one MLflow
    run per agent with its per-iteration metrics, each policy registered as ``<agent_model_prefix>-<name>``.
 3. :func:`backtest_strategies`: on the TEST bars every agent can trade: buy-and-hold, the forecaster signal,
-   each agent, and the ensembles (rolling selection, Sharpe vote) through the risk layer, after costs.
+   each agent, and the ensembles (rolling selection, rolling selection with retraining, Sharpe vote) through
+   the risk layer, after costs.
 """
 
 from __future__ import annotations
@@ -29,10 +30,18 @@ from raytrade.data.windows import Windows
 from raytrade.errors import ConfigError
 from raytrade.evaluation import metrics_table, run_backtests
 from raytrade.models.bundle import ForecasterBundle, signal_positions
-from raytrade.rl.agents import AgentOutcome, train_agents
-from raytrade.rl.ensemble import EnsembleResult, risk_limit, rolling_selection, sharpe_or_zero, sharpe_vote
-from raytrade.rl.env import env_config
+from raytrade.rl.agents import AgentOutcome, RetrainPlan, train_agents
+from raytrade.rl.ensemble import (
+    EnsembleResult,
+    best_member,
+    risk_limit,
+    rolling_selection,
+    sharpe_or_zero,
+    sharpe_vote,
+)
+from raytrade.rl.env import PER_BAR_KEYS, env_config, slice_env
 from raytrade.rl.inputs import agent_outputs, forecast_inputs
+from raytrade.rl.policy import switching_rollout
 from raytrade.runtime import Progress
 
 POLICY_LOADER = "raytrade.rl.policy:load_policy"
@@ -135,10 +144,15 @@ def train_and_register(cfg: PipelineConfig, data: AgentData, run_dir: Path, trac
 
     train_env = env_kwargs(cfg, data.arrays["train"], train=True)
     val_env = env_kwargs(cfg, data.arrays["val"], train=False)
+    plan = retrain_plan(cfg, data)
+    if plan is not None:
+        progress.note(f"rolling_retrain: each agent then trains {plan.iterations} more iteration(s) before each "
+                      f"of {len(plan.ends)} test windows of {cfg.ensemble.window_bars} bars")
     outcomes = train_agents(cfg.rl.agents, cfg.rl, train_env, val_env, periods_per_year, data.feature_names,
                             run_dir / "agents", on_done=lambda o: progress.note(
                                 f"{o.name}: best iteration {o.best_iteration}, val Sharpe "
-                                f"{o.summary()['val_sharpe']:.2f}, {o.summary()['train_seconds']:.0f} s"))
+                                f"{o.summary()['val_sharpe']:.2f}, {o.summary()['train_seconds']:.0f} s"),
+                            on_log=progress.note, retrain=plan)
     versions, run_ids = {}, {}
     for name, outcome in outcomes.items():
         with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-{name}") as run_id:
@@ -154,6 +168,70 @@ def train_and_register(cfg: PipelineConfig, data: AgentData, run_dir: Path, trac
                                                     cfg.tracking.alias if alias is None else alias)
         run_ids[name] = run_id
     return outcomes, versions, run_ids
+
+
+def all_bars(data: AgentData) -> dict[str, np.ndarray]:
+    """The env inputs of train, val and test back to back (the embargo gaps between splits are skipped)."""
+    parts = [data.arrays[s] for s in ("train", "val", "test")]
+    return {key: np.concatenate([p[key] for p in parts]) for key in PER_BAR_KEYS}
+
+
+def _test_offset(data: AgentData) -> int:
+    return len(data.arrays["train"]["returns"]) + len(data.arrays["val"]["returns"])
+
+
+def _window_starts(cfg: PipelineConfig, data: AgentData) -> list[int]:
+    """Env steps on the TEST split at which each ensemble window starts (step j decides at test bar window-1+j)."""
+    steps = len(data.arrays["test"]["returns"]) - cfg.rl.window
+    return list(range(0, steps, cfg.ensemble.window_bars))
+
+
+def retrain_plan(cfg: PipelineConfig, data: AgentData) -> RetrainPlan | None:
+    """The :class:`RetrainPlan` of ``rolling_retrain`` (None when it is not among ``ensemble.methods``).
+
+    Window k's first decision is at bar ``R_k`` of :func:`all_bars`; its validation window is the bars
+    ``[R_k - window_bars, R_k)`` and its agents train on the bars before, ``[0, R_k - window_bars)``.
+    """
+    if "rolling_retrain" not in cfg.ensemble.methods:
+        return None
+    first = _test_offset(data) + cfg.rl.window - 1
+    ends = [first + j - cfg.ensemble.window_bars for j in _window_starts(cfg, data)]
+    return RetrainPlan(env=env_kwargs(cfg, all_bars(data), train=True), ends=ends,
+                       iterations=cfg.ensemble.retrain_iterations)
+
+
+def rolling_retrain(cfg: PipelineConfig, data: AgentData, agents: dict[str, AgentOutcome],
+                    periods_per_year: float) -> tuple[EnsembleResult, dict[str, list[Any]]]:
+    """FinRL's rolling ensemble with retraining: window k is traded by the agent whose window-k policy (trained
+    on the bars before window k's validation window) has the best Sharpe on that validation window (the
+    ``window_bars`` bars before the window). One episode over the TEST split, switching policy at each window.
+
+    Returns the ensemble (one-hot weights per window) and, per window, ``validation_sharpe`` (agent -> Sharpe),
+    ``trained_through`` (the last bar its agents trained on), ``validated_on`` (first and last bar) and
+    ``first_bar`` (the window's first decision bar).
+    """
+    from raytrade_envs import TradingEnv
+
+    bars, starts = all_bars(data), _window_starts(cfg, data)
+    stamps = np.concatenate([data.timestamps[s] for s in ("train", "val", "test")])
+    names = list(agents)
+    first, w, window = _test_offset(data) + cfg.rl.window - 1, cfg.ensemble.window_bars, cfg.rl.window
+    full = env_kwargs(cfg, bars, train=False)
+    chosen, weights = [], []
+    log: dict[str, list[Any]] = {"validation_sharpe": [], "trained_through": [], "validated_on": [], "first_bar": []}
+    for k, step in enumerate(starts):
+        r = first + step  # the window's first decision bar
+        val_env = slice_env(full, r - w - window + 1, r + 1)  # decisions at bars r-w .. r-1
+        sharpe = {name: sharpe_or_zero(agents[name].window_policies[k].evaluate(TradingEnv(**val_env))[1],
+                                       periods_per_year) for name in names}
+        weights.append(best_member(sharpe))
+        chosen.append(agents[max(weights[-1], key=weights[-1].get)].window_policies[k])
+        log["validation_sharpe"].append(sharpe)
+        log["trained_through"].append(pd.Timestamp(stamps[r - w - 1]).isoformat())
+        log["validated_on"].append([pd.Timestamp(stamps[r - w]).isoformat(), pd.Timestamp(stamps[r - 1]).isoformat()])
+        log["first_bar"].append(pd.Timestamp(stamps[r]).isoformat())
+    positions, _ = switching_rollout(TradingEnv(**env_kwargs(cfg, data.arrays["test"], train=False)), chosen, starts)
+    return EnsembleResult(np.clip(positions, -1.0, 1.0), starts, weights), log
 
 
 def _member_returns(cfg: PipelineConfig, arrays: dict[str, np.ndarray], idx: np.ndarray, positions: np.ndarray):
@@ -212,15 +290,18 @@ def backtest_strategies(cfg: PipelineConfig, data: AgentData, agents: dict[str, 
     votes: EnsembleResult | None = None
     ensembles, strategies = {}, {"buy_and_hold": np.full(n, max_pos), "forecaster": fc_positions, **positions}
     for method in cfg.ensemble.methods:
+        extra: dict[str, Any] = {}
         if method == "rolling":
             res = rolling_selection(members, member_returns, prior, cfg.ensemble.window_bars, periods_per_year)
+        elif method == "rolling_retrain":
+            res, extra = rolling_retrain(cfg, data, agents, periods_per_year)
         else:
             res = votes = vote()
         # members already trade within +-max_position (the env's and the signal's limit); the layer re-caps
         limited, cut = risk_limit(res.positions, bar_return, max_pos, cfg.ensemble.max_drawdown,
                                   cfg.ensemble.drawdown_cut)
         strategies[f"ensemble_{method}"] = limited
-        ensembles[method] = {**res.to_dict(), "bars_cut_for_drawdown": int(cut.sum())}
+        ensembles[method] = {**res.to_dict(), "bars_cut_for_drawdown": int(cut.sum()), **extra}
     results = run_backtests(strategies, test["returns"][idx], cfg.backtest.cost_bps, periods_per_year,
                             gap_returns=gap, slippage=slip)
     serve_weights = (votes or vote()).final_weights
