@@ -53,7 +53,9 @@ def test_report_contract(smoke):
     on_disk = json.loads((smoke["run_dir"] / "report.json").read_text())
     assert on_disk["strategies"] == report["strategies"]
     assert set(report["strategies"]) == {"buy_and_hold", "forecaster", "ppo", "sac", "td3", "ensemble_rolling",
-                                         "ensemble_rolling_retrain", "ensemble_vote"}
+                                         "ensemble_rolling_retrain", "ensemble_vote", "ensemble"}
+    # the report contract's "ensemble" is the served one: the Sharpe vote through the risk layer
+    assert report["strategies"]["ensemble"] == report["strategies"]["ensemble_vote"]
     for name, metrics in report["strategies"].items():
         assert STRATEGY_KEYS <= set(metrics), name
         assert set(metrics) == set(SUMMARY_KEYS)
@@ -71,7 +73,7 @@ def test_report_contract(smoke):
     # the FinRL-style table (cumulative/annual return, volatility, Sharpe, max drawdown) is in the report
     table = report["backtest"]["table"]
     assert all(h in table for h in ("total_ret%", "annual_ret%", "annual_vol%", "sharpe", "max_dd%"))
-    assert all(f"{name} " in table for name in report["strategies"])
+    assert all(f"{name} " in table for name in report["strategies"] if name != "ensemble")
     ens = report["backtest"]["ensembles"]
     assert set(ens) == {"rolling", "rolling_retrain", "vote"}
     for method in ens.values():

@@ -143,6 +143,7 @@ def test_cli_agents_trains_rllib_and_sb3_agents_in_parallel_on_the_champion_fore
     raw = yaml.safe_load(registry["config"].read_text())
     agents = ["ppo", "sac", "td3", "sb3_ppo", "sb3_sac", "sb3_td3", "sb3_a2c", "sb3_ddpg"]
     raw["rl"] = {**raw["rl"], "agents": agents, "cpus_per_agent": 0.5}
+    raw["ensemble"] = {**raw["ensemble"], "methods": ["rolling", "rolling_retrain"]}  # no vote: still "ensemble"
     config = registry["tmp"] / "agents.yaml"
     config.write_text(yaml.safe_dump(raw))
     proc = _run([RAYTRADE, "agents", "--config", str(config)])
@@ -150,7 +151,7 @@ def test_cli_agents_trains_rllib_and_sb3_agents_in_parallel_on_the_champion_fore
     uri = report["mlflow"]["tracking_uri"]
     assert report["forecaster_version"] == tracking.aliased_version(uri, "raytrade-forecaster", "champion")
     assert set(report["strategies"]) == {"buy_and_hold", "forecaster", *agents, "ensemble_rolling",
-                                         "ensemble_rolling_retrain", "ensemble_vote"}
+                                         "ensemble_rolling_retrain", "ensemble"}
     n_windows = len(report["backtest"]["ensembles"]["rolling_retrain"]["window_starts"])
     pids = set()
     for agent in agents:

@@ -302,9 +302,13 @@ def backtest_strategies(cfg: PipelineConfig, data: AgentData, agents: dict[str, 
                                   cfg.ensemble.drawdown_cut)
         strategies[f"ensemble_{method}"] = limited
         ensembles[method] = {**res.to_dict(), "bars_cut_for_drawdown": int(cut.sum()), **extra}
+    if votes is None:  # the rule Serve runs is always backtested: strategy "ensemble"
+        votes = vote()
+        strategies["ensemble"], _ = risk_limit(votes.positions, bar_return, max_pos, cfg.ensemble.max_drawdown,
+                                               cfg.ensemble.drawdown_cut)
     results = run_backtests(strategies, test["returns"][idx], cfg.backtest.cost_bps, periods_per_year,
                             gap_returns=gap, slippage=slip)
-    serve_weights = (votes or vote()).final_weights
+    serve_weights = votes.final_weights
     return {"positions": strategies, "results": results, "table": metrics_table(results), "ensembles": ensembles,
             "serve_weights": serve_weights, "prior_sharpe": prior, "timestamps": data.timestamps["test"][idx]}
 
@@ -343,6 +347,8 @@ def rl_stage(cfg: PipelineConfig, prepared: PreparedData, bars: pd.DataFrame, bu
                        title=f"test split after {cfg.backtest.cost_bps:g} bps costs")
     progress.note(f"equity curves: {plot}")
     strategies = {name: r.metrics for name, r in bt["results"].items()}
+    # "ensemble": the served ensemble (Sharpe vote + risk layer), the name the report contract uses
+    strategies.setdefault("ensemble", strategies.get("ensemble_vote"))
     with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-backtest") as run_id:
         for name, m in strategies.items():
             tracking.log_metrics({f"{name}.{k}": v for k, v in m.items()})

@@ -162,7 +162,11 @@ def fit_forecaster(
     )
     result = trainer.fit()
     history = result.metrics_dataframe
-    best_ckpt, best_metrics = min(result.best_checkpoints, key=lambda cm: (cm[1]["val_loss"], cm[1]["epoch"]))
+    # the loop's own best epoch: an epoch is best only if it beat the previous best by min_delta (as for patience)
+    best_epoch = int(history["best_epoch"].iloc[-1])
+    best_ckpt, best_metrics = next(
+        ((ckpt, m) for ckpt, m in result.best_checkpoints if int(m["epoch"]) == best_epoch),
+        min(result.best_checkpoints, key=lambda cm: (cm[1]["val_loss"], cm[1]["epoch"])))
     keep = [c for c in HISTORY_COLUMNS if c in history.columns]
     return TrainOutcome(
         bundle=ForecasterBundle.load(best_ckpt.path),
