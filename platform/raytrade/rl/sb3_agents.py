@@ -63,7 +63,12 @@ def sb3_model(algorithm: str, cfg: RLConfig, env: Any) -> Any:
         if algorithm in ("td3", "ddpg"):
             n = env.action_space.shape[0]
             extra["action_noise"] = NormalActionNoise(np.zeros(n), 0.1 * np.ones(n))
-    return cls("MlpPolicy", env, **common, **extra)
+    model = cls("MlpPolicy", env, **common, **extra)
+    # SB3's default logger makes an empty SB3-<date> folder in the temp dir on every learn(); log nowhere.
+    from stable_baselines3.common.logger import Logger
+
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
 
 
 class SB3Trainer:
