@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from pathlib import Path
@@ -38,7 +39,10 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # the dashboard serves Ray's REST APIs (Serve's declarative deploys, as `serve deploy` uses them)
+        context = ray.init(include_dashboard=True, dashboard_port=free_port(), log_to_driver=False,
+                           _metrics_export_port=metrics_port())
+        os.environ["RAYTRADE_TEST_DASHBOARD"] = f"http://{context.dashboard_url}"
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
@@ -50,6 +54,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@functools.cache
+def metrics_port() -> int:
+    """The port of the session Ray node's Prometheus metrics endpoint (``/metrics``)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(ray_local, redis_server, tmp_path_factory):
+    """One smoke pipeline run for the session (jobs/configs/smoke.yaml: last 3,000 BTC/USD bars, 2 epochs, one
+    short iteration of RLlib PPO, SAC and TD3), with a temporary MLflow store and the session's Redis
+    (prefix ``e2e``); its own Serve deployment answers its requests and is shut down afterwards.
+
+    Yields ``{"report", "cfg", "run_dir"}``.
+    """
+    from raytrade.config import load_config
+    from raytrade.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("smoke")
+    cfg = load_config(REPO / "jobs" / "configs" / "smoke.yaml", overrides={
+        "output_dir": str(out),
+        "train": {"epochs": 2},
+        "tracking": {"uri": f"sqlite:///{out / 'mlflow.db'}"},
+        "serve": {"port": free_port(), "shutdown": True, "config": str(REPO / "serve_configs" / "ensemble.yaml")},
+        "data": {"path": str(BUNDLED), "max_bars": 3000},
+        "store": {"enabled": True, "url": redis_server, "prefix": "e2e"},
+    })
+    report = run_pipeline(cfg)
+    return {"report": report, "cfg": cfg, "run_dir": Path(report["run_dir"])}
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from raytrade.errors import RaytradeError
+from raytrade.errors import ConfigError, RaytradeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="raytrade: OHLCV bars in, served trading decisions out (Ray Data/Train/RLlib/Serve).")
@@ -231,8 +231,13 @@ def walk_forward(config: ConfigOpt, data: DataOpt = None, set_: SetOpt = None) -
 def serve(
     config: Annotated[Path, typer.Option(help="Serve config file")] = Path("serve_configs/ensemble.yaml"),
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the registry")] = None,
+    deploy: Annotated[bool, typer.Option("--deploy", help="deploy onto a running cluster (like `serve deploy`) "
+                                                          "and return, instead of serving locally")] = False,
+    address: Annotated[str, typer.Option(help="Ray dashboard address for --deploy")] = "http://127.0.0.1:8265",
 ) -> None:
-    """Deploy the ensemble app locally and block until Ctrl-C (like ``serve run``)."""
+    """Serve the ensemble app: locally until Ctrl-C (like ``serve run``), or ``--deploy`` the config file onto a
+    running cluster through Ray's REST API (like ``serve deploy``; a changed ``user_config`` updates the
+    running replicas without restarting them)."""
     import time
 
     import ray
@@ -241,6 +246,19 @@ def serve(
 
     from raytrade.serving.app import APP_NAME, app_from_config
 
+    if deploy:
+        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+        if not config.is_file():
+            raise ConfigError(f"serve config not found: {config}")
+        raw = yaml.safe_load(config.read_text()) or {}
+        for application in raw.get("applications") or []:
+            if tracking_uri:
+                application.setdefault("args", {})["tracking_uri"] = tracking_uri
+        ServeSubmissionClient(address).deploy_applications(raw)
+        names = ", ".join(a.get("name", "?") for a in raw.get("applications") or [])
+        typer.echo(f"deployed {names} from {config} to {address} (check: serve status --address {address})")
+        return
     application, app_cfg = app_from_config(config, {"tracking_uri": tracking_uri} if tracking_uri else None)
     http = (yaml.safe_load(config.read_text()) or {}).get("http_options", {})
     ray.init(include_dashboard=False)

@@ -39,6 +39,7 @@ class DataValidationError(RaytradeError):
         count: int | None = None,
     ) -> None:
         self.rule = rule
+        self.message = message
         self.column = column
         self.symbol = symbol
         self.timestamp = timestamp
@@ -53,6 +54,16 @@ class DataValidationError(RaytradeError):
         if count is not None:
             parts.append(f"rows={count}")
         super().__init__(f"{message} [{', '.join(parts)}]")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Picklable with its fields (Ray ships errors raised in a Serve replica or task to the caller)."""
+        return (_rebuild_validation_error, (self.rule, self.message, self.column, self.symbol, self.timestamp,
+                                            self.count))
+
+
+def _rebuild_validation_error(rule: str, message: str, column: str | None, symbol: str | None, timestamp: Any,
+                              count: int | None) -> DataValidationError:
+    return DataValidationError(rule, message, column=column, symbol=symbol, timestamp=timestamp, count=count)
 
 
 class ModelNotFoundError(RaytradeError):

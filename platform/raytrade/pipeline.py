@@ -140,6 +140,7 @@ def _serve_and_query(cfg: PipelineConfig, bars: pd.DataFrame, test_w: Windows, t
         "tracking_uri": tracking_uri, "forecaster_model": cfg.tracking.forecaster_model,
         "agent_models": agent_models, "alias": cfg.tracking.alias,
         "ensemble_weights": weights, "max_position": cfg.backtest.max_position,
+        "max_drawdown": cfg.ensemble.max_drawdown, "drawdown_cut": cfg.ensemble.drawdown_cut,
         "redis_url": cfg.store.url if cfg.store.enabled else None, "store_prefix": cfg.store.prefix,
     })
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})

@@ -180,23 +180,30 @@ def tune_logger_callback(tracking_uri: str, experiment: str, tags: dict[str, str
                                 tags=tags, save_artifact=False)
 
 
-def load_model_dir(registered_name: str, alias: str, tracking_uri: str) -> tuple[Any, str, str]:
-    """Load ``registered_name@alias`` with its loader.
+def load_model_dir(registered_name: str, alias: str, tracking_uri: str,
+                   version: str | None = None) -> tuple[Any, str, str]:
+    """Load ``registered_name@alias`` (or the pinned ``version``) with its loader.
+
+    The alias is resolved to a version first and that version is loaded, so a concurrent alias move
+    cannot mix two versions.
 
     Returns:
         ``(loaded object, version, run_id)``.
 
     Raises:
-        ModelNotFoundError: no such model or alias in the registry.
+        ModelNotFoundError: no such model, alias or version in the registry.
     """
     use_tracking_uri(tracking_uri)
     client = MlflowClient()
+    what = f"{registered_name}/{version}" if version else f"{registered_name}@{alias}"
     try:
-        version = client.get_model_version_by_alias(registered_name, alias)
+        mv = (client.get_model_version(registered_name, str(version)) if version
+              else client.get_model_version_by_alias(registered_name, alias))
     except MlflowException as exc:
         raise ModelNotFoundError(
-            f"model {registered_name}@{alias} not found in the MLflow registry at {tracking_uri}: {exc.message}"
+            f"model {what} not found in the MLflow registry at {tracking_uri}: {exc.message}"
         ) from None
     with _quiet_mlflow():
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{registered_name}@{alias}")
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{registered_name}/{mv.version}")
+    return pyfunc.unwrap_python_model().obj, str(mv.version), str(mv.run_id)
     return pyfunc.unwrap_python_model().obj, str(version.version), str(version.run_id)

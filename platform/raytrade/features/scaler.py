@@ -51,8 +51,13 @@ class FeatureScaler:
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Return a copy of ``frame`` with the feature columns standardised (float32)."""
         out = frame.copy()
-        out[self.columns] = self._scaler.transform(frame[self.columns].to_numpy(dtype=np.float64)).astype(np.float32)
+        out[self.columns] = self.transform_array(frame)
         return out
+
+    def transform_array(self, frame: pd.DataFrame) -> np.ndarray:
+        """The standardised feature columns of ``frame`` as float32 ``(n_rows, n_features)``, in
+        :attr:`columns` order (the same numbers as :meth:`transform`, without copying the frame)."""
+        return self._scaler.transform(frame[self.columns].to_numpy(dtype=np.float64)).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
         return {"columns": self.columns, "mean": self.mean.tolist(), "scale": self.scale.tolist(),

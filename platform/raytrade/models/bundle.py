@@ -68,8 +68,7 @@ class ForecasterBundle:
             raise InsufficientDataError(
                 f"stored window has {len(features)} rows (need {self.lookback}) and lacks columns {missing[:5]}"
             )
-        tail = features.iloc[-self.lookback :]
-        return self.scaler.transform(tail)[self.scaler.columns].to_numpy(dtype=np.float32)[None]
+        return self.scaler.transform_array(features.iloc[-self.lookback :])[None]
 
     @property
     def min_bars(self) -> int:
@@ -143,8 +142,7 @@ class ForecasterBundle:
                 f"lookback {self.lookback}), got {len(bars)}"
             )
         feats = compute_features(bars, self.features).iloc[-self.lookback :]
-        scaled = self.scaler.transform(feats)[self.scaler.columns].to_numpy(dtype=np.float32)
-        return scaled[None]
+        return self.scaler.transform_array(feats)[None]
 
     def predict(self, bars: pd.DataFrame) -> dict[str, Any]:
         """pyfunc entry point (MLflow): :meth:`forecast_bars`."""

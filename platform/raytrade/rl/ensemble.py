@@ -150,6 +150,21 @@ def sharpe_vote(
     return _windowed(member_positions, member_returns, prior_sharpe, window_bars, periods_per_year, softmax)
 
 
+def risk_limited_position(position: float, drawdown: float, max_position: float = 1.0, max_drawdown: float = 0.2,
+                          drawdown_cut: float = 0.5) -> tuple[float, bool]:
+    """One bar of the risk layer: ``position`` capped to ``+-max_position``, times ``drawdown_cut`` when the
+    account's ``drawdown`` (``1 - equity / running peak``, a fraction) exceeds ``max_drawdown``.
+
+    The backtest (:func:`risk_limit`) and the served combiner both use this, so they cut identically.
+
+    Returns:
+        ``(limited position, whether the drawdown cut applied)``.
+    """
+    cut = bool(drawdown > max_drawdown)
+    limited = float(np.clip(position, -max_position, max_position))
+    return (limited * drawdown_cut if cut else limited), cut
+
+
 def risk_limit(
     positions: np.ndarray, bar_return: Callable[[int, float, float], float], max_position: float = 1.0,
     max_drawdown: float = 0.2, drawdown_cut: float = 0.5,
@@ -170,14 +185,13 @@ def risk_limit(
     Returns:
         ``(positions, in_drawdown)``: the limited positions ``(n,)`` and a boolean ``(n,)`` of the bars cut.
     """
-    pos = np.clip(np.asarray(positions, dtype=np.float64), -max_position, max_position)
+    pos = np.asarray(positions, dtype=np.float64)
     out = np.empty_like(pos)
     cut = np.zeros(len(pos), dtype=bool)
     equity = peak = 1.0
     prev = 0.0
     for t in range(len(pos)):
-        cut[t] = 1.0 - equity / peak > max_drawdown
-        out[t] = pos[t] * drawdown_cut if cut[t] else pos[t]
+        out[t], cut[t] = risk_limited_position(pos[t], 1.0 - equity / peak, max_position, max_drawdown, drawdown_cut)
         equity *= 1.0 + bar_return(t, prev, out[t])
         peak = max(peak, equity)
         prev = out[t]

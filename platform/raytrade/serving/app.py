@@ -1,8 +1,10 @@
 """Build the Serve application (``serve run serve_configs/ensemble.yaml`` imports :func:`build_app`).
 
-``args`` (validated by :class:`AppArgs`): tracking_uri (default ``$MLFLOW_TRACKING_URI`` else
-``sqlite:///runs/mlflow.db``), forecaster_model, agent_models ({agent name: registered model}),
-alias, ensemble_weights, max_position, deadband.
+``args`` (validated by :class:`AppArgs`) name the registered models and the store; each deployment's
+``user_config`` in the config file holds what can change without restarting replicas: the models' alias,
+pinned version and reload interval (:class:`~raytrade.serving.slots.ModelSlotConfig`), the combiner's
+weights and risk limits (:class:`~raytrade.serving.deployments.CombinerConfig`), the ingress's A/B share
+and cache TTL (:class:`~raytrade.serving.ingress.IngressConfig`).
 """
 
 from __future__ import annotations
@@ -15,24 +17,49 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray.serve import Application
 
 from raytrade.errors import ConfigError
-from raytrade.serving.deployments import Agent, Forecaster, Ingress
+from raytrade.serving.deployments import Agent, Combiner, CombinerConfig, Features, Forecaster
+from raytrade.serving.ingress import CHALLENGER, CHAMPION, Ingress
 
 APP_NAME = "raytrade"
+COMBINER_ARGS = ("ensemble_weights", "max_position", "deadband", "max_drawdown", "drawdown_cut")
 
 
 class AppArgs(BaseModel):
+    """Arguments of the ensemble app (the ``args`` of its entry in a Serve config file).
+
+    ``ensemble_weights``, ``max_position``, ``deadband``, ``max_drawdown`` and ``drawdown_cut`` set the
+    combiner's initial config; given explicitly they also override the Combiner's ``user_config`` from the
+    file (``raytrade pipeline`` passes the Sharpe vote's latest weights this way).
+    """
+
     model_config = ConfigDict(extra="forbid")
 
     tracking_uri: str | None = None
     output_dir: str = "runs"
     forecaster_model: str = "raytrade-forecaster"
+    challenger_model: str | None = Field(None, description="registered forecaster for the A/B arm (None: no A/B)")
+    challenger_alias: str = "challenger"
     agent_models: dict[str, str] = Field(default_factory=lambda: {"ppo": "raytrade-agent-ppo"})
     alias: str = "champion"
-    ensemble_weights: dict[str, float] = Field(default_factory=lambda: {"forecaster": 0.5, "ppo": 0.5})
+    ensemble_weights: dict[str, float] = Field(default_factory=dict)
     max_position: float = Field(1.0, gt=0, le=1)
     deadband: float = Field(0.05, ge=0, le=2, description="|target - position| below which the signal is hold")
-    redis_url: str | None = Field(None, description="online feature store; None: requests must carry bars")
+    max_drawdown: float = Field(0.2, gt=0, le=1)
+    drawdown_cut: float = Field(0.5, ge=0, le=1)
+    redis_url: str | None = Field(None, description="online feature store + prediction cache; None: requests "
+                                                    "must carry bars")
     store_prefix: str = "raytrade"
+
+    def combiner_config(self, file_config: dict[str, Any] | None) -> dict[str, Any]:
+        """The Combiner's user_config: the file's, overridden by the combiner args set explicitly."""
+        explicit = {("weights" if k == "ensemble_weights" else k): getattr(self, k)
+                    for k in COMBINER_ARGS if k in self.model_fields_set}
+        base = file_config if file_config is not None else {
+            "weights": self.ensemble_weights, "max_position": self.max_position, "deadband": self.deadband,
+            "max_drawdown": self.max_drawdown, "drawdown_cut": self.drawdown_cut}
+        merged = {**base, **explicit}
+        CombinerConfig.model_validate(merged)
+        return merged
 
 
 def _build(args: dict[str, Any], options: dict[str, dict[str, Any]]) -> Application:
@@ -40,6 +67,7 @@ def _build(args: dict[str, Any], options: dict[str, dict[str, Any]]) -> Applicat
 
     try:
         a = AppArgs.model_validate(args or {})
+        combiner_config = a.combiner_config(options.get("Combiner", {}).get("user_config"))
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"serve app args: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
@@ -48,13 +76,19 @@ def _build(args: dict[str, Any], options: dict[str, dict[str, Any]]) -> Applicat
     def opts(name: str) -> dict[str, Any]:
         return {k: v for k, v in options.get(name, {}).items() if k != "name"}
 
-    forecaster = Forecaster.options(**opts("Forecaster")).bind(uri, a.forecaster_model, a.alias, a.redis_url,
-                                                               a.store_prefix)
+    features = Features.options(**opts("Features")).bind(a.redis_url, a.store_prefix)
+    forecasters = {CHAMPION: Forecaster.options(**opts("Forecaster")).bind(uri, a.forecaster_model, a.alias)}
+    if a.challenger_model:
+        forecasters[CHALLENGER] = Forecaster.options(name="Forecaster-challenger", **opts("Forecaster-challenger")) \
+            .bind(uri, a.challenger_model, a.challenger_alias, "challenger")
     agents = {
-        name: Agent.options(name=f"Agent-{name}", **opts(f"Agent-{name}")).bind(uri, model, a.alias)
+        name: Agent.options(name=f"Agent-{name}", **opts(f"Agent-{name}")).bind(uri, model, a.alias, name)
         for name, model in a.agent_models.items()
     }
-    return Ingress.options(**opts("Ingress")).bind(forecaster, agents, a.ensemble_weights, a.max_position, a.deadband)
+    # the combiner's config travels only as user_config, so changing it never restarts its replicas
+    combiner = Combiner.options(**{**opts("Combiner"), "user_config": combiner_config}).bind()
+    return Ingress.options(**opts("Ingress")).bind(features, forecasters, agents, combiner, a.redis_url,
+                                                   a.store_prefix)
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -64,7 +98,7 @@ def build_app(args: dict[str, Any]) -> Application:
 
 def app_from_config(path: str | Path, arg_overrides: dict[str, Any] | None = None) -> tuple[Application, dict]:
     """Build the app of the FIRST application in a Serve config file, applying its ``deployments``
-    options (autoscaling_config, ray_actor_options, ...) and ``arg_overrides``.
+    options (autoscaling_config, ray_actor_options, user_config, ...) and ``arg_overrides``.
 
     Returns ``(application, application section of the file)``. Raises ConfigError on a bad file.
     """

@@ -35,6 +35,9 @@ class PredictRequest(BaseModel):
                                      description="most recent bars; omit to use the online feature store")
     position: float = Field(0.0, ge=-1.0, le=1.0, allow_inf_nan=False,
                             description="current holding, fraction of equity in [-1, 1]")
+    drawdown: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False,
+                            description="the account's current drawdown from its equity peak, fraction in [0, 1]; "
+                                        "above the combiner's max_drawdown the target position is cut")
 
     @field_validator("symbol")
     @classmethod
@@ -50,7 +53,12 @@ class PredictResponse(BaseModel):
     ``signal`` is the trade to make: ``buy`` if ``target_position`` is above the current position by more
     than the deadband, ``sell`` if below, else ``hold``. ``confidence`` is the forecaster's probability
     of its most likely class. ``forecast`` holds the class probabilities and the expected log return over
-    ``horizon_bars``. ``agents`` maps each RL agent to the target position it proposes.
+    ``horizon_bars``, and ``uncertainty`` the MC-dropout spread (``return_std`` in log-return units,
+    ``mutual_information`` and ``predictive_entropy`` in nats) when the model has MC samples. ``agents`` maps
+    each RL agent to the target position it proposes. ``model_versions`` names the registered version of every
+    model that served the request, ``forecaster_variant`` the A/B arm (``champion`` or ``challenger``).
+    ``weights`` are the combiner's normalised member weights, ``drawdown_cut`` whether the drawdown limit cut
+    the position, ``cached`` whether the forecast and agent positions came from the Redis prediction cache.
     """
 
     symbol: str
@@ -61,3 +69,21 @@ class PredictResponse(BaseModel):
     forecast: dict
     agents: dict[str, float]
     model_versions: dict[str, str]
+    forecaster_variant: Literal["champion", "challenger"] = "champion"
+    weights: dict[str, float] = Field(default_factory=dict)
+    drawdown_cut: bool = False
+    cached: bool = False
+
+
+class BatchPredictRequest(BaseModel):
+    """``POST /predict/batch`` body: up to 256 ``/predict`` requests (any symbols), answered in order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[PredictRequest] = Field(min_length=1, max_length=256)
+
+
+class BatchPredictResponse(BaseModel):
+    """``POST /predict/batch`` answer: one :class:`PredictResponse` per request, in request order."""
+
+    predictions: list[PredictResponse]
