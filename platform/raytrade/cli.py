@@ -252,11 +252,11 @@ def serve(
         if not config.is_file():
             raise ConfigError(f"serve config not found: {config}")
         raw = yaml.safe_load(config.read_text()) or {}
-        for application in raw.get("applications") or []:
-            if tracking_uri:
-                application.setdefault("args", {})["tracking_uri"] = tracking_uri
+        applications = raw.get("applications") or []
+        for application in applications if tracking_uri else []:
+            application.setdefault("args", {})["tracking_uri"] = tracking_uri
         ServeSubmissionClient(address).deploy_applications(raw)
-        names = ", ".join(a.get("name", "?") for a in raw.get("applications") or [])
+        names = ", ".join(a.get("name", "?") for a in applications)
         typer.echo(f"deployed {names} from {config} to {address} (check: serve status --address {address})")
         return
     application, app_cfg = app_from_config(config, {"tracking_uri": tracking_uri} if tracking_uri else None)

@@ -206,4 +206,3 @@ def load_model_dir(registered_name: str, alias: str, tracking_uri: str,
     with _quiet_mlflow():
         pyfunc = mlflow.pyfunc.load_model(f"models:/{registered_name}/{mv.version}")
     return pyfunc.unwrap_python_model().obj, str(mv.version), str(mv.run_id)
-    return pyfunc.unwrap_python_model().obj, str(version.version), str(version.run_id)

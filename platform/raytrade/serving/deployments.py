@@ -61,7 +61,8 @@ class Features:
     def from_bars(self, bars: pd.DataFrame, spec: dict[str, Any]) -> dict[str, Any]:
         """Validate ``bars`` (one symbol, oldest first) and compute the forecaster's features at the last bar.
 
-        Returns ``{"rows": DataFrame (lookback, 1 + n_features), "timestamp", "fingerprint"}``.
+        Returns ``{"rows": DataFrame (lookback, 1 + n_features), "timestamp"}`` (the caller fingerprints the
+        bars it sent).
 
         Raises:
             DataValidationError: a bar breaks a validation rule (names rule, column, timestamp).
@@ -77,13 +78,13 @@ class Features:
         frame = validate_bars(bars)
         feats = compute_features(frame, FeatureConfig.model_validate(spec["features"]))
         rows = feats.iloc[-spec["lookback"]:][["timestamp", *spec["columns"]]].reset_index(drop=True)
-        out = {"rows": rows, "timestamp": frame["timestamp"].iloc[-1].to_pydatetime(),
-               "fingerprint": bars_fingerprint(frame)}
+        out = {"rows": rows, "timestamp": frame["timestamp"].iloc[-1].to_pydatetime()}
         record_model("features", _ms(started))
         return out
 
     def from_store(self, symbol: str, spec: dict[str, Any]) -> dict[str, Any]:
-        """The symbol's latest rows from the online store, under the forecaster's feature-set version.
+        """The symbol's latest rows from the online store, under the forecaster's feature-set version, with
+        ``timestamp`` and the ``fingerprint`` of the stored bars (the prediction cache's key).
 
         Raises:
             FeaturesNotFoundError: no store configured, or no (unexpired) window for the symbol.

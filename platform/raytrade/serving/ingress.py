@@ -193,6 +193,8 @@ class Ingress:
         return self._specs[variant]
 
     async def _agent_versions(self) -> dict[str, str]:
+        """The agents' versions (cache keys), re-read every ``versions_ttl_s``; each re-read also drops the cached
+        forecaster specs, so the forecasters' versions are re-read too."""
         if time.monotonic() - self._versions_at > self.config.versions_ttl_s:
             infos = await asyncio.gather(*(h.info.remote() for h in self.agents.values()))
             self._versions = {name: i["version"] for name, i in zip(self.agents, infos, strict=True)}
@@ -208,27 +210,27 @@ class Ingress:
         u = int.from_bytes(hashlib.sha256(token.encode()).digest()[:8], "big") / 2**64
         return CHALLENGER if u < share else CHAMPION
 
-    # ---- prediction cache (best effort: an unreachable Redis is a miss) -----------------------
+    # ---- prediction cache (best effort: an unreachable Redis is a miss; redis-py blocks, so off the loop) --
     def _cache_key(self, fingerprint: str, versions: dict[str, str], req: PredictRequest) -> str:
         raw = json.dumps([fingerprint, versions, repr(float(req.position))], sort_keys=True)
         return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
-    def _cache_get(self, symbol: str, key: str) -> dict[str, Any] | None:
+    async def _cache_get(self, symbol: str, key: str) -> dict[str, Any] | None:
         if self.cache is None or self.config.cache_ttl_s <= 0:
             return None
         try:
-            hit = self.cache.cached_prediction(symbol, key)
+            hit = await asyncio.to_thread(self.cache.cached_prediction, symbol, key)
         except StoreUnavailableError:
             record_cache("unavailable")
             return None
         record_cache("hit" if hit is not None else "miss")
         return hit
 
-    def _cache_put(self, symbol: str, key: str, value: dict[str, Any]) -> None:
+    async def _cache_put(self, symbol: str, key: str, value: dict[str, Any]) -> None:
         if self.cache is None or self.config.cache_ttl_s <= 0:
             return
         try:
-            self.cache.cache_prediction(symbol, key, value, ttl_s=self.config.cache_ttl_s)
+            await asyncio.to_thread(self.cache.cache_prediction, symbol, key, value, ttl_s=self.config.cache_ttl_s)
         except StoreUnavailableError:
             record_cache("unavailable")
 
@@ -247,7 +249,7 @@ class Ingress:
                 fingerprint = feats["fingerprint"]
             versions = {"forecaster": spec["version"], **agent_versions}
             key = self._cache_key(fingerprint, versions, req)
-            hit = self._cache_get(req.symbol, key)
+            hit = await self._cache_get(req.symbol, key)
             if hit is not None:
                 return {**hit, "cached": True}
             if feats is None:
@@ -270,7 +272,7 @@ class Ingress:
             "model_versions": {"forecaster": fc["version"],
                                **{name: a["version"] for name, a in zip(self.agents, acts, strict=True)}},
         }
-        self._cache_put(req.symbol, self._cache_key(fingerprint, members["model_versions"], req), members)
+        await self._cache_put(req.symbol, self._cache_key(fingerprint, members["model_versions"], req), members)
         return {**members, "cached": False}
 
     async def _decide(self, req: PredictRequest) -> PredictResponse:

@@ -231,7 +231,7 @@ def rolling_retrain(cfg: PipelineConfig, data: AgentData, agents: dict[str, Agen
         log["validated_on"].append([pd.Timestamp(stamps[r - w]).isoformat(), pd.Timestamp(stamps[r - 1]).isoformat()])
         log["first_bar"].append(pd.Timestamp(stamps[r]).isoformat())
     positions, _ = switching_rollout(TradingEnv(**env_kwargs(cfg, data.arrays["test"], train=False)), chosen, starts)
-    return EnsembleResult(np.clip(positions, -1.0, 1.0), starts, weights), log
+    return EnsembleResult(positions, starts, weights), log
 
 
 def _member_returns(cfg: PipelineConfig, arrays: dict[str, np.ndarray], idx: np.ndarray, positions: np.ndarray):
