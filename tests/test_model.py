@@ -112,20 +112,52 @@ def test_mc_dropout_without_dropout_equals_the_deterministic_pass(name):
 def test_mc_passes_reuse_the_fixed_encoder_part_without_changing_the_samples(name):
     """Running ``encode_fixed`` once must give the same MC samples as full passes on the repeated batch
     (same seed), i.e. the fixed part really holds no dropout; and ``encode`` is fixed -> rest."""
+    from raytrade.models.base import shared_dropout_masks
+
     model = small_model(name, dropout=0.3).eval()
     x = batch()
     torch.testing.assert_close(model.encode(x), model.encode_from_fixed(model.encode_fixed(x)))
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.train()
     with torch.no_grad():
-        torch.manual_seed(7)
-        probs, rets = model._mc_passes(x, 4)
-        torch.manual_seed(7)
-        logits, ret_z = model(x.repeat(4, 1, 1))
+        probs, rets = model._mc_passes(x, 4, seed=7)
+        with shared_dropout_masks(model, 4, seed=7):
+            logits, ret_z = model(x.repeat(4, 1, 1))
     torch.testing.assert_close(probs, torch.softmax(logits, -1).reshape(4, len(x), 3), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(rets, (ret_z * SCALE).reshape(4, len(x)), atol=1e-6, rtol=1e-4)
     assert (probs.std(0) > 0).any()  # dropout was on
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mc_dropout_of_a_window_does_not_depend_on_the_batch_it_is_in(name):
+    """With a seed, a window's MC outputs are the same alone, in a batch, or split across chunks (what makes a
+    forecast served alone equal to the backtest's bulk one); other seeds give other samples."""
+    model = small_model(name, dropout=0.3)
+    x = batch()
+    bulk = model.forecast(x, mc_samples=6, mc_seed=11)
+    model.mc_max_rows = 12  # 2 windows per pass
+    chunked = model.forecast(x, mc_samples=6, mc_seed=11)
+    model.mc_max_rows = 65536
+    for i in (0, 3, len(x) - 1):
+        alone = model.forecast(x[i : i + 1], mc_samples=6, mc_seed=11)
+        for key in ("probs", "return_std", "mutual_information", "probs_std"):
+            torch.testing.assert_close(alone[key][0], bulk[key][i], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(chunked[key][i], bulk[key][i], atol=1e-5, rtol=1e-4)
+    other = model.forecast(x, mc_samples=6, mc_seed=12)
+    assert not torch.allclose(other["return_std"], bulk["return_std"])
+    assert (bulk["return_std"] > 0).all()
+
+
+def test_mc_dropout_from_several_threads_on_one_model_equals_one_at_a_time():
+    """A threaded server (FastAPI's thread pool) runs MC passes of one model concurrently: each thread's
+    dropout masks must apply to its own passes only."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = small_model("cnn_lstm", dropout=0.3).eval()
+    xs = [batch(seed=s) for s in range(8)]
+    expected = [model.forecast(x, mc_samples=5, mc_seed=3)["return_std"] for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: model.forecast(x, mc_samples=5, mc_seed=3)["return_std"], xs * 3))
+    for i, g in enumerate(got):
+        torch.testing.assert_close(g, expected[i % len(xs)], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", NAMES)

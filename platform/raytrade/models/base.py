@@ -19,6 +19,9 @@ rather than once per pass. The base then owns
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -34,6 +37,38 @@ def _as_int_list(values: Any, name: str) -> list[int]:
     if isinstance(values, int | str) or values is None:
         raise ValueError(f"{name} must be a sequence of ints, got {values!r}")
     return [int(v) for v in values]
+
+
+@contextmanager
+def shared_dropout_masks(model: nn.Module, samples: int, seed: int) -> Iterator[None]:
+    """Within the block, every ``nn.Dropout`` of ``model`` (in eval mode, so otherwise the identity) applies
+    MC-dropout masks shared across the windows of a sample-major batch.
+
+    The input of a dropout module must hold ``samples`` blocks of ``b`` windows (``x.repeat(samples, ...)``);
+    sample ``j`` of every window gets the same inverted-dropout mask (keep with probability ``1 - p``, scaled by
+    ``1 / (1 - p)``), drawn from a generator seeded with ``seed`` when the block starts, in module call order.
+    So the masks do not depend on ``b``: MC dropout (Gal & Ghahramani, 2016) gives a window the same samples
+    whatever else is in the batch. Thread-safe: the masks apply only to passes of the calling thread.
+    """
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    owner = threading.get_ident()  # hooks are per module, not per thread: other threads' passes are left alone
+
+    def mask(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        p = float(module.p)
+        if p <= 0.0 or threading.get_ident() != owner:
+            return output
+        x = inputs[0]
+        keep = torch.empty((samples, 1, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        keep.bernoulli_(1.0 - p, generator=gen)
+        return (x.reshape(samples, -1, *x.shape[1:]) * keep / (1.0 - p)).reshape(x.shape)
+
+    handles = [m.register_forward_hook(mask) for m in model.modules() if isinstance(m, nn.Dropout)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 class ForecasterBase(nn.Module):
@@ -108,7 +143,8 @@ class ForecasterBase(nn.Module):
         return (logits, ret_z, emb) if return_features else (logits, ret_z)
 
     @torch.no_grad()
-    def forecast(self, x: torch.Tensor, mc_samples: int = 0) -> dict[str, torch.Tensor]:
+    def forecast(self, x: torch.Tensor, mc_samples: int = 0, mc_means: bool = True,
+                 mc_seed: int | None = None) -> dict[str, torch.Tensor]:
         """Inference (whatever the current train/eval mode; modes are restored afterwards).
 
         Always: ``probs`` (B, 3) [sell, hold, buy], ``expected_return`` (B,) log return over the label
@@ -118,7 +154,13 @@ class ForecasterBase(nn.Module):
         ``mc_samples`` passes with only the ``nn.Dropout`` modules active, and the result adds
         ``probs_std`` (B, 3), ``return_std`` (B,) in log units, ``predictive_entropy`` (B,) in nats
         (entropy of the mean probs) and ``mutual_information`` (B,) (predictive entropy minus the mean
-        per-pass entropy: the epistemic part, in nats).
+        per-pass entropy: the epistemic part, in nats). With ``mc_means=False`` ``probs`` / ``expected_return``
+        stay the deterministic pass's and only the spreads are added (one call for both, as the agents need).
+
+        The MC passes draw their dropout masks from ``mc_seed`` (default: a seed drawn from torch's global RNG),
+        the same masks for every window (see :meth:`_mc_passes`): a window's MC outputs depend on the window
+        and the seed only, not on which other windows share the batch, so a forecast served alone equals the
+        one the backtest computed in bulk.
         """
         self._check_input(x)
         modes = {m: m.training for m in self.modules()}
@@ -128,14 +170,11 @@ class ForecasterBase(nn.Module):
             out = {"probs": torch.softmax(logits, dim=-1), "expected_return": ret_z * self.return_scale,
                    "embedding": emb}
             if mc_samples > 0:
-                for m in self.modules():
-                    if isinstance(m, nn.Dropout):
-                        m.train()
-                probs, rets = self._mc_passes(x, int(mc_samples))  # (S, B, 3), (S, B)
-                mean_p = probs.mean(0)
-                out["probs"] = mean_p
-                out["expected_return"] = rets.mean(0)
-                mean_r = out["expected_return"]
+                seed = int(torch.randint(0, 2**62, (1,)).item()) if mc_seed is None else int(mc_seed)
+                probs, rets = self._mc_passes(x, int(mc_samples), seed)  # (S, B, 3), (S, B)
+                mean_p, mean_r = probs.mean(0), rets.mean(0)
+                if mc_means:
+                    out["probs"], out["expected_return"] = mean_p, mean_r
                 out["probs_std"] = (probs - mean_p).square().mean(0).sqrt()  # population std over samples
                 out["return_std"] = (rets - mean_r).square().mean(0).sqrt()
                 entropy = torch.special.entr(mean_p).sum(-1)
@@ -146,21 +185,24 @@ class ForecasterBase(nn.Module):
                 m.training = training
         return out
 
-    def _mc_passes(self, x: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``samples`` stochastic passes, batched by repeating ``x`` up to :attr:`mc_max_rows` rows per pass.
+    def _mc_passes(self, x: torch.Tensor, samples: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``samples`` stochastic passes (the model in eval mode, the ``nn.Dropout`` modules masked by
+        :func:`shared_dropout_masks`), batched by repeating up to :attr:`mc_max_rows` rows per pass.
 
-        :meth:`encode_fixed` runs once; only :meth:`encode_from_fixed` and the heads run per pass.
+        Every window sees the same ``samples`` masks per dropout module, drawn afresh from ``seed`` for each
+        chunk of windows. :meth:`encode_fixed` runs once; only :meth:`encode_from_fixed` and the heads run per
+        pass. Returns ``probs (samples, B, 3)`` and ``rets (samples, B)``.
         """
         batch = x.shape[0]
-        per_chunk = max(1, self.mc_max_rows // max(batch, 1))
+        per_chunk = max(1, self.mc_max_rows // samples)  # windows per pass, each with all its samples
         fixed = self.encode_fixed(x)
-        probs, rets = [], []
-        done = 0
-        while done < samples:
-            s = min(per_chunk, samples - done)
-            h = self.dropout(self.encode_from_fixed(fixed.repeat(s, *([1] * (fixed.ndim - 1)))))
+        probs = [torch.empty(samples, 0, self.n_classes, device=x.device)]
+        rets = [torch.empty(samples, 0, device=x.device)]
+        for start in range(0, batch, per_chunk):
+            part = fixed[start : start + per_chunk]
+            with shared_dropout_masks(self, samples, seed):
+                h = self.dropout(self.encode_from_fixed(part.repeat(samples, *([1] * (part.ndim - 1)))))
             logits, ret_z = self.class_head(h), self.return_head(h).squeeze(-1)
-            probs.append(torch.softmax(logits, dim=-1).reshape(s, batch, self.n_classes))
-            rets.append((ret_z * self.return_scale).reshape(s, batch))
-            done += s
-        return torch.cat(probs), torch.cat(rets)
+            probs.append(torch.softmax(logits, dim=-1).reshape(samples, len(part), self.n_classes))
+            rets.append((ret_z * self.return_scale).reshape(samples, len(part)))
+        return torch.cat(probs, dim=1), torch.cat(rets, dim=1)

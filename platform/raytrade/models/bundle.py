@@ -108,20 +108,22 @@ class ForecasterBundle:
 
     # ---- inference ---------------------------------------------------------------------------
     def forecast_windows(self, x: np.ndarray, batch_size: int = 2048, mc_samples: int = 0,
-                         embedding: bool = False) -> dict[str, np.ndarray]:
+                         embedding: bool = False, mc_means: bool = True,
+                         mc_seed: int | None = None) -> dict[str, np.ndarray]:
         """Forecast scaled windows ``x (n, lookback, n_features)``.
 
         Returns float32 ``probs`` (n, 3) [sell, hold, buy] and ``expected_return`` (n,) (log return over
         the label horizon); with ``mc_samples > 0`` (MC dropout) also ``probs_std`` (n, 3),
         ``return_std`` (n,) (log units), ``predictive_entropy`` and ``mutual_information`` (n,) in nats,
-        and the means over the samples as ``probs``/``expected_return``; with ``embedding`` also the
-        fused embedding ``(n, embed_dim)``.
+        and the means over the samples as ``probs``/``expected_return`` (the deterministic pass's with
+        ``mc_means=False``); with ``embedding`` also the fused embedding ``(n, embed_dim)``. ``mc_seed`` fixes the
+        MC-dropout masks (the same for every window, so a window's outputs do not depend on the batch).
         """
         device = next(self.model.parameters()).device
         chunks: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(x), batch_size):
             chunk = torch.as_tensor(x[start : start + batch_size], dtype=torch.float32, device=device)
-            out = self.model.forecast(chunk, mc_samples=mc_samples)
+            out = self.model.forecast(chunk, mc_samples=mc_samples, mc_means=mc_means, mc_seed=mc_seed)
             if not embedding:
                 out.pop("embedding", None)
             for key, value in out.items():

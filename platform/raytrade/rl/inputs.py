@@ -29,23 +29,21 @@ def agent_outputs(bundle: Any, x: np.ndarray, inputs: Sequence[str], seed: int =
 
     ``probs``, ``expected_return`` and ``embedding`` come from the deterministic pass (dropout off), the same
     numbers the forecaster signal and ``POST /predict`` report; with ``uncertainty``, ``return_std`` and
-    ``mutual_information`` come from ``bundle.mc_samples`` MC-dropout passes drawn under ``torch`` seed ``seed``
-    (the global RNG state is restored afterwards).
+    ``mutual_information`` (and ``probs_std``, ``predictive_entropy``) come from ``bundle.mc_samples`` MC-dropout
+    passes whose dropout masks come from ``seed`` alone (torch's global RNG is not touched).
 
     Raises:
         ConfigError: ``uncertainty`` is asked for but the bundle has ``mc_samples == 0``.
     """
-    import torch
-
-    out = bundle.forecast_windows(x, embedding="embedding" in inputs)
-    if "uncertainty" in inputs:
-        if bundle.mc_samples <= 0:
-            raise ConfigError("rl.forecast_inputs: 'uncertainty' needs model.mc_samples > 0 (MC-dropout passes)")
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            mc = bundle.forecast_windows(x, mc_samples=bundle.mc_samples)
-        out["return_std"], out["mutual_information"] = mc["return_std"], mc["mutual_information"]
-    return out
+    embedding = "embedding" in inputs
+    if "uncertainty" not in inputs:
+        return bundle.forecast_windows(x, embedding=embedding)
+    if bundle.mc_samples <= 0:
+        raise ConfigError("rl.forecast_inputs: 'uncertainty' needs model.mc_samples > 0 (MC-dropout passes)")
+    # one call: the deterministic pass, then the MC passes, whose masks come from `seed` alone (the same for
+    # every window, so a window served alone gets the numbers the backtest computed for it in bulk)
+    return bundle.forecast_windows(x, mc_samples=bundle.mc_samples, embedding=embedding, mc_means=False,
+                                   mc_seed=seed)
 
 
 def forecast_inputs(out: Mapping[str, np.ndarray], return_scale: float, inputs: Sequence[str]) -> np.ndarray:
