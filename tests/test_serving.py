@@ -15,13 +15,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import schemathesis
 import yaml
+from hypothesis import HealthCheck, given, settings
 
 from conftest import BUNDLED, REPO, free_port, metrics_port
 from raytrade.data import load_bars
@@ -211,6 +214,7 @@ def test_drawdown_beyond_the_limit_cuts_the_target(served):
         (lambda p: p["bars"][3].update(volume=-1), "volume"),
         (lambda p: p["bars"][3].update(open=0.0), "open"),
         (lambda p: p["bars"][3].update(timestamp="yesterday"), "timestamp"),
+        (lambda p: p["bars"][-1].update(timestamp="2263-01-01T00:00:00Z"), "timestamp"),  # found by the fuzz test
         (lambda p: p.update(bars=p["bars"][:10]), "bars"),
         (lambda p: p.update(extra=1), "extra"),
         (lambda p: p["bars"][3].update(extra=1), "extra"),
@@ -497,9 +501,9 @@ def test_online_store_windows_serve_predictions_without_bars(served):
 def test_serve_configs_are_valid_serve_deploy_files(name):
     from ray.serve.schema import ServeDeploySchema
 
-    from raytrade.serving.deployments import CombinerConfig
     from raytrade.serving.ingress import IngressConfig
     from raytrade.serving.slots import ModelSlotConfig
+    from raytrade.serving.steps import CombinerConfig
 
     raw = yaml.safe_load((REPO / "serve_configs" / name).read_text())
     app = ServeDeploySchema.parse_obj(raw).applications[0]
@@ -516,3 +520,110 @@ def test_serve_configs_are_valid_serve_deploy_files(name):
     gpus = deployments["Forecaster"]["ray_actor_options"].get("num_gpus", 0)
     assert gpus == (1 if name == "ensemble.gpu.yaml" else 0)
     assert np.isfinite(float(deployments["Combiner"]["user_config"]["max_drawdown"]))
+
+
+def test_served_decision_equals_the_backtests_for_the_same_bars_and_models(served):
+    """Offline/online parity: at test-split bars, an episode the backtester starts there (flat, no drawdown)
+    and a request carrying every bar the pipeline loaded up to that bar (so every indicator has the same
+    history) give the same forecast, the same agent positions and the same risk-limited ensemble target."""
+    from raytrade import tracking
+    from raytrade.data.prepare import load_market_data, prepare_data
+    from raytrade.models.bundle import signal_positions
+    from raytrade.rl.ensemble import combine_positions, risk_limited_position
+    from raytrade.rl.env import slice_env
+    from raytrade.runtime import ensure_ray
+    from raytrade.stages.agents import agent_data, bundle_windows, env_kwargs
+    from raytrade_envs import TradingEnv
+
+    cfg, uri = served["cfg"], served["report"]["mlflow"]["tracking_uri"]
+    ensure_ray(cfg)
+    bundle, _, _ = tracking.load_model_dir(cfg.tracking.forecaster_model, cfg.tracking.alias, uri)
+    policies = {a: tracking.load_model_dir(m, cfg.tracking.alias, uri)[0]
+                for a, m in served["report"]["mlflow"]["agent_models"].items()}
+    market = load_market_data(cfg)
+    prepared = prepare_data(cfg, market)
+    data = agent_data(cfg, prepared, market.bars, bundle, bundle_windows(prepared, bundle))
+    test, stamps = data.arrays["test"], data.timestamps["test"]
+    weights = served["report"]["backtest"]["serve_weights"]
+    max_pos, window = cfg.backtest.max_position, cfg.rl.window
+    for k in (window - 1, len(stamps) // 2, len(stamps) - 3):
+        at = pd.Timestamp(stamps[k])
+        at = at.tz_localize("UTC") if at.tz is None else at
+        # the backtester: every member's first decision of an episode starting flat at bar k
+        members = {"forecaster": float(signal_positions(data.forecasts["test"]["probs"][k : k + 1], max_pos)[0])}
+        for name, policy in policies.items():
+            env = TradingEnv(**slice_env(env_kwargs(cfg, test, train=False), k - window + 1, len(stamps)))
+            obs, _ = env.reset(seed=0)
+            _, _, _, _, info = env.step(np.atleast_1d(policy.act(obs)[0]).astype(np.float32))
+            members[name] = float(info["position"])
+        expected, _ = risk_limited_position(float(combine_positions(members, weights, max_pos)), 0.0, max_pos,
+                                            cfg.ensemble.max_drawdown, cfg.ensemble.drawdown_cut)
+        # the served app, given the same bars
+        upto = market.bars[market.bars["timestamp"] <= at]
+        resp = served["client"].post("/predict", json=request_payload(upto, upto["timestamp"].iloc[-1], len(upto)))
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert pd.Timestamp(body["timestamp"]) == at
+        probs = data.forecasts["test"]["probs"][k]
+        assert [body["forecast"]["probs"][c] for c in ("sell", "hold", "buy")] == pytest.approx(probs, abs=1e-5)
+        for name in policies:
+            assert body["agents"][name] * max_pos == pytest.approx(members[name], abs=1e-4), (k, name)
+        assert body["target_position"] == pytest.approx(expected, abs=1e-4), k
+
+
+@pytest.mark.parametrize("max_position", [1.0, 0.5])
+@pytest.mark.parametrize("crash", [0.0, 0.3])
+def test_combiner_decides_a_bar_as_the_ensemble_backtest_does(max_position, crash):
+    """The served combiner on member votes = the backtest's vote ensemble on the members' positions (votes x
+    max_position, as the env and the forecaster signal size them) through its risk layer, given the drawdown
+    the backtest's equity had at that bar (a ``crash`` loss at bar 10; the limit is 20%)."""
+    from raytrade.models.bundle import signal_positions
+    from raytrade.rl.ensemble import risk_limit, sharpe_vote
+    from raytrade.serving.steps import CombinerConfig, combine
+
+    rng = np.random.default_rng(7)
+    votes = {"forecaster": rng.uniform(-1, 1, 50), "ppo": rng.uniform(-1, 1, 50), "sac": np.full(50, 1.0)}
+    probs = np.stack([np.clip(-votes["forecaster"], 0, None), np.zeros(50), np.clip(votes["forecaster"], 0, None)], 1)
+    positions = {"forecaster": signal_positions(probs, max_position),
+                 **{m: v * max_position for m, v in votes.items() if m != "forecaster"}}
+    returns = {m: rng.normal(0, 0.01, 50) for m in votes}
+    res = sharpe_vote(positions, returns, {m: 0.0 for m in votes}, 10, 8760.0, 1.0)
+    limited, cut = risk_limit(res.positions, lambda t, prev, new: -crash if t == 10 else 0.0, max_position, 0.2, 0.5)
+    for t in (0, 10, 25, 49):
+        cfg = CombinerConfig(weights=res.weights[t // 10], max_position=max_position, max_drawdown=0.2,
+                             drawdown_cut=0.5)
+        drawdown = crash if t > 10 else 0.0  # 1 - equity / peak at the close of bar t-1
+        served = combine(cfg, {m: float(v[t]) for m, v in votes.items()}, 0.0, drawdown)
+        assert served["target_position"] == pytest.approx(limited[t], abs=1e-9), t
+        assert served["drawdown_cut"] == bool(cut[t]) == (crash > 0.2 and t > 10)
+
+
+def test_fuzzed_requests_from_the_openapi_schema_never_get_a_5xx(served):
+    """Property-based: for every operation of the served app's own OpenAPI schema (FastAPI's /openapi.json),
+    requests that schemathesis generates from it, valid and invalid, never get a 5xx; a 422 names the
+    offending field in ``detail[].loc``."""
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(f"http://127.0.0.1:{PORT}/openapi.json")
+    operations = [op.ok() for op in schema.get_all_operations()]
+    assert {f"{op.method.upper()} {op.path}" for op in operations} >= {
+        "GET /health", "GET /models", "POST /predict", "POST /predict/batch"}
+    seen: Counter = Counter()
+    for op in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @given(case=op.as_strategy(generation_mode=mode))
+            @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=list(HealthCheck))
+            def check(case) -> None:  # noqa: ANN001
+                resp = case.call(base_url=f"http://127.0.0.1:{PORT}", timeout=60)
+                seen[resp.status_code] += 1
+                assert resp.status_code < 500, (case.method, case.path, resp.status_code, resp.text[:500])
+                if resp.status_code == 422:
+                    detail = resp.json()["detail"]
+                    assert detail and all(isinstance(d["loc"], list) and d["msg"] for d in detail), resp.text[:500]
+
+            if mode is GenerationMode.NEGATIVE and op.method.upper() == "GET":
+                continue  # no parameters to break
+            check()
+    assert seen[422] > 0 and seen[200] > 0, seen

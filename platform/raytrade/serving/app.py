@@ -3,7 +3,7 @@
 ``args`` (validated by :class:`AppArgs`) name the registered models and the store; each deployment's
 ``user_config`` in the config file holds what can change without restarting replicas: the models' alias,
 pinned version and reload interval (:class:`~raytrade.serving.slots.ModelSlotConfig`), the combiner's
-weights and risk limits (:class:`~raytrade.serving.deployments.CombinerConfig`), the ingress's A/B share
+weights and risk limits (:class:`~raytrade.serving.steps.CombinerConfig`), the ingress's A/B share
 and cache TTL (:class:`~raytrade.serving.ingress.IngressConfig`).
 """
 
@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray.serve import Application
 
 from raytrade.errors import ConfigError
-from raytrade.serving.deployments import Agent, Combiner, CombinerConfig, Features, Forecaster
+from raytrade.serving.deployments import Agent, Combiner, Features, Forecaster
 from raytrade.serving.ingress import CHALLENGER, CHAMPION, Ingress
+from raytrade.serving.steps import CombinerConfig
 
 APP_NAME = "raytrade"
 COMBINER_ARGS = ("ensemble_weights", "max_position", "deadband", "max_drawdown", "drawdown_cut")

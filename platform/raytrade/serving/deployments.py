@@ -6,30 +6,35 @@ MC-dropout uncertainty) → ``Agent-<name>`` (batched RL policies) → ``Combine
 Model deployments load ``name@alias`` from the MLflow registry (:class:`raytrade.serving.slots.ModelSlot`):
 their ``user_config`` (:class:`~raytrade.serving.slots.ModelSlotConfig`) pins a version or changes the alias,
 and a moved alias is picked up within ``reload_interval_s`` without restarting replicas or dropping requests.
-The combiner's ``user_config`` is a :class:`CombinerConfig`.
+Every request method takes a list with one item per request (the ingress sends a batch of requests at a
+time) and returns a list in the same order. The combiner's ``user_config`` is a
+:class:`raytrade.serving.steps.CombinerConfig`. The work itself is in
+:mod:`raytrade.serving.steps` (shared with the single-process baseline and the tests).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from raytrade.config import FORECAST_INPUTS, FeatureConfig
-from raytrade.data.schema import validate_bars
-from raytrade.errors import InsufficientDataError
-from raytrade.rl.ensemble import combine_positions, normalise_weights, risk_limited_position
-from raytrade.rl.inputs import agent_outputs, forecast_inputs
+from raytrade.errors import RaytradeError
 from raytrade.serving.metrics import record_model
 from raytrade.serving.slots import LoadedModel, ModelSlot, load_registered
+from raytrade.serving.steps import (
+    CombinerConfig,
+    act_items,
+    combine,
+    feature_rows,
+    forecast_items,
+    forecaster_spec,
+)
 from raytrade.store import FeaturesNotFoundError, OnlineFeatureStore, bars_fingerprint
 
 DEFAULT_AUTOSCALING = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4}
-UNCERTAINTY_KEYS = ("return_std", "mutual_information", "predictive_entropy")
 
 
 def _ms(started: float) -> float:
@@ -58,45 +63,56 @@ class Features:
                 self.redis_url, feature_set_version=feature_set_version, prefix=self.store_prefix)
         return self._stores[feature_set_version]
 
-    def from_bars(self, bars: pd.DataFrame, spec: dict[str, Any]) -> dict[str, Any]:
-        """Validate ``bars`` (one symbol, oldest first) and compute the forecaster's features at the last bar.
+    def from_bars(self, frames: list[pd.DataFrame], spec: dict[str, Any]) -> list[dict[str, Any] | RaytradeError]:
+        """For each request's bars (one symbol, oldest first): validate them and compute the forecaster's features
+        at the last bar (:func:`raytrade.serving.steps.feature_rows`), one call for a whole batch of requests.
 
-        Returns ``{"rows": DataFrame (lookback, 1 + n_features), "timestamp"}`` (the caller fingerprints the
-        bars it sent).
-
-        Raises:
-            DataValidationError: a bar breaks a validation rule (names rule, column, timestamp).
-            InsufficientDataError: fewer than ``spec["min_bars"]`` bars (feature warm-up + lookback).
+        Returns, in order, ``{"rows": DataFrame (lookback, 1 + n_features), "timestamp"}`` per request (the
+        caller fingerprints the bars it sent), or in its place the error that request's bars raised:
+        ``DataValidationError`` (a rule broken; names rule, column, timestamp) or ``InsufficientDataError``
+        (fewer than ``spec["min_bars"]`` bars).
         """
-        from raytrade.features.technical import compute_features
-
         started = time.perf_counter()
-        if len(bars) < spec["min_bars"]:
-            raise InsufficientDataError(
-                f"need at least {spec['min_bars']} bars (feature warm-up + lookback {spec['lookback']}), "
-                f"got {len(bars)}")
-        frame = validate_bars(bars)
-        feats = compute_features(frame, FeatureConfig.model_validate(spec["features"]))
-        rows = feats.iloc[-spec["lookback"]:][["timestamp", *spec["columns"]]].reset_index(drop=True)
-        out = {"rows": rows, "timestamp": frame["timestamp"].iloc[-1].to_pydatetime()}
-        record_model("features", _ms(started))
+        out = [_or_error(feature_rows, frame, spec) for frame in frames]
+        record_model("features", _ms(started), batch_size=len(frames))
         return out
 
-    def from_store(self, symbol: str, spec: dict[str, Any]) -> dict[str, Any]:
-        """The symbol's latest rows from the online store, under the forecaster's feature-set version, with
-        ``timestamp`` and the ``fingerprint`` of the stored bars (the prediction cache's key).
-
-        Raises:
-            FeaturesNotFoundError: no store configured, or no (unexpired) window for the symbol.
-            StoreUnavailableError: Redis is unreachable.
-        """
+    def from_store(self, symbols: list[str], spec: dict[str, Any]) -> list[dict[str, Any] | RaytradeError]:
+        """For each symbol: its latest rows from the online store under the forecaster's feature-set version,
+        with ``timestamp`` and the ``fingerprint`` of the stored bars (the prediction cache's key); or in its
+        place ``FeaturesNotFoundError`` (no store configured, no unexpired window) or ``StoreUnavailableError``
+        (Redis unreachable)."""
         started = time.perf_counter()
+        out = [_or_error(self._latest, symbol, spec) for symbol in symbols]
+        record_model("features", _ms(started), batch_size=len(symbols))
+        return out
+
+    def _latest(self, symbol: str, spec: dict[str, Any]) -> dict[str, Any]:
         latest = self._store(spec["feature_set_version"], symbol).read_latest(symbol)
         rows = latest.features.iloc[-spec["lookback"]:].reset_index(drop=True)
-        out = {"rows": rows, "timestamp": pd.Timestamp(rows["timestamp"].iloc[-1]).to_pydatetime(),
-               "fingerprint": bars_fingerprint(latest.bars)}
-        record_model("features", _ms(started))
-        return out
+        return {"rows": rows, "timestamp": pd.Timestamp(rows["timestamp"].iloc[-1]).to_pydatetime(),
+                "fingerprint": bars_fingerprint(latest.bars)}
+
+
+def _or_error(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, or the :class:`~raytrade.errors.RaytradeError` it raised (returned in a batch's place)."""
+    try:
+        return fn(*args)
+    except RaytradeError as exc:
+        return exc
+
+
+def _n_items(calls: list[list[Any]]) -> int:
+    """Batch size of list-valued calls: the items they carry (``@serve.batch(batch_size_fn=...)``)."""
+    return sum(len(c) for c in calls)
+
+
+def _split(flat: list[Any], calls: list[list[Any]]) -> list[list[Any]]:
+    out, start = [], 0
+    for c in calls:
+        out.append(flat[start : start + len(c)])
+        start += len(c)
+    return out
 
 
 def _load_on_device(tracking_uri: str, name: str, alias: str | None, version: str | None) -> LoadedModel:
@@ -133,11 +149,7 @@ class Forecaster:
         every ``versions_ttl_s``, which also makes the replica re-read its alias when cached answers spare it
         every forecast request."""
         self.slot.poll()
-        model = self.slot.current
-        b = model.obj
-        return {"version": model.version, "feature_set_version": b.feature_set_version,
-                "features": b.features.model_dump(mode="json"), "columns": list(b.scaler.columns),
-                "lookback": b.lookback, "min_bars": b.min_bars}
+        return forecaster_spec(self.slot.current.obj, self.slot.current.version)
 
     def info(self) -> dict[str, Any]:
         model = self.slot.current
@@ -147,31 +159,21 @@ class Forecaster:
                 "feature_set_version": b.feature_set_version, "mc_samples": b.mc_samples,
                 "reload_interval_s": self.slot.config.reload_interval_s}
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def forecast(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Per item ``{"rows": unscaled feature rows, "feature_set_version"}``: the forecast (probs, expected
-        return, MC-dropout uncertainty), the scaled ``window`` (lookback, n_features), the per-output rows the
-        agents need, and the model ``version``. An item built for another feature-set version (the model was
-        swapped meanwhile) gets ``{"stale": True}`` so the caller rebuilds it."""
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0, batch_size_fn=_n_items)
+    async def forecast(self, calls: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+        """Each call is a list of items ``{"rows": unscaled feature rows, "feature_set_version"}`` (one per
+        request); concurrent calls are batched (up to 64 items) into one forward pass. Per item: the forecast
+        (probs, expected return, MC-dropout uncertainty), the scaled ``window`` (lookback, n_features), the
+        per-output rows the agents need, and the model ``version`` (:func:`raytrade.serving.steps.forecast_items`).
+        An item built for another feature-set version (the model was swapped meanwhile) gets
+        ``{"stale": True}`` so the caller rebuilds it."""
         self.slot.poll()
         started = time.perf_counter()
         model = self.slot.current  # one version for the whole batch
-        b = model.obj
-        fresh = [i for i, it in enumerate(items) if it["feature_set_version"] == b.feature_set_version]
-        results: list[dict[str, Any]] = [{"stale": True, "version": model.version} for _ in items]
-        if fresh:
-            windows = np.concatenate([b.window_from_features(items[i]["rows"]) for i in fresh])
-            inputs = FORECAST_INPUTS if b.mc_samples > 0 else ("probs", "expected_return", "embedding")
-            out = agent_outputs(b, windows, inputs)
-            scale = float(b.model_kwargs.get("return_scale", 1.0))
-            for j, i in enumerate(fresh):
-                forecast = b.describe(out["probs"][j], out["expected_return"][j])
-                forecast["uncertainty"] = {k: float(out[k][j]) for k in UNCERTAINTY_KEYS if k in out}
-                results[i] = {"forecast": forecast, "window": windows[j], "columns": list(b.scaler.columns),
-                              "outputs": {k: v[j : j + 1] for k, v in out.items()}, "return_scale": scale,
-                              "version": model.version}
-        record_model(self.label, _ms(started), batch_size=len(items))
-        return results
+        flat = [item for call in calls for item in call]
+        results = forecast_items(model.obj, model.version, flat)
+        record_model(self.label, _ms(started), batch_size=len(flat))
+        return _split(results, calls)
 
 
 @serve.deployment(autoscaling_config=DEFAULT_AUTOSCALING, ray_actor_options={"num_cpus": 0.1})
@@ -193,43 +195,19 @@ class Agent:
                 "obs_dim": p.obs_dim, "feature_names": p.feature_names,
                 "reload_interval_s": self.slot.config.reload_interval_s}
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def act(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Per item ``{"window", "columns", "outputs", "return_scale", "position"}`` (a :meth:`Forecaster.forecast`
-        result plus the account's position): ``{"position": target position in [-1, 1], "version"}``. The
-        observation is :meth:`raytrade.rl.policy.Policy.observation`, as in training and the backtest."""
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0, batch_size_fn=_n_items)
+    async def act(self, calls: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+        """Each call is a list of items ``{"window", "columns", "outputs", "return_scale", "position"}`` (a
+        :meth:`Forecaster.forecast` result plus the account's position); concurrent calls are batched. Per item:
+        ``{"position": the policy's action in [-1, 1], "version"}``. The observation is
+        :meth:`raytrade.rl.policy.Policy.observation`, as in training and the backtest."""
         self.slot.poll()
         started = time.perf_counter()
         model = self.slot.current
-        p = model.obj
-        obs = np.stack([
-            p.observation(it["window"], it["columns"],
-                          forecast_inputs(it["outputs"], it["return_scale"], p.forecast_inputs)[0], it["position"])
-            for it in items])
-        actions = np.asarray(p.act(obs), dtype=np.float64).reshape(len(items), -1)[:, 0]
-        record_model(self.label, _ms(started), batch_size=len(items))
-        return [{"position": float(a), "version": model.version} for a in actions]
-
-
-class CombinerConfig(BaseModel):
-    """``user_config`` of the ``Combiner``: the ensemble's weights and risk limits (fractions of equity).
-
-    Attributes:
-        weights: member (``forecaster`` or an agent name) -> weight >= 0; normalised over the members present;
-            missing members weigh 0; all zero means equal weights.
-        max_position: cap on |target position|, in (0, 1].
-        deadband: |target - position| at or below which the signal is ``hold``.
-        max_drawdown: account drawdown (fraction, from the request) above which exposure is cut.
-        drawdown_cut: exposure multiplier while the drawdown exceeds ``max_drawdown``.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    weights: dict[str, float] = Field(default_factory=dict)
-    max_position: float = Field(1.0, gt=0, le=1)
-    deadband: float = Field(0.05, ge=0, le=2)
-    max_drawdown: float = Field(0.2, gt=0, le=1)
-    drawdown_cut: float = Field(0.5, ge=0, le=1)
+        flat = [item for call in calls for item in call]
+        results = act_items(model.obj, model.version, flat)
+        record_model(self.label, _ms(started), batch_size=len(flat))
+        return _split(results, calls)
 
 
 @serve.deployment(autoscaling_config=DEFAULT_AUTOSCALING, ray_actor_options={"num_cpus": 0.05})
@@ -252,15 +230,12 @@ class Combiner:
         return {**self.config.model_dump(), "configured_at": self.configured_at,
                 "replica": serve.get_replica_context().replica_tag}
 
-    def combine(self, members: dict[str, float], position: float, drawdown: float) -> dict[str, Any]:
-        """``{"target_position", "signal", "weights", "drawdown_cut"}`` for member positions, the current
-        position and the account drawdown (fraction of the peak)."""
+    def combine(self, decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """For each ``{"members": {member: vote in [-1, 1]}, "position", "drawdown"}`` (current position and the
+        account's drawdown from its peak, fractions): ``{"target_position", "signal", "weights",
+        "drawdown_cut"}`` (:func:`raytrade.serving.steps.combine`, with the config in force)."""
         started = time.perf_counter()
-        c = self.config
-        weights = normalise_weights(c.weights, list(members))
-        raw = float(combine_positions(members, weights, c.max_position))
-        target, cut = risk_limited_position(raw, drawdown, c.max_position, c.max_drawdown, c.drawdown_cut)
-        delta = target - position
-        signal = "buy" if delta > c.deadband else "sell" if delta < -c.deadband else "hold"
-        record_model("combiner", _ms(started))
-        return {"target_position": target, "signal": signal, "weights": weights, "drawdown_cut": cut}
+        config = self.config
+        out = [combine(config, d["members"], d["position"], d["drawdown"]) for d in decisions]
+        record_model("combiner", _ms(started), batch_size=len(decisions))
+        return out

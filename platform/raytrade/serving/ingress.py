@@ -2,8 +2,13 @@
 
 ``POST /predict``: bars in the request, or the symbol alone (features from Redis) → ``Features`` →
 ``Forecaster`` (or the A/B challenger) → every ``Agent-<name>`` (in parallel) → ``Combiner`` → decision.
-``POST /predict/batch``: many of those at once (the forecaster and agents batch them). ``GET /health``,
-``GET /models``. Decisions are cached in Redis under (symbol, bars fingerprint, model versions, position).
+``POST /predict/batch``: many of those at once. ``GET /health``, ``GET /models``. Decisions are cached in Redis
+under (symbol, bars fingerprint, model versions, position).
+
+Concurrent requests are decided a batch at a time (``@serve.batch`` on the ingress): one call per downstream
+deployment for the whole batch, whose methods all take a list with an item per request, and the forecaster
+and agents batch again across ingress replicas. On a small machine each Serve call costs milliseconds, so
+this is what lets the app keep up with a single-process server under load (benchmarks/serve_load.py).
 
 Errors: malformed bodies and bad bars are 422 naming the field (``detail[].loc``) and the rule; an
 unreachable Redis (for a symbol-only request) or a lost replica is 503 naming the cause; never a 500 for
@@ -17,6 +22,7 @@ import json
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +33,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from raytrade.data.schema import OHLCV_COLUMNS
 from raytrade.errors import DataValidationError, InsufficientDataError, RaytradeError
 from raytrade.serving.metrics import record_cache, record_request
 from raytrade.serving.schemas import (
@@ -35,6 +42,7 @@ from raytrade.serving.schemas import (
     PredictRequest,
     PredictResponse,
 )
+from raytrade.serving.steps import forecaster_member
 from raytrade.store import FeaturesNotFoundError, OnlineFeatureStore, StoreUnavailableError, bars_fingerprint
 
 api = FastAPI(title="raytrade", description="CNN+LSTM forecaster + RL agents, risk-limited ensemble")
@@ -53,6 +61,9 @@ class IngressConfig(BaseModel):
         cache_ttl_s: seconds a cached decision lives in Redis; 0 disables the prediction cache.
         versions_ttl_s: seconds the ingress trusts its view of the model versions (cache keys) before
             asking the model deployments again.
+        batch_wait_ms: how long the first request of a batch waits for others (milliseconds; ``@serve.batch``'s
+            ``batch_wait_timeout_s``). Longer means bigger batches and fewer Serve calls per request under load
+            (throughput) but adds up to that much latency to a lone request; 0 batches only what is queued.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -60,6 +71,7 @@ class IngressConfig(BaseModel):
     challenger_share: float = Field(0.0, ge=0, le=1)
     cache_ttl_s: int = Field(300, ge=0)
     versions_ttl_s: float = Field(5.0, gt=0)
+    batch_wait_ms: float = Field(20.0, ge=0, le=1000)
 
 
 def _detail(status: int, loc: list[Any], msg: str, kind: str) -> JSONResponse:
@@ -160,10 +172,12 @@ async def _count(request: Request, call_next):  # noqa: ANN001, ANN202
 
 def bars_frame(req: PredictRequest) -> pd.DataFrame:
     """The request's bars as an OHLCV frame with ``symbol`` and UTC ``timestamp`` (order kept as sent)."""
-    frame = pd.DataFrame([b.model_dump() for b in req.bars])
-    frame.insert(1, "symbol", req.symbol)
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
-    return frame
+    bars = req.bars
+    return pd.DataFrame({
+        "timestamp": pd.to_datetime([b.timestamp for b in bars], utc=True),
+        "symbol": req.symbol,
+        **{col: np.fromiter((getattr(b, col) for b in bars), np.float64, len(bars)) for col in OHLCV_COLUMNS},
+    })
 
 
 @serve.deployment(autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8},
@@ -185,6 +199,7 @@ class Ingress:
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         self.config = IngressConfig.model_validate(config)
+        self._decide_batch.set_batch_wait_timeout_s(self.config.batch_wait_ms / 1000.0)
 
     # ---- model views ------------------------------------------------------------------------
     async def _spec(self, variant: str, refresh: bool = False) -> dict[str, Any]:
@@ -234,60 +249,119 @@ class Ingress:
         except StoreUnavailableError:
             record_cache("unavailable")
 
-    # ---- one decision -----------------------------------------------------------------------
-    async def _members(self, req: PredictRequest, variant: str) -> dict[str, Any]:
-        """Forecast and agent positions for one request (from the cache when the same bars, versions and
-        position were answered before)."""
-        agent_versions = await self._agent_versions()
-        spec = await self._spec(variant)
-        frame = bars_frame(req) if req.bars is not None else None
+    # ---- decisions, a batch at a time -------------------------------------------------------
+    async def _decide(self, req: PredictRequest) -> PredictResponse:
+        result = await self._decide_batch(req)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02, max_concurrent_batches=2)  # user_config: batch_wait_ms
+    async def _decide_batch(self, reqs: list[PredictRequest]) -> list[PredictResponse | BaseException]:
+        """The requests this replica is answering concurrently, decided together: one call per downstream
+        deployment (features, the forecaster arm, each agent, the combiner) for the whole batch instead of one
+        per request, which is what pays for Serve's per-call cost under load. A request's own error (bad bars,
+        no stored window) comes back in its place; an error of a whole stage (a lost replica) in every place."""
+        results: list[PredictResponse | BaseException | None] = [None] * len(reqs)
+        try:
+            agent_versions = await self._agent_versions()
+        except Exception as exc:  # noqa: BLE001 - the agents are unreachable: every request gets the error
+            return [exc] * len(reqs)
+        arms: dict[str, list[int]] = {}
+        for i, req in enumerate(reqs):
+            arms.setdefault(self._variant(req), []).append(i)
+        outcomes = await asyncio.gather(*(self._decide_arm(reqs, idx, arm, agent_versions, results)
+                                          for arm, idx in arms.items()), return_exceptions=True)
+        for idx, outcome in zip(arms.values(), outcomes, strict=True):
+            if isinstance(outcome, BaseException):  # a stage failed: the arm's undecided requests get its error
+                for i in idx:
+                    results[i] = outcome if results[i] is None else results[i]
+        return results
+
+    async def _decide_arm(self, reqs: list[PredictRequest], idx: list[int], arm: str,
+                          agent_versions: dict[str, str], results: list[Any]) -> None:
+        """Decide requests ``idx`` (of ``reqs``) on forecaster arm ``arm``, writing into ``results``."""
+        members: dict[int, dict[str, Any]] = {}
+        spec = await self._spec(arm)
         for _ in range(2):  # a second pass if the forecaster was swapped to another feature set meanwhile
-            if frame is not None:
-                fingerprint, feats = bars_fingerprint(frame), None
-            else:
-                feats = await self.features.from_store.remote(req.symbol, spec)
-                fingerprint = feats["fingerprint"]
-            versions = {"forecaster": spec["version"], **agent_versions}
-            key = self._cache_key(fingerprint, versions, req)
-            hit = await self._cache_get(req.symbol, key)
-            if hit is not None:
-                return {**hit, "cached": True}
-            if feats is None:
-                feats = await self.features.from_bars.remote(frame, spec)
-            fc = await self.forecasters[variant].forecast.remote(
-                {"rows": feats["rows"], "feature_set_version": spec["feature_set_version"]})
-            if not fc.get("stale"):
+            todo = [i for i in idx if i not in members and results[i] is None]
+            if not todo:
                 break
-            spec = await self._spec(variant, refresh=True)
+            stale = await self._members(reqs, todo, arm, spec, agent_versions, members, results)
+            if not stale:
+                break
+            spec = await self._spec(arm, refresh=True)
         else:
             raise ReplicaUnavailableError("forecaster kept changing feature set; retry")
-        if fc["version"] != spec["version"]:
-            self._specs.pop(variant, None)
-        item = {k: fc[k] for k in ("window", "columns", "outputs", "return_scale")}
-        acts = await asyncio.gather(*(h.act.remote({**item, "position": req.position}) for h in self.agents.values()))
-        members = {
-            "timestamp": pd.Timestamp(feats["timestamp"]).isoformat(),
-            "forecast": fc["forecast"],
-            "agents": {name: a["position"] for name, a in zip(self.agents, acts, strict=True)},
-            "model_versions": {"forecaster": fc["version"],
-                               **{name: a["version"] for name, a in zip(self.agents, acts, strict=True)}},
-        }
-        await self._cache_put(req.symbol, self._cache_key(fingerprint, members["model_versions"], req), members)
-        return {**members, "cached": False}
+        order = [i for i in idx if i in members]
+        if not order:
+            return
+        decisions = await self.combiner.combine.remote([
+            {"members": {"forecaster": forecaster_member(members[i]["forecast"]), **members[i]["agents"]},
+             "position": reqs[i].position, "drawdown": reqs[i].drawdown} for i in order])
+        for i, d in zip(order, decisions, strict=True):
+            m, req = members[i], reqs[i]
+            results[i] = PredictResponse(
+                symbol=req.symbol, timestamp=m["timestamp"], signal=d["signal"], target_position=d["target_position"],
+                confidence=m["forecast"]["confidence"], forecast=m["forecast"], agents=m["agents"],
+                model_versions=m["model_versions"], forecaster_variant=arm, weights=d["weights"],
+                drawdown_cut=d["drawdown_cut"], cached=m["cached"])
 
-    async def _decide(self, req: PredictRequest) -> PredictResponse:
-        variant = self._variant(req)
-        m = await self._members(req, variant)
-        fc = m["forecast"]
-        signal_member = fc["probs"]["buy"] - fc["probs"]["sell"]
-        decision = await self.combiner.combine.remote({"forecaster": signal_member, **m["agents"]}, req.position,
-                                                      req.drawdown)
-        return PredictResponse(
-            symbol=req.symbol, timestamp=m["timestamp"], signal=decision["signal"],
-            target_position=decision["target_position"], confidence=fc["confidence"], forecast=fc,
-            agents=m["agents"], model_versions=m["model_versions"], forecaster_variant=variant,
-            weights=decision["weights"], drawdown_cut=decision["drawdown_cut"], cached=m["cached"],
-        )
+    async def _members(self, reqs: list[PredictRequest], todo: list[int], arm: str, spec: dict[str, Any],
+                       agent_versions: dict[str, str], members: dict[int, dict[str, Any]],
+                       results: list[Any]) -> bool:
+        """Forecast and agent positions of requests ``todo`` into ``members`` (from the prediction cache when the
+        same bars, versions and position were answered before); per-request errors into ``results``. Returns
+        whether some forecasts were stale (built for the feature set of a model swapped out meanwhile)."""
+        frames = {i: bars_frame(reqs[i]) for i in todo if reqs[i].bars is not None}
+        fingerprints = {i: bars_fingerprint(f) for i, f in frames.items()}
+        feats: dict[int, dict[str, Any]] = {}
+        from_store = [i for i in todo if i not in frames]
+        if from_store:
+            got = await self.features.from_store.remote([reqs[i].symbol for i in from_store], spec)
+            for i, g in zip(from_store, got, strict=True):
+                if isinstance(g, BaseException):
+                    results[i] = g
+                else:
+                    feats[i], fingerprints[i] = g, g["fingerprint"]
+        versions = {"forecaster": spec["version"], **agent_versions}
+        keys = {i: self._cache_key(fp, versions, reqs[i]) for i, fp in fingerprints.items()}
+        hits = await asyncio.gather(*(self._cache_get(reqs[i].symbol, k) for i, k in keys.items()))
+        for i, hit in zip(keys, hits, strict=True):
+            if hit is not None:
+                members[i] = {**hit, "cached": True}
+        need = [i for i in frames if i not in members]
+        if need:
+            got = await self.features.from_bars.remote([frames[i] for i in need], spec)
+            for i, g in zip(need, got, strict=True):
+                if isinstance(g, BaseException):
+                    results[i] = g
+                else:
+                    feats[i] = g
+        need = [i for i in todo if i in feats and i not in members]
+        if not need:
+            return False
+        fcs = await self.forecasters[arm].forecast.remote(
+            [{"rows": feats[i]["rows"], "feature_set_version": spec["feature_set_version"]} for i in need])
+        fresh = [(i, fc) for i, fc in zip(need, fcs, strict=True) if not fc.get("stale")]
+        if any(fc["version"] != spec["version"] for _, fc in fresh):
+            self._specs.pop(arm, None)  # the arm moved to another version: re-read its spec next time
+        if fresh:
+            state = [{**{k: fc[k] for k in ("window", "columns", "outputs", "return_scale")},
+                      "position": reqs[i].position} for i, fc in fresh]
+            acts = await asyncio.gather(*(h.act.remote(state) for h in self.agents.values()))
+            puts = []
+            for j, (i, fc) in enumerate(fresh):
+                positions = {name: a[j]["position"] for name, a in zip(self.agents, acts, strict=True)}
+                m = {"timestamp": pd.Timestamp(feats[i]["timestamp"]).isoformat(), "forecast": fc["forecast"],
+                     "agents": positions,
+                     "model_versions": {"forecaster": fc["version"],
+                                        **{name: a[j]["version"] for name, a in zip(self.agents, acts, strict=True)}}}
+                members[i] = {**m, "cached": False}
+                key = self._cache_key(fingerprints[i], m["model_versions"], reqs[i])
+                puts.append(self._cache_put(reqs[i].symbol, key, m))
+            await asyncio.gather(*puts)
+        return len(fresh) < len(need)
 
     # ---- routes -----------------------------------------------------------------------------
     @api.get("/health")
@@ -314,8 +388,8 @@ class Ingress:
 
     @api.post("/predict/batch", response_model=BatchPredictResponse)
     async def predict_batch(self, batch: BatchPredictRequest) -> BatchPredictResponse:
-        """Every request decided concurrently (so the forecaster and agents batch them); the first failing
-        item's error is returned with its index in ``loc``."""
+        """Every request decided concurrently (batched with each other and with concurrent ``/predict`` calls);
+        the first failing item's error is returned with its index in ``loc``."""
         results = await asyncio.gather(*(self._decide(r) for r in batch.requests), return_exceptions=True)
         for i, r in enumerate(results):
             if isinstance(r, BaseException):

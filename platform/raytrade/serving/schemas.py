@@ -3,10 +3,15 @@ whose ``detail[].loc`` names the offending field."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: the range of nanosecond timestamps (pandas ``datetime64[ns]``), where bars are stored and fingerprinted
+TIMESTAMP_MIN = pd.Timestamp.min.ceil("s").to_pydatetime().replace(tzinfo=UTC)
+TIMESTAMP_MAX = pd.Timestamp.max.floor("s").to_pydatetime().replace(tzinfo=UTC)
 
 
 class BarIn(BaseModel):
@@ -14,12 +19,22 @@ class BarIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    timestamp: datetime
+    timestamp: datetime = Field(description="bar open time, ISO-8601, naive means UTC; within "
+                                            f"[{TIMESTAMP_MIN.isoformat()}, {TIMESTAMP_MAX.isoformat()}]")
     open: float = Field(gt=0, allow_inf_nan=False)
     high: float = Field(gt=0, allow_inf_nan=False)
     low: float = Field(gt=0, allow_inf_nan=False)
     close: float = Field(gt=0, allow_inf_nan=False)
     volume: float = Field(ge=0, allow_inf_nan=False)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _in_range(cls, v: datetime) -> datetime:
+        utc = v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+        if not TIMESTAMP_MIN <= utc <= TIMESTAMP_MAX:
+            raise ValueError(f"timestamp must be within [{TIMESTAMP_MIN.isoformat()}, {TIMESTAMP_MAX.isoformat()}] "
+                             "(the nanosecond timestamps bars are stored in)")
+        return v
 
 
 class PredictRequest(BaseModel):
@@ -55,7 +70,8 @@ class PredictResponse(BaseModel):
     of its most likely class. ``forecast`` holds the class probabilities and the expected log return over
     ``horizon_bars``, and ``uncertainty`` the MC-dropout spread (``return_std`` in log-return units,
     ``mutual_information`` and ``predictive_entropy`` in nats) when the model has MC samples. ``agents`` maps
-    each RL agent to the target position it proposes. ``model_versions`` names the registered version of every
+    each RL agent to the action it proposes, in [-1, 1] (the position it means is action x the combiner's
+    ``max_position``, as in the env). ``model_versions`` names the registered version of every
     model that served the request, ``forecaster_variant`` the A/B arm (``champion`` or ``challenger``).
     ``weights`` are the combiner's normalised member weights, ``drawdown_cut`` whether the drawdown limit cut
     the position, ``cached`` whether the forecast and agent positions came from the Redis prediction cache.
