@@ -51,6 +51,10 @@ Files:
   the same model, data and threads; peak memory and Ray Train's fixed start-up.
 - `rl.{json,md}` (`benchmarks/rl.py`): RLlib PPO (new API stack) vs stable-baselines3 PPO env steps/s on
   the same TradingEnv and CPU budget, and RLlib with one env-runner actor.
+- `serve_load.{json,md}` (`benchmarks/serve_load.py`): the Ray Serve ensemble app vs a single-process
+  FastAPI/uvicorn server of the same models (`benchmarks/serve_baseline.py`), closed-loop `POST /predict`
+  at concurrency 1, 8, 32 (p50/p95/p99 ms, requests/s, errors); Serve's and uvicorn's constant-answer
+  floors; the in-process compute per step; replica counts under load and after (autoscaling).
 
 Timings depend on the machine and on what else runs on it (`machine.load_average_1_5_15m` is
 recorded when the results are written); compare numbers only between runs on the same, otherwise
