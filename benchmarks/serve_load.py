@@ -95,17 +95,17 @@ async def _closed_loop(url: str, path: str, bodies: list[bytes] | None, concurre
         async def client_loop(i: int) -> None:
             k = i
             while time.perf_counter() < end:
-                k += concurrency
                 t0 = time.perf_counter()
                 try:
                     if bodies is None:
                         code: int | str = (await client.get(path)).status_code
                     else:
-                        body = bodies[(k - concurrency) % len(bodies)]
+                        body = bodies[k % len(bodies)]
                         code = (await client.post(path, content=body, headers=JSON_HEADERS)).status_code
                 except httpx.HTTPError as exc:
                     code = type(exc).__name__
                 records.append((t0, time.perf_counter(), code))
+                k += concurrency
 
         await asyncio.gather(*(client_loop(i) for i in range(concurrency)))
     window = [(t0, t1, c) for t0, t1, c in records if t0 >= measured_from and t1 <= end]

@@ -151,7 +151,7 @@ class ForecasterBase(nn.Module):
         horizon, ``embedding`` (B, embed_dim) — from a deterministic pass (dropout off).
 
         With ``mc_samples > 0`` (MC dropout): ``probs`` / ``expected_return`` become the means over
-        ``mc_samples`` passes with only the ``nn.Dropout`` modules active, and the result adds
+        ``mc_samples`` passes in which only the ``nn.Dropout`` modules act (with seeded masks), and the result adds
         ``probs_std`` (B, 3), ``return_std`` (B,) in log units, ``predictive_entropy`` (B,) in nats
         (entropy of the mean probs) and ``mutual_information`` (B,) (predictive entropy minus the mean
         per-pass entropy: the epistemic part, in nats). With ``mc_means=False`` ``probs`` / ``expected_return``

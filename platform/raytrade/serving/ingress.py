@@ -192,10 +192,10 @@ class Ingress:
         self.features, self.forecasters, self.agents, self.combiner = features, forecasters, agents, combiner
         self.cache = None if not redis_url else OnlineFeatureStore(
             redis_url, feature_set_version="decisions", prefix=store_prefix)
-        self.config = IngressConfig()
         self._specs: dict[str, dict[str, Any]] = {}
         self._versions: dict[str, Any] = {}
         self._versions_at = 0.0
+        self.reconfigure({})  # defaults (incl. the batch wait); Serve then applies the deployment's user_config
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         self.config = IngressConfig.model_validate(config)
@@ -256,32 +256,28 @@ class Ingress:
             raise result
         return result
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02, max_concurrent_batches=2)  # user_config: batch_wait_ms
+    @serve.batch(max_batch_size=32, max_concurrent_batches=2)  # wait: IngressConfig.batch_wait_ms
     async def _decide_batch(self, reqs: list[PredictRequest]) -> list[PredictResponse | BaseException]:
         """The requests this replica is answering concurrently, decided together: one call per downstream
         deployment (features, the forecaster arm, each agent, the combiner) for the whole batch instead of one
         per request, which is what pays for Serve's per-call cost under load. A request's own error (bad bars,
         no stored window) comes back in its place; an error of a whole stage (a lost replica) in every place."""
         results: list[PredictResponse | BaseException | None] = [None] * len(reqs)
-        try:
-            agent_versions = await self._agent_versions()
-        except Exception as exc:  # noqa: BLE001 - the agents are unreachable: every request gets the error
-            return [exc] * len(reqs)
         arms: dict[str, list[int]] = {}
         for i, req in enumerate(reqs):
             arms.setdefault(self._variant(req), []).append(i)
-        outcomes = await asyncio.gather(*(self._decide_arm(reqs, idx, arm, agent_versions, results)
-                                          for arm, idx in arms.items()), return_exceptions=True)
+        outcomes = await asyncio.gather(*(self._decide_arm(reqs, idx, arm, results) for arm, idx in arms.items()),
+                                        return_exceptions=True)
         for idx, outcome in zip(arms.values(), outcomes, strict=True):
             if isinstance(outcome, BaseException):  # a stage failed: the arm's undecided requests get its error
                 for i in idx:
                     results[i] = outcome if results[i] is None else results[i]
         return results
 
-    async def _decide_arm(self, reqs: list[PredictRequest], idx: list[int], arm: str,
-                          agent_versions: dict[str, str], results: list[Any]) -> None:
+    async def _decide_arm(self, reqs: list[PredictRequest], idx: list[int], arm: str, results: list[Any]) -> None:
         """Decide requests ``idx`` (of ``reqs``) on forecaster arm ``arm``, writing into ``results``."""
         members: dict[int, dict[str, Any]] = {}
+        agent_versions = await self._agent_versions()
         spec = await self._spec(arm)
         for _ in range(2):  # a second pass if the forecaster was swapped to another feature set meanwhile
             todo = [i for i in idx if i not in members and results[i] is None]
@@ -350,13 +346,13 @@ class Ingress:
             state = [{**{k: fc[k] for k in ("window", "columns", "outputs", "return_scale")},
                       "position": reqs[i].position} for i, fc in fresh]
             acts = await asyncio.gather(*(h.act.remote(state) for h in self.agents.values()))
+            by_agent = dict(zip(self.agents, acts, strict=True))
             puts = []
             for j, (i, fc) in enumerate(fresh):
-                positions = {name: a[j]["position"] for name, a in zip(self.agents, acts, strict=True)}
                 m = {"timestamp": pd.Timestamp(feats[i]["timestamp"]).isoformat(), "forecast": fc["forecast"],
-                     "agents": positions,
+                     "agents": {name: a[j]["position"] for name, a in by_agent.items()},
                      "model_versions": {"forecaster": fc["version"],
-                                        **{name: a[j]["version"] for name, a in zip(self.agents, acts, strict=True)}}}
+                                        **{name: a[j]["version"] for name, a in by_agent.items()}}}
                 members[i] = {**m, "cached": False}
                 key = self._cache_key(fingerprints[i], m["model_versions"], reqs[i])
                 puts.append(self._cache_put(reqs[i].symbol, key, m))
