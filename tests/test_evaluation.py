@@ -321,3 +321,80 @@ def test_run_backtests_order_and_metrics_table(next_lr: np.ndarray) -> None:
     bh = results["buy_and_hold"].metrics
     row = next(line for line in lines if line.startswith("buy_and_hold"))
     assert f"{bh['total_return'] * 100:.2f}" in row
+
+
+# --------------------------------------------------------------------------- rolling Sharpe, figures, HTML report
+
+
+def test_rolling_sharpe_is_the_sharpe_of_each_trailing_window(btc_bars):
+    from raytrade.evaluation.metrics import rolling_sharpe
+
+    r = btc_bars["close"].pct_change().dropna().to_numpy()[:500]
+    out = rolling_sharpe(r, 48, 8766.0)
+    assert out.shape == r.shape and np.isnan(out[:47]).all() and np.isfinite(out[47:]).all()
+    for t in (47, 200, 499):
+        assert out[t] == pytest.approx(sharpe_ratio(r[t - 47:t + 1], 8766.0), rel=1e-9)
+    flat = rolling_sharpe(np.r_[r[:10], np.full(30, 0.001)], 20, 252.0)
+    assert flat[-1] == 0.0  # a constant window has no Sharpe, as sharpe_ratio says
+    with pytest.raises(ValueError, match="window"):
+        rolling_sharpe(r, 1, 252.0)
+
+
+def _results(btc_bars, n=400):
+    from raytrade.evaluation import buy_and_hold_positions, run_backtests
+
+    r = btc_bars["close"].pct_change().to_numpy()[-n:]
+    flip = np.where(np.arange(n) % 50 < 25, 1.0, -1.0)
+    results = run_backtests({"buy_and_hold": buy_and_hold_positions(n), "flip": flip}, r, 10.0, 8766.0)
+    return results, btc_bars["timestamp"].to_numpy()[-n:]
+
+
+def test_run_figures_are_pngs_and_the_html_report_embeds_them(btc_bars, tmp_path):
+    import base64
+
+    import pandas as pd
+
+    from raytrade.evaluation.html_report import write_html_report
+    from raytrade.evaluation.plots import drawdown, save_run_figures
+
+    results, stamps = _results(btc_bars)
+    history = pd.DataFrame({"iteration": [1, 2], "train_episode_return_mean": [0.1, 0.2], "val_sharpe": [0.5, -0.1]})
+    figures = save_run_figures(tmp_path / "fig", results, stamps, 8766.0, confusion=np.array([[5, 1, 0], [2, 9, 1],
+                               [0, 3, 4]]), agent_histories={"ppo": history})
+    assert set(figures) == {"equity", "drawdown", "rolling_sharpe", "confusion_matrix", "training_curves"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in figures.values())
+    no_training = save_run_figures(tmp_path / "fig2", results, stamps, 8766.0)
+    assert set(no_training) == {"equity", "drawdown", "rolling_sharpe"}
+    # drawdown from the equity curve: 0 at a new peak, the worst is the backtest's max drawdown
+    dd = drawdown(results["flip"].equity)
+    assert dd.max() <= 0.0 and dd.min() == pytest.approx(-results["flip"].metrics["max_drawdown"])
+
+    report = {"run_dir": str(tmp_path), "strategies": {n: r.metrics for n, r in results.items()},
+              "data": {"symbol": "<BTC/USD>"}}
+    page = write_html_report(report, figures, tmp_path / "report.html").read_text()
+    assert "&lt;BTC/USD&gt;" in page and "<BTC/USD>" not in page  # text is escaped
+    for name, path in figures.items():
+        assert base64.b64encode(path.read_bytes()).decode() in page, name
+    with pytest.raises(FileNotFoundError):
+        write_html_report(report, {"equity": tmp_path / "missing.png"}, tmp_path / "x.html")
+
+
+def test_find_report_by_directory_name_and_latest(tmp_path):
+    import os
+
+    from raytrade.errors import RaytradeError
+    from raytrade.evaluation.html_report import find_report
+
+    old, new = tmp_path / "demo-20260101T000000Z", tmp_path / "demo-20260102T000000Z"
+    for i, run in enumerate((old, new)):
+        run.mkdir()
+        (run / "report.html").write_text("<html></html>")
+        os.utime(run / "report.html", (1_000_000 + i, 1_000_000 + i))
+    assert find_report(old) == (old / "report.html").resolve()
+    assert find_report(old.name, tmp_path) == (old / "report.html").resolve()
+    assert find_report("latest", tmp_path) == (new / "report.html").resolve()
+    (tmp_path / "no-report").mkdir()
+    with pytest.raises(RaytradeError, match="has no report.html"):
+        find_report("no-report", tmp_path)
+    with pytest.raises(RaytradeError, match="no run with a report.html"):
+        find_report("latest", tmp_path / "empty")

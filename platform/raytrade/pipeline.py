@@ -4,7 +4,9 @@
 (registered with the ``champion`` alias), and writes ``<run dir>/report.json``:
 
 ``{"strategies": {name: metrics}, "backtest": {..., "table", "ensembles"}, "forecaster_metrics": {...},
-"rl_metrics": {agent: {...}}, "mlflow_run_ids": {...}, "data": {...}, "serve": {...}, "timings_s": {...}}``
+"rl_metrics": {agent: {...}}, "mlflow_run_ids": {...}, "data": {...}, "serve": {...}, "timings_s": {...},
+"figures": {name: PNG path}}`` and ``<run dir>/report.html``: one self-contained page with the tables and the
+figures (equity, drawdown, rolling Sharpe, confusion matrix, training curves), also logged to MLflow.
 
 ``strategies`` holds buy_and_hold, forecaster, every agent of ``rl.agents`` and ``ensemble_<method>`` for
 every ``ensemble.methods``. All strategy metrics are on the TEST split, after transaction costs (see
@@ -26,6 +28,7 @@ from raytrade.data.prepare import load_market_data, prepare_data
 from raytrade.data.schema import SYMBOL, TIMESTAMP
 from raytrade.data.windows import Windows
 from raytrade.evaluation import periods_per_year
+from raytrade.evaluation.html_report import write_html_report
 from raytrade.runtime import Progress, ray_session
 from raytrade.stages.agents import POLICY_LOADER, rl_stage
 from raytrade.stages.forecaster import FORECASTER_LOADER, data_summary, new_run_dir, train_forecaster
@@ -33,7 +36,7 @@ from raytrade.store.publish import publish_latest_windows
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORECASTER_LOADER", "POLICY_LOADER", "request_payload", "run_pipeline"]
+__all__ = ["FORECASTER_LOADER", "POLICY_LOADER", "deploy_ensemble", "request_payload", "run_pipeline"]
 
 def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> dict[str, Any]:
     """Run every stage; returns the report (also written to ``<run dir>/report.json``).
@@ -94,8 +97,11 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
                                       f"({cfg.rl.iterations} x {cfg.rl.train_batch_size} env steps each), "
                                       f"then the test-split backtest after {cfg.backtest.cost_bps:g} bps costs"):
             rl = rl_stage(cfg, prepared, bars, forecaster.bundle, run_dir, tracking_uri, progress,
-                          {"forecaster_version": version, "data_sha256": report["data"]["sha256"]}, ppy)
-            report.update(strategies=rl["strategies"], backtest=rl["backtest"], rl_metrics=rl["rl_metrics"])
+                          {"forecaster_version": version, "data_sha256": report["data"]["sha256"]}, ppy,
+                          forecaster_history=forecaster.outcome.history)
+            report.update(strategies=rl["strategies"], backtest=rl["backtest"], rl_metrics=rl["rl_metrics"],
+                          figures=rl["figures"])
+            report["forecaster_metrics"]["test_confusion"] = rl["forecaster_confusion"]
             report["model_versions"].update(rl["model_versions"])
             run_ids.update(rl["mlflow_run_ids"])
             agent_models = rl["agent_models"]
@@ -105,14 +111,17 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
                             "agent_models": agent_models, "alias": cfg.tracking.alias}
         if cfg.serve.enabled:
             with progress.stage("serve", f"Ray Serve: deploying {cfg.serve.config} and posting requests"):
-                report["serve"] = _serve_and_query(cfg, bars, windows["test"], tracking_uri, agent_models,
+                report["serve"] = _serve_and_query(cfg, bars, windows["test"], tracking_uri,
                                                    report["backtest"]["serve_weights"], progress)
         with progress.stage("report", "Writing report"):
             report["timings_s"] = progress.timings
             path = run_dir / "report.json"
             path.write_text(json.dumps(report, indent=2, default=str))
             tracking.log_artifact_to_run(tracking_uri, run_ids["backtest"], path)
+            page = write_html_report(report, report["figures"], run_dir / "report.html")
+            tracking.log_artifact_to_run(tracking_uri, run_ids["backtest"], page)
             progress.note(f"report: {path}")
+            progress.note(f"HTML report with figures: {page} (raytrade report {run_dir})")
             progress.note(f"MLflow: {tracking_uri} (mlflow ui --backend-store-uri {tracking_uri})")
         return report
 
@@ -128,24 +137,43 @@ def request_payload(bars: pd.DataFrame, end: pd.Timestamp, n_bars: int, position
     }
 
 
-def _serve_and_query(cfg: PipelineConfig, bars: pd.DataFrame, test_w: Windows, tracking_uri: str,
-                     agent_models: dict[str, str], weights: dict[str, float], progress: Progress) -> dict[str, Any]:
-    import httpx
+def deploy_ensemble(cfg: PipelineConfig, tracking_uri: str | None = None,
+                    weights: dict[str, float] | None = None) -> str:
+    """Deploy the Serve app of ``serve.config`` on the connected Ray cluster (local or a job's) with this
+    config's registry (``tracking.*``, agents ``rl.agents``), risk limits and online store, and return its URL
+    (``http://serve.host:serve.port``) once every deployment is running. ``weights`` (member -> weight) fixes
+    the combiner's ensemble weights; default: the serve config's. The app outlives the calling driver.
+
+    Raises:
+        ConfigError: a bad serve config file.
+    """
     from ray import serve
 
-    from raytrade.features.technical import warmup_bars
+    from raytrade import tracking
     from raytrade.serving.app import APP_NAME, app_from_config
+    from raytrade.stages.agents import agent_model_name
 
     app, app_cfg = app_from_config(cfg.serve.config, {
-        "tracking_uri": tracking_uri, "forecaster_model": cfg.tracking.forecaster_model,
-        "agent_models": agent_models, "alias": cfg.tracking.alias,
-        "ensemble_weights": weights, "max_position": cfg.backtest.max_position,
+        "tracking_uri": tracking_uri or tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir),
+        "forecaster_model": cfg.tracking.forecaster_model,
+        "agent_models": {name: agent_model_name(cfg, name) for name in cfg.rl.agents}, "alias": cfg.tracking.alias,
+        **({"ensemble_weights": weights} if weights else {}), "max_position": cfg.backtest.max_position,
         "max_drawdown": cfg.ensemble.max_drawdown, "drawdown_cut": cfg.ensemble.drawdown_cut,
         "redis_url": cfg.store.url if cfg.store.enabled else None, "store_prefix": cfg.store.prefix,
     })
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(app, name=APP_NAME, route_prefix=app_cfg.get("route_prefix", "/"), blocking=False)
-    url = f"http://{cfg.serve.host}:{cfg.serve.port}"
+    return f"http://{cfg.serve.host}:{cfg.serve.port}"
+
+
+def _serve_and_query(cfg: PipelineConfig, bars: pd.DataFrame, test_w: Windows, tracking_uri: str,
+                     weights: dict[str, float], progress: Progress) -> dict[str, Any]:
+    import httpx
+    from ray import serve
+
+    from raytrade.features.technical import warmup_bars
+
+    url = deploy_ensemble(cfg, tracking_uri, weights)
     out: dict[str, Any] = {"url": url, "responses": []}
     try:
         n_bars = warmup_bars(cfg.features) + cfg.model.lookback + 16

@@ -30,6 +30,7 @@ __all__ = [
     "hit_rate",
     "max_drawdown",
     "periods_per_year",
+    "rolling_sharpe",
     "sharpe_ratio",
     "summarize",
     "total_return",
@@ -248,6 +249,37 @@ def sharpe_ratio(returns: Any, periods_per_year: float) -> float:
     if std == 0.0 or std <= _STD_REL_EPS * abs(mean):
         return 0.0
     return mean / std * math.sqrt(ppy)
+
+
+def rolling_sharpe(returns: Any, window: int, periods_per_year: float) -> np.ndarray:
+    """Annualised Sharpe ratio of the trailing ``window`` bars ending at each bar.
+
+    Element ``t`` is :func:`sharpe_ratio` of ``returns[t - window + 1 : t + 1]`` (same formula: ``ddof=1``,
+    zero risk-free rate, square-root-of-time annualisation, ``0.0`` for a constant window).
+
+    Args:
+        returns: per-bar simple net returns (fractions), shape ``(n,)``.
+        window: bars per window (>= 2).
+        periods_per_year: bars per year (> 0).
+
+    Returns:
+        ``(n,)`` float array; NaN for the first ``window - 1`` bars (no full window yet).
+
+    Raises:
+        ValueError: bad ``returns``, ``window`` or ``periods_per_year``.
+    """
+    r = _as_series(returns, "returns")
+    ppy = _check_ppy(periods_per_year)
+    if int(window) != window or window < 2:
+        raise ValueError(f"window must be an integer >= 2 bars, got {window!r}")
+    series = pd.Series(r)
+    mean = series.rolling(int(window)).mean().to_numpy()
+    std = series.rolling(int(window)).std(ddof=1).to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = mean / std * math.sqrt(ppy)
+    constant = (std == 0.0) | (std <= _STD_REL_EPS * np.abs(mean))
+    out[constant & ~np.isnan(std)] = 0.0
+    return out
 
 
 def max_drawdown(returns: Any) -> float:

@@ -41,7 +41,7 @@ from raytrade.rl.ensemble import (
 )
 from raytrade.rl.env import PER_BAR_KEYS, env_config, slice_env
 from raytrade.rl.inputs import agent_outputs, forecast_inputs
-from raytrade.rl.policy import switching_rollout
+from raytrade.rl.policy import Policy, switching_rollout
 from raytrade.runtime import Progress
 
 POLICY_LOADER = "raytrade.rl.policy:load_policy"
@@ -249,9 +249,16 @@ def _frictions(cfg: PipelineConfig, arrays: dict[str, np.ndarray], idx: np.ndarr
     return gap, slip
 
 
-def backtest_strategies(cfg: PipelineConfig, data: AgentData, agents: dict[str, AgentOutcome],
-                        periods_per_year: float) -> dict[str, Any]:
+def backtest_strategies(cfg: PipelineConfig, data: AgentData, policies: dict[str, Policy],
+                        prior_sharpe: dict[str, float], periods_per_year: float,
+                        agents: dict[str, AgentOutcome] | None = None) -> dict[str, Any]:
     """Every strategy on the TEST bars the agents trade (bars ``window-1 .. n-2`` of the test split).
+
+    ``policies``: agent -> policy; ``prior_sharpe``: agent -> its validation Sharpe (the ensembles' prior);
+    ``agents`` (the training outcomes) only for ``rolling_retrain``, which needs each agent's window policies.
+
+    Raises:
+        ConfigError: ``rolling_retrain`` in ``ensemble.methods`` without ``agents``.
 
     Returns ``{"positions": {name: (n,)}, "returns": {name: (n,)}, "results": {name: BacktestResult},
     "table": str, "ensembles": {method: EnsembleResult.to_dict() + members}, "serve_weights": {...},
@@ -261,8 +268,8 @@ def backtest_strategies(cfg: PipelineConfig, data: AgentData, agents: dict[str, 
 
     test = data.arrays["test"]
     positions: dict[str, np.ndarray] = {}
-    for name, outcome in agents.items():
-        positions[name] = outcome.policy.rollout(TradingEnv(**env_kwargs(cfg, test, train=False)))
+    for name, policy in policies.items():
+        positions[name] = policy.rollout(TradingEnv(**env_kwargs(cfg, test, train=False)))
     n = len(next(iter(positions.values())))
     idx = np.arange(cfg.rl.window - 1, cfg.rl.window - 1 + n)
     max_pos = cfg.backtest.max_position
@@ -271,7 +278,7 @@ def backtest_strategies(cfg: PipelineConfig, data: AgentData, agents: dict[str, 
     member_returns = {name: _member_returns(cfg, test, idx, pos) for name, pos in members.items()}
     val = data.arrays["val"]
     val_idx = np.arange(cfg.rl.window - 1, len(val["returns"]) - 1)
-    prior = {name: o.summary()["val_sharpe"] for name, o in agents.items()}
+    prior = dict(prior_sharpe)
     if cfg.ensemble.include_forecaster:
         fc_val = signal_positions(data.forecasts["val"]["probs"][val_idx], max_pos)
         prior["forecaster"] = sharpe_or_zero(_member_returns(cfg, val, val_idx, fc_val), periods_per_year)
@@ -294,6 +301,9 @@ def backtest_strategies(cfg: PipelineConfig, data: AgentData, agents: dict[str, 
         if method == "rolling":
             res = rolling_selection(members, member_returns, prior, cfg.ensemble.window_bars, periods_per_year)
         elif method == "rolling_retrain":
+            if agents is None:
+                raise ConfigError("ensemble.methods: rolling_retrain retrains the agents window by window, so it "
+                                  "runs with their training (raytrade agents / pipeline), not on registered ones")
             res, extra = rolling_retrain(cfg, data, agents, periods_per_year)
         else:
             res = votes = vote()
@@ -324,28 +334,53 @@ def backtest_report(cfg: PipelineConfig, bt: dict[str, Any], periods_per_year: f
 
 
 def rl_stage(cfg: PipelineConfig, prepared: PreparedData, bars: pd.DataFrame, bundle: ForecasterBundle,
-             run_dir: Path, tracking_uri: str,
-             progress: Progress, info: dict[str, Any], periods_per_year: float) -> dict[str, Any]:
-    """Env inputs, agents trained in parallel and registered, every strategy backtested on TEST, the equity plot.
+             run_dir: Path, tracking_uri: str, progress: Progress, info: dict[str, Any], periods_per_year: float,
+             forecaster_history: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Env inputs, agents trained in parallel and registered, every strategy backtested on TEST, the figures.
 
     Returns the report blocks: ``strategies``, ``rl_metrics``, ``backtest``, ``model_versions``,
-    ``mlflow_run_ids`` (agents and the backtest run), ``agent_models`` and, for callers, ``results``.
+    ``mlflow_run_ids`` (agents and the backtest run), ``agent_models``, ``figures`` (name -> PNG in
+    ``run_dir/figures``, also MLflow artifacts of the backtest run), ``forecaster_confusion`` (test split) and,
+    for callers, ``results``. ``forecaster_history`` (one row per epoch) adds the forecaster's curves.
     """
-    from raytrade import tracking
-    from raytrade.evaluation.plots import plot_equity
-
-    data = agent_data(cfg, prepared, bars, bundle, bundle_windows(prepared, bundle))
+    windows = bundle_windows(prepared, bundle)
+    data = agent_data(cfg, prepared, bars, bundle, windows)
     n_inputs = data.arrays["train"]["forecasts"].shape[1]
     progress.note(f"observation: {cfg.rl.window} bars x {len(data.feature_names)} features + {n_inputs} forecaster "
                   f"inputs ({', '.join(cfg.rl.forecast_inputs)}) + position, unrealised P&L, drawdown; "
                   f"reward {cfg.rl.reward}; fills {cfg.rl.fill}")
     agents, versions, run_ids = train_and_register(cfg, data, run_dir, tracking_uri, progress, info,
                                                    periods_per_year)
-    bt = backtest_strategies(cfg, data, agents, periods_per_year)
+    bt = backtest_strategies(cfg, data, {n: o.policy for n, o in agents.items()},
+                             {n: o.summary()["val_sharpe"] for n, o in agents.items()}, periods_per_year, agents)
+    recorded = record_backtest(cfg, bt, windows, data, run_dir, tracking_uri, progress, periods_per_year,
+                               forecaster_history, {name: o.history for name, o in agents.items()})
+    return {**recorded, "rl_metrics": {name: o.summary() for name, o in agents.items()}, "model_versions": versions,
+            "mlflow_run_ids": {**run_ids, "backtest": recorded["mlflow_run_ids"]["backtest"]},
+            "agent_models": {name: agent_model_name(cfg, name) for name in agents}}
+
+
+def record_backtest(cfg: PipelineConfig, bt: dict[str, Any], windows: dict[str, Windows], data: AgentData,
+                    run_dir: Path, tracking_uri: str, progress: Progress, periods_per_year: float,
+                    forecaster_history: pd.DataFrame | None = None,
+                    agent_histories: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
+    """Print the table, draw the figures into ``run_dir/figures`` and log both in an MLflow run
+    ``<name>-backtest``. Returns ``strategies``, ``results``, ``backtest``, ``figures``, ``forecaster_confusion``
+    and ``mlflow_run_ids`` (``{"backtest": run id}``)."""
+    from sklearn.metrics import confusion_matrix
+
+    from raytrade import tracking
+    from raytrade.data.labels import CLASS_NAMES
+    from raytrade.evaluation.plots import save_run_figures
+
     print(bt["table"], file=progress.stream, flush=True)
-    plot = plot_equity(bt["results"], bt["timestamps"], run_dir / "equity.png",
-                       title=f"test split after {cfg.backtest.cost_bps:g} bps costs")
-    progress.note(f"equity curves: {plot}")
+    confusion = confusion_matrix(windows["test"].y_class, data.forecasts["test"]["probs"].argmax(axis=1),
+                                 labels=list(range(len(CLASS_NAMES))))
+    figures = save_run_figures(run_dir / "figures", bt["results"], bt["timestamps"], periods_per_year,
+                               confusion=confusion, class_names=CLASS_NAMES, forecaster_history=forecaster_history,
+                               agent_histories=agent_histories,
+                               title=f"test split after {cfg.backtest.cost_bps:g} bps costs")
+    progress.note(f"figures: {', '.join(figures)} in {run_dir / 'figures'}")
     strategies = {name: r.metrics for name, r in bt["results"].items()}
     # "ensemble": the served ensemble (Sharpe vote + risk layer), the name the report contract uses
     strategies.setdefault("ensemble", strategies.get("ensemble_vote"))
@@ -353,11 +388,13 @@ def rl_stage(cfg: PipelineConfig, prepared: PreparedData, bars: pd.DataFrame, bu
         for name, m in strategies.items():
             tracking.log_metrics({f"{name}.{k}": v for k, v in m.items()})
         tracking.log_text(bt["table"], "backtest_table.txt")
-        tracking.log_artifact(plot)
+        for path in figures.values():
+            tracking.log_artifact(path, "figures")
     return {"strategies": strategies, "results": bt["results"], "backtest": backtest_report(cfg, bt, periods_per_year),
-            "rl_metrics": {name: o.summary() for name, o in agents.items()}, "model_versions": versions,
-            "mlflow_run_ids": {**run_ids, "backtest": run_id},
-            "agent_models": {name: agent_model_name(cfg, name) for name in agents}}
+            "figures": {name: str(path) for name, path in figures.items()},
+            "forecaster_confusion": {"classes": list(CLASS_NAMES), "counts": confusion.tolist(),
+                                     "rows": "true class", "columns": "predicted class"},
+            "mlflow_run_ids": {"backtest": run_id}}
 
 
 def champion_or_new_forecaster(cfg: PipelineConfig, prepared: PreparedData, run_dir: Path, tracking_uri: str,
@@ -388,20 +425,16 @@ def run_agents(cfg: PipelineConfig, data_path: str | Path | None = None) -> dict
         DataValidationError, ConfigError, InsufficientDataError: as :func:`raytrade.pipeline.run_pipeline`.
     """
     from raytrade import tracking
-    from raytrade.data.prepare import load_market_data, prepare_data
     from raytrade.evaluation import periods_per_year
+    from raytrade.evaluation.html_report import write_html_report
     from raytrade.runtime import ray_session
-    from raytrade.stages.forecaster import data_summary, new_run_dir
+    from raytrade.stages.forecaster import load_and_prepare, new_run_dir
 
     progress = Progress(total=4)
     run_dir = new_run_dir(cfg, "agents")
-    with progress.stage("load", "Loading and validating bars"):
-        market = load_market_data(cfg, data_path)
-        ppy = cfg.backtest.periods_per_year or periods_per_year(market.bars[TIMESTAMP])
     with ray_session(cfg):
-        with progress.stage("features", "Ray Data: causal features + labels; split; scaler"):
-            prepared = prepare_data(cfg, market)
-            info = data_summary(market, prepared)
+        market, prepared, info = load_and_prepare(cfg, data_path, progress)
+        ppy = cfg.backtest.periods_per_year or periods_per_year(market.bars[TIMESTAMP])
         tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
         with progress.stage("forecaster", "Forecaster for the agents' observation"):
             bundle, version = champion_or_new_forecaster(cfg, prepared, run_dir, tracking_uri, progress, info)
@@ -412,7 +445,9 @@ def run_agents(cfg: PipelineConfig, data_path: str | Path | None = None) -> dict
     report = {"run_dir": str(run_dir), "data": info, "forecaster_version": version,
               **{k: v for k, v in rl.items() if k != "results"},
               "mlflow": {"tracking_uri": tracking_uri, "agent_models": rl["agent_models"]},
-              "timings_s": progress.timings}
+              "timings_s": progress.timings, "config": cfg.model_dump(mode="json")}
     (run_dir / "agents.json").write_text(json.dumps(report, indent=2, default=str))
-    progress.note(f"report: {run_dir / 'agents.json'}")
+    page = write_html_report(report, rl["figures"], run_dir / "report.html", title=f"raytrade agents {run_dir.name}")
+    tracking.log_artifact_to_run(tracking_uri, rl["mlflow_run_ids"]["backtest"], page)
+    progress.note(f"report: {run_dir / 'agents.json'}; HTML: {page}")
     return report
