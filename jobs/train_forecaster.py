@@ -1,19 +1,14 @@
-"""Ray job: Train the forecaster with Ray Train and register it in MLflow.
+"""Ray job: train the forecaster with Ray Train (CPU or GPU workers, train.*) and register it in MLflow
+(alias tracking.alias); writes <run dir>/train.json.
 
-    python jobs/train_forecaster.py --config jobs/configs/demo.yaml [--data PATH]
-    raytrade submit train_forecaster --address http://<head>:8265 --config jobs/configs/demo.yaml
+    python jobs/train_forecaster.py --config jobs/configs/smoke.yaml [--data PATH] [--set SECTION.FIELD=VALUE ...]
+    raytrade submit train_forecaster --address http://<head>:8265 --config jobs/configs/demo.yaml [--follow]
 """
 
-import argparse
-
-from raytrade.config import load_config
+from raytrade.runtime import job_arguments, job_errors
 from raytrade.stages.forecaster import run_train
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--config", required=True, help="pipeline YAML, e.g. jobs/configs/smoke.yaml")
-parser.add_argument("--data", default=None, help="override data.path")
-args = parser.parse_args()
-
-config = load_config(args.config)
-report = run_train(config, args.data)
+with job_errors():
+    args = job_arguments(__doc__)
+    report = run_train(args.config, args.data)
 print(f"report: {report['run_dir']}/train.json")

@@ -1,20 +1,15 @@
-"""Ray job: Ray Tune (Optuna + ASHA) over the forecaster; the best configuration is retrained,
-registered, and promoted to champion only if it beats the current one on validation.
+"""Ray job: Ray Tune (Optuna + ASHA) over the forecaster; the best configuration is retrained, registered, and
+promoted to champion only if it beats the current one on validation; writes <run dir>/tune.json.
 
-    python jobs/tune_forecaster.py --config jobs/configs/demo.yaml [--data PATH]
-    raytrade submit tune_forecaster --address http://<head>:8265 --config jobs/configs/demo.yaml
+    python jobs/tune_forecaster.py --config jobs/configs/smoke.yaml [--data PATH] [--set SECTION.FIELD=VALUE ...]
+    raytrade submit tune_forecaster --address http://<head>:8265 --config jobs/configs/demo.yaml [--follow]
 """
 
-import argparse
-
-from raytrade.config import load_config
+from raytrade.runtime import job_arguments, job_errors
 from raytrade.stages.tuning import run_tune
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--config", required=True, help="pipeline YAML, e.g. jobs/configs/smoke.yaml")
-parser.add_argument("--data", default=None, help="override data.path")
-args = parser.parse_args()
-
-config = load_config(args.config)
-report = run_tune(config, args.data)
+with job_errors():
+    args = job_arguments(__doc__)
+    report = run_tune(args.config, args.data)
+print(report["verdict"])
 print(f"report: {report['run_dir']}/tune.json")

@@ -1,19 +1,15 @@
-"""Ray job: expanding-window walk-forward evaluation of the forecaster and baselines (bootstrap CIs).
+"""Ray job: expanding-window walk-forward evaluation of the forecaster and the baselines (walk_forward.models),
+with bootstrap confidence intervals; writes <run dir>/walk_forward.{json,md}.
 
-    python jobs/walk_forward.py --config jobs/configs/demo.yaml [--data PATH]
-    raytrade submit walk_forward --address http://<head>:8265 --config jobs/configs/demo.yaml
+    python jobs/walk_forward.py --config jobs/configs/smoke.yaml [--data PATH] [--set SECTION.FIELD=VALUE ...]
+    raytrade submit walk_forward --address http://<head>:8265 --config jobs/configs/demo.yaml [--follow]
 """
 
-import argparse
-
-from raytrade.config import load_config
+from raytrade.runtime import job_arguments, job_errors
 from raytrade.stages.walkforward import run_walk_forward
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--config", required=True, help="pipeline YAML, e.g. jobs/configs/smoke.yaml")
-parser.add_argument("--data", default=None, help="override data.path")
-args = parser.parse_args()
-
-config = load_config(args.config)
-report = run_walk_forward(config, args.data)
+with job_errors():
+    args = job_arguments(__doc__)
+    report = run_walk_forward(args.config, args.data)
+print(report["table_markdown"])
 print(f"report: {report['run_dir']}/walk_forward.json")

@@ -53,3 +53,26 @@ def test_overrides_merge_per_section(tmp_path):
     cfg = load_config(path, overrides={"train": {"epochs": 1}})
     assert (cfg.train.epochs, cfg.train.batch_size) == (1, 64)
     assert isinstance(PipelineConfig().model.kernel_sizes, tuple)
+
+
+def test_config_reference_is_generated_from_the_models():
+    from raytrade.config_docs import config_markdown
+
+    doc = (REPO / "docs" / "CONFIG.md").read_text()
+    assert doc == config_markdown(), "docs/CONFIG.md is stale: run python -m raytrade.config_docs"
+    for section in ("data", "model", "train", "tune", "rl", "ensemble", "backtest", "tracking", "serve", "ray"):
+        assert f"## `{section}`" in doc
+
+
+def test_set_overrides_parse_yaml_values_and_name_a_malformed_one():
+    from raytrade.config import parse_overrides
+    from raytrade.errors import ConfigError
+
+    assert parse_overrides(["train.epochs=2", "rl.agents=[ppo, sac]", "output_dir=/tmp/x", "serve.enabled=false"]) \
+        == {"train": {"epochs": 2}, "rl": {"agents": ["ppo", "sac"]}, "output_dir": "/tmp/x",
+            "serve": {"enabled": False}}
+    for bad in ("train.epochs", "=3", "train.=3"):
+        with pytest.raises(ConfigError, match="SECTION.FIELD=VALUE"):
+            parse_overrides([bad])
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_overrides(["rl.agents=[ppo"])

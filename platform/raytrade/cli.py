@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -76,21 +76,17 @@ def ingest(
     """
     import pandas as pd
 
-    from raytrade.data.ingest import read_many, write_partitioned
-    from raytrade.data.validation import apply_policy
+    from raytrade.data.ingest import ingest_files
 
     if (input is None) == (exchange is None):
         raise RaytradeError("ingest: give exactly one of --input or --exchange")
     if policy not in ("fail", "drop", "repair"):
         raise RaytradeError(f"ingest: --policy must be fail, drop or repair, got {policy!r}")
     if input is not None:
-        bars, report = apply_policy(read_many(input, symbol), policy)  # type: ignore[arg-type]
-        dropped = sum(n for per in report.dropped.values() for n in per.values())
-        inserted = sum(report.inserted.values())
-        files = write_partitioned(bars, output)
-        typer.echo(f"wrote {len(bars)} bars of {bars['symbol'].nunique()} symbol(s) to {output} ({len(files)} files); "
-                   f"policy {policy}: {dropped} rows dropped, {inserted} gap bars inserted (flagged 'repaired'), "
-                   f"{len(report.warnings())} warning(s)")
+        done = ingest_files(input, output, policy, symbol)  # type: ignore[arg-type]
+        typer.echo(f"wrote {done['bars']} bars of {done['symbols']} symbol(s) to {output} ({len(done['files'])} "
+                   f"files); policy {policy}: {done['dropped']} rows dropped, {done['inserted']} gap bars inserted "
+                   f"(flagged 'repaired'), {done['warnings']} warning(s)")
         return
     from raytrade.data.exchange import ingest_exchange, make_exchange
 
@@ -116,36 +112,16 @@ def features(
     With ``--redis-url`` the latest window of every symbol (lookback rows of features + the raw bars to
     update them) goes to the online feature store too, keyed by feature-set version and symbol.
     """
-    import ray
-
     from raytrade.config import PipelineConfig, load_config
-    from raytrade.data.ingest import read_many
-    from raytrade.data.preprocess import preprocess
-    from raytrade.data.validation import apply_policy
+    from raytrade.stages.features import write_features
 
     cfg = load_config(config) if config else PipelineConfig()
-    bars, _ = apply_policy(read_many(input, symbol), cfg.data.policy)
-    ray.init(include_dashboard=False, log_to_driver=False)
-    try:
-        from ray.data import DataContext
-
-        DataContext.get_current().enable_progress_bars = False
-        result = preprocess(bars, cfg.features, cfg.labels)
-    finally:
-        ray.shutdown()
-    if redis_url:
-        from raytrade.store.publish import publish_latest_windows
-
-        stored = publish_latest_windows(result, bars, cfg.features, cfg.model.lookback,
-                                        cfg.store.model_copy(update={"url": redis_url}))
-        typer.echo(f"online store: {len(stored['keys'])} window(s) at {redis_url}, feature set {stored['version']}")
-    cols = ["timestamp", "symbol", *result.feature_columns, *[c for c in result.frame if c.startswith("label_")]]
-    output.mkdir(parents=True, exist_ok=True)
-    path = output / "features.parquet"
-    result.frame[cols].to_parquet(path, index=False)
-    dropped = sum(result.warmup_dropped.values())
-    typer.echo(f"wrote {path}: {len(result.frame)} rows x {len(cols)} columns "
-               f"({dropped} warm-up rows without defined features left out)")
+    done = write_features(cfg, input, output, symbol, redis_url)
+    if done["store"]:
+        typer.echo(f"online store: {len(done['store']['keys'])} window(s) at {redis_url}, "
+                   f"feature set {done['store']['version']}")
+    typer.echo(f"wrote {done['path']}: {done['rows']} rows x {done['columns']} columns "
+               f"({done['warmup_rows_dropped']} warm-up rows without defined features left out)")
 
 
 ConfigOpt = Annotated[Path, typer.Option(help="pipeline YAML, e.g. jobs/configs/demo.yaml")]
@@ -156,22 +132,9 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 
 def _load(config: Path, overrides: list[str] | None):
     """Load the config with ``section.field=value`` overrides (values parsed as YAML)."""
-    import yaml
+    from raytrade.config import load_config, parse_overrides
 
-    from raytrade.config import load_config
-    from raytrade.errors import ConfigError
-
-    sections: dict[str, Any] = {}
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        section, dot, field = key.partition(".")
-        if not sep or not section or (dot and not field):
-            raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE or FIELD=VALUE, e.g. train.epochs=2")
-        if dot:
-            sections.setdefault(section, {})[field] = yaml.safe_load(value)
-        else:
-            sections[section] = yaml.safe_load(value)
-    return load_config(config, sections)
+    return load_config(config, parse_overrides(overrides))
 
 
 @app.command()
@@ -214,6 +177,18 @@ def agents(config: ConfigOpt, data: DataOpt = None, set_: SetOpt = None) -> None
     report = run_agents(_load(config, set_), data)
     typer.echo(report["backtest"]["table"])
     typer.echo(f"report: {report['run_dir']}/agents.json")
+
+
+@app.command()
+def backtest(config: ConfigOpt, data: DataOpt = None, set_: SetOpt = None) -> None:
+    """Backtest the REGISTERED champion forecaster and agents (no training) on the test split after costs:
+    buy-and-hold, the forecaster signal, each agent and the ensembles. Writes <run dir>/backtest.json and
+    report.html (figures embedded)."""
+    from raytrade.stages.backtest import run_backtest
+
+    report = run_backtest(_load(config, set_), data)
+    typer.echo(report["backtest"]["table"])
+    typer.echo(f"report: {report['run_dir']}/backtest.json")
 
 
 @app.command("walk-forward")
@@ -274,24 +249,40 @@ def serve(
 
 @app.command()
 def submit(
-    job: Annotated[str, typer.Argument(help="job name: jobs/<JOB>.py")],
-    address: Annotated[str, typer.Option(help="Ray dashboard address, e.g. http://head:8265")],
+    job: Annotated[str, typer.Argument(help="job name: jobs/<JOB>.py, e.g. pipeline, train_forecaster")],
+    address: Annotated[str, typer.Option(help="Ray dashboard (Jobs API) address, e.g. http://head:8265")],
     config: Annotated[Path, typer.Option(help="job config")] = Path("jobs/configs/demo.yaml"),
-    wait: Annotated[bool, typer.Option(help="follow the job's logs until it ends")] = False,
+    set_: SetOpt = None,
+    data: Annotated[str | None, typer.Option(help="override data.path (a path on the cluster)")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream the job's logs until it ends; exit "
+                                                                "non-zero unless it SUCCEEDED")] = False,
+    runtime_env: Annotated[Path, typer.Option(help="Ray runtime environment YAML")] = Path("jobs/runtime_env.yaml"),
 ) -> None:
-    """Submit jobs/<JOB>.py to a Ray cluster with this directory as the working dir."""
-    from ray.job_submission import JobSubmissionClient
+    """Submit jobs/<JOB>.py to a Ray cluster through its Jobs API, with this checkout as the working dir
+    (see jobs/runtime_env.yaml). Run from the repository root."""
+    from raytrade.submission import submit_job
 
-    script = Path("jobs") / f"{job}.py"
-    if not script.is_file():
-        raise RaytradeError(f"no such job: {script}")
-    client = JobSubmissionClient(address)
-    job_id = client.submit_job(entrypoint=f"python {script} --config {config}",
-                               runtime_env={"working_dir": ".", "excludes": [".venv", "runs", ".git"]})
-    typer.echo(f"submitted {job_id} to {address}")
-    if wait:
-        for line in client.tail_job_logs(job_id):  # type: ignore[attr-defined]
-            typer.echo(line, nl=False)
+    _, status = submit_job(job, address, config, set_, data=data, runtime_env=runtime_env, follow=follow,
+                           echo=lambda text: typer.echo(text, nl=False))
+    if status is not None and status != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    run: Annotated[str, typer.Argument(help="run directory, a run name under --runs, or 'latest'")] = "latest",
+    runs: Annotated[Path, typer.Option(help="where runs land (the config's output_dir)")] = Path("runs"),
+    open_: Annotated[bool, typer.Option("--open", help="open it in the web browser")] = False,
+) -> None:
+    """Print the path of a run's self-contained HTML report (report.html); --open opens it."""
+    from raytrade.evaluation.html_report import find_report
+
+    path = find_report(run, runs)
+    typer.echo(str(path))
+    if open_:
+        import webbrowser
+
+        webbrowser.open(path.as_uri())
 
 
 def main() -> None:

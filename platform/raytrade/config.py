@@ -289,12 +289,12 @@ class TrackingConfig(_Section):
 class ServeConfig(_Section):
     """Local Ray Serve deployment done at the end of the pipeline."""
 
-    enabled: bool = True
-    config: Path = Path("serve_configs/ensemble.yaml")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, gt=0, lt=65536)
+    enabled: bool = Field(True, description="deploy the ensemble at the end of the pipeline")
+    config: Path = Field(Path("serve_configs/ensemble.yaml"), description="Serve config file of the app")
+    host: str = Field("127.0.0.1", description="HTTP host of Serve's proxy")
+    port: int = Field(8000, gt=0, lt=65536, description="HTTP port of Serve's proxy")
     n_requests: int = Field(3, ge=0, description="demo requests posted after deploying")
-    shutdown: bool = True
+    shutdown: bool = Field(True, description="shut Serve down after the demo requests (false: keep serving)")
 
 
 class StoreConfig(_Section):
@@ -309,15 +309,17 @@ class StoreConfig(_Section):
 class RayConfig(_Section):
     """How to reach Ray: ``address=None`` starts a local instance."""
 
-    address: str | None = None
+    address: str | None = Field(None, description="None: start a local Ray (or join the job's cluster inside a "
+                                                  "Ray job); 'auto' or 'ray://<head>:10001': an existing cluster")
     num_cpus: int | None = Field(None, gt=0, description="logical CPUs of a local instance")
 
 
 class PipelineConfig(_Section):
     """All stages of ``raytrade pipeline``."""
 
-    name: str = "raytrade"
-    output_dir: Path = Path("runs")
+    name: str = Field("raytrade", description="run name: prefix of run directories and MLflow run names")
+    output_dir: Path = Field(Path("runs"), description="where run directories (report.json, report.html, figures, "
+                                                       "models) and the default MLflow store (mlflow.db) land")
     data: DataConfig = DataConfig()
     features: FeatureConfig = FeatureConfig()
     labels: LabelConfig = LabelConfig()
@@ -354,6 +356,30 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
         return PipelineConfig.model_validate(raw or {})
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["train.epochs=2", "output_dir=/tmp/runs"]`` -> ``{"train": {"epochs": 2}, "output_dir": "/tmp/runs"}``
+    (values parsed as YAML), the ``overrides`` of :func:`load_config`; what ``--set`` takes on the CLI and in jobs.
+
+    Raises:
+        ConfigError: an item is not ``SECTION.FIELD=VALUE`` or ``FIELD=VALUE``.
+    """
+    sections: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        section, dot, field = key.partition(".")
+        if not sep or not section or (dot and not field):
+            raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE or FIELD=VALUE, e.g. train.epochs=2")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
+        if dot:
+            sections.setdefault(section, {})[field] = parsed
+        else:
+            sections[section] = parsed
+    return sections
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:

@@ -1,16 +1,20 @@
-"""Run-time helpers shared by the stages: progress lines and the Ray connection."""
+"""Run-time helpers shared by the stages and the job scripts: progress lines, the Ray connection,
+the jobs' command line."""
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from raytrade.config import PipelineConfig
+from raytrade.config import PipelineConfig, load_config, parse_overrides
+from raytrade.errors import RaytradeError
 
 
 @dataclass
@@ -43,7 +47,9 @@ def ensure_ray(cfg: PipelineConfig) -> bool:
 
     if ray.is_initialized():
         return False
-    ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None,
+    # inside a Ray job (or with RAY_ADDRESS set) ray.init() joins that cluster, which takes no num_cpus
+    joins = cfg.ray.address is not None or bool(os.environ.get("RAY_ADDRESS"))
+    ray.init(address=cfg.ray.address, num_cpus=None if joins else cfg.ray.num_cpus,
              include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
     return True
 
@@ -68,3 +74,38 @@ def ray_session(cfg: PipelineConfig) -> Iterator[None]:
             import ray
 
             ray.shutdown()
+
+
+def job_arguments(doc: str, argv: list[str] | None = None,
+                  add: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The command line every ``jobs/<stage>.py`` takes: ``--config FILE [--data PATH] [--set S.F=V ...]``
+    (plus what ``add`` adds); ``--help`` prints the job's docstring. ``args.config`` is the loaded
+    :class:`PipelineConfig` with the overrides applied.
+
+    Raises:
+        ConfigError: the config file is missing or invalid, or an override is malformed.
+    """
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="pipeline YAML, e.g. jobs/configs/smoke.yaml")
+    parser.add_argument("--data", default=None, help="override data.path (file, directory or glob of bars)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a config field, e.g. --set train.epochs=2 --set output_dir=/shared/runs "
+                             "(value parsed as YAML; repeatable)")
+    if add is not None:
+        add(parser)
+    args = parser.parse_args(argv)
+    args.config = load_config(args.config, parse_overrides(args.overrides))
+    return args
+
+
+@contextmanager
+def job_errors(debug: bool | None = None) -> Iterator[None]:
+    """Run a job's body: a :class:`~raytrade.errors.RaytradeError` prints ONE line to stderr and exits 1
+    (the traceback too when ``RAYTRADE_DEBUG=1`` or ``debug``), as the CLI does."""
+    try:
+        yield
+    except RaytradeError as exc:
+        if debug or os.environ.get("RAYTRADE_DEBUG") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)

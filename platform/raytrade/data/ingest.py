@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote, unquote
 
 import pandas as pd
@@ -236,3 +236,29 @@ def last_timestamps(out_dir: str | Path) -> dict[str, pd.Timestamp]:
         if latest is not None:
             result[symbol] = latest
     return result
+
+
+def ingest_files(source: str | Path, out_dir: str | Path, policy: Literal["fail", "drop", "repair"] = "fail",
+                 symbol: str | None = None) -> dict[str, Any]:
+    """Read CSV/Parquet bars (:func:`read_many`), validate them under ``policy`` and write them to the
+    partitioned store (:func:`write_partitioned`, overwriting the symbols present).
+
+    ``policy``: ``fail`` stops at the first broken rule and writes nothing; ``drop`` leaves the rows breaking a
+    rule out (and counts them); ``repair`` also fills intraday gaps, flagged in a ``repaired`` column.
+
+    Returns:
+        ``{"bars", "symbols", "files", "dropped", "inserted", "warnings"}`` (counts; ``files``: part files).
+
+    Raises:
+        DataValidationError: a rule is broken under ``fail``, or the source has no bars.
+        ValueError: an unknown ``policy``.
+    """
+    from raytrade.data.validation import apply_policy
+
+    if policy not in ("fail", "drop", "repair"):
+        raise ValueError(f"policy must be fail, drop or repair, got {policy!r}")
+    bars, report = apply_policy(read_many(source, symbol), policy)
+    files = write_partitioned(bars, out_dir)
+    return {"bars": len(bars), "symbols": int(bars[SYMBOL].nunique()), "files": [str(f) for f in files],
+            "dropped": sum(n for per in report.dropped.values() for n in per.values()),
+            "inserted": sum(report.inserted.values()), "warnings": len(report.warnings())}

@@ -129,6 +129,24 @@ def data_summary(market: MarketData, prepared: PreparedData) -> dict[str, Any]:
     }
 
 
+def load_and_prepare(cfg: PipelineConfig, data_path: str | Path | None,
+                     progress: Progress) -> tuple[MarketData, PreparedData, dict[str, Any]]:
+    """The first two steps of the single-stage commands, as progress stages ``load`` (read + validate the bars)
+    and ``features`` (Ray Data features + labels, split with embargo, scaler fitted on train). Call it inside
+    a Ray session. Returns ``(market, prepared, data summary)``.
+
+    Raises:
+        DataValidationError, ConfigError, InsufficientDataError: as :func:`raytrade.pipeline.run_pipeline`.
+    """
+    with progress.stage("load", "Loading and validating bars"):
+        market = load_market_data(cfg, data_path)
+        progress.note(f"{market.symbol}: {len(market.bars)} bars")
+    with progress.stage("features", "Ray Data: causal features + labels; split; scaler"):
+        prepared = prepare_data(cfg, market)
+        info = data_summary(market, prepared)
+    return market, prepared, info
+
+
 def run_train(cfg: PipelineConfig, data_path: str | Path | None = None) -> dict[str, Any]:
     """``raytrade train``: load + validate, Ray Data features, Ray Train, MLflow; writes ``<run dir>/train.json``.
 
@@ -139,13 +157,8 @@ def run_train(cfg: PipelineConfig, data_path: str | Path | None = None) -> dict[
 
     progress = Progress(total=3)
     run_dir = new_run_dir(cfg, "train")
-    with progress.stage("load", "Loading and validating bars"):
-        market = load_market_data(cfg, data_path)
-        progress.note(f"{market.symbol}: {len(market.bars)} bars")
     with ray_session(cfg):
-        with progress.stage("features", "Ray Data: causal features + labels; split; scaler"):
-            prepared = prepare_data(cfg, market)
-            data_info = data_summary(market, prepared)
+        _, prepared, data_info = load_and_prepare(cfg, data_path, progress)
         tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
         with progress.stage("train", f"Ray Train: {cfg.model.name}, up to {cfg.train.epochs} epochs, "
                                      f"{cfg.train.num_workers} worker(s), use_gpu={cfg.train.use_gpu}"):
