@@ -45,18 +45,32 @@ def test_import_has_no_heavy_side_effects():
     assert out.stdout.strip() == "[]"
 
 
-def test_cluster_yaml_matches_the_ray_autoscaler_schema():
-    import json
+def test_cluster_yaml_passes_rays_own_launcher_validation():
+    """What `ray up` does before it touches a cloud: merge the provider defaults, validate (schema + rules)."""
+    import copy
 
-    import jsonschema
-    import ray.autoscaler
+    import ray
     import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
 
-    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
     config = yaml.safe_load((REPO / "cluster.yaml").read_text())
-    jsonschema.validate(config, schema)
-    types = config["available_node_types"]
-    assert types["gpu_worker"]["resources"]["GPU"] >= 1 and "cpu_worker" in types
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    types = prepared["available_node_types"]
+    assert types["gpu_worker"]["resources"]["GPU"] >= 1 and types["cpu_worker"]["resources"]["CPU"] >= 1
+    assert types[prepared["head_node_type"]]["resources"]["CPU"] == 0  # no training on the head
+    for name in ("gpu_worker", "cpu_worker"):
+        assert types[name]["max_workers"] > types[name]["min_workers"] >= 0  # autoscaling range
+    # the image is pinned to the Ray this project runs (pyproject: ray==<version>), CUDA variant on GPU workers
+    images = [prepared["docker"]["image"], types["gpu_worker"]["docker"]["worker_image"]]
+    assert all(image.startswith(f"rayproject/ray:{ray.__version__}-py311") for image in images)
+    assert images[1].endswith("-gpu")
+    # every node installs this checkout, mounted from the local directory; GPU workers with the CUDA torch
+    mount = next(remote for remote, local in prepared["file_mounts"].items() if local == ".")
+    for commands in (prepared["head_setup_commands"], prepared["worker_setup_commands"],
+                     types["gpu_worker"]["worker_setup_commands"]):
+        assert f"pip install -q -e {mount}" in " ".join(commands) and "torch==2.13.0" in " ".join(commands)
+    assert "download.pytorch.org/whl/cu" in " ".join(types["gpu_worker"]["worker_setup_commands"])
 
 
 def test_job_configs_load():
