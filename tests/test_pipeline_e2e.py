@@ -118,3 +118,59 @@ def test_pipeline_deploys_the_ensemble_and_records_its_answers(smoke_run):
     for body in serve["responses"]:
         assert body["signal"] in {"buy", "hold", "sell"} and -1 <= body["target_position"] <= 1
         assert body["model_versions"] == {"forecaster": "1", "ppo": "1", "sac": "1", "td3": "1"}
+
+
+def test_pipeline_run_writes_the_html_report_with_every_figure_embedded(smoke_run):
+    import base64
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    report, run_dir = smoke_run["report"], smoke_run["run_dir"]
+    expected = {"equity", "drawdown", "rolling_sharpe", "confusion_matrix", "training_curves"}
+    assert set(report["figures"]) == expected
+    page = (run_dir / "report.html").read_text()
+    embedded = re.findall(r'<figure id="(\w+)"><img alt="\w+" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert {name for name, _ in embedded} == expected
+    for name, data in embedded:  # the very bytes of the PNG in the run directory
+        assert base64.b64decode(data) == Path(report["figures"][name]).read_bytes()
+    assert not re.search(r"<script|<link|src=\"http", page)  # self-contained
+    assert all(name in page for name in report["strategies"])
+    # the confusion matrix counts every test window of the forecaster once
+    counts = np.array(report["forecaster_metrics"]["test_confusion"]["counts"])
+    n_windows = report["data"]["split_rows"]["test"] - smoke_run["cfg"].model.lookback + 1
+    assert counts.shape == (3, 3) and counts.sum() == n_windows
+    # MLflow holds the figures and the page on the backtest run
+    client = MlflowClient(report["mlflow"]["tracking_uri"])
+    run_id = report["mlflow_run_ids"]["backtest"]
+    assert {Path(f.path).name for f in client.list_artifacts(run_id, "figures")} == {f"{n}.png" for n in expected}
+    assert "report.html" in {f.path for f in client.list_artifacts(run_id)}
+    # `raytrade report RUN` prints its path: by directory, by name under --runs, and the latest
+    cli = [str(Path(sys.executable).parent / "raytrade"), "report"]
+    runs = str(run_dir.parent)
+    for args in ([str(run_dir)], [run_dir.name, "--runs", runs], ["latest", "--runs", runs]):
+        out = subprocess.run(cli + args, capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.strip() == str(run_dir / "report.html"), (args, out.stderr)
+    out = subprocess.run(cli + ["nope", "--runs", str(run_dir.parent)], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.startswith("error: no run directory 'nope'")
+
+
+def test_backtest_stage_reproduces_the_pipelines_backtest_from_the_registered_models(smoke_run, tmp_path):
+    """`raytrade backtest` loads forecaster and agents @champion from MLflow (no training) and gets the same
+    test-split metrics as the pipeline that trained them: same bars, same models, same seeded MC dropout."""
+    from raytrade.stages.backtest import run_backtest
+
+    cfg = smoke_run["cfg"].model_copy(update={"output_dir": tmp_path})
+    report = run_backtest(cfg)
+    pipeline = smoke_run["report"]["strategies"]
+    assert "ensemble_rolling_retrain" not in report["strategies"]  # needs training: left out, and said so
+    for name in ("buy_and_hold", "forecaster", "ppo", "sac", "td3", "ensemble_rolling", "ensemble_vote", "ensemble"):
+        for key, value in pipeline[name].items():
+            assert report["strategies"][name][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (name, key)
+    assert report["model_versions"] == {k: smoke_run["report"]["model_versions"][k]
+                                        for k in ("forecaster", "ppo", "sac", "td3")}
+    assert set(report["figures"]) == {"equity", "drawdown", "rolling_sharpe", "confusion_matrix"}
+    assert (tmp_path / report["run_dir"].split("/")[-1] / "report.html").is_file()
