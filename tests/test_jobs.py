@@ -156,3 +156,16 @@ def test_a_failing_job_makes_submit_exit_non_zero(ray_head):
     assert out.returncode == 1
     assert "error: invalid config jobs/configs/smoke.yaml: train.epochs" in out.stdout  # the job's own line
     assert ": FAILED (" in out.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_plain_ray_job_submit_with_the_working_dir_runs_a_job(ray_head, tmp_path):
+    """The README's plain `ray job submit --working-dir .` (no runtime env file; .gitignore keeps .venv and
+    runs/ out of the upload) runs a job script that imports the package and uses Ray Data."""
+    out = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", ray_head, "--working-dir", ".", "--",
+         "python", "jobs/features.py", "--config", "jobs/configs/smoke.yaml", "--set", "data.max_bars=600",
+         "--output", str(tmp_path)],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
+    assert "succeeded" in out.stdout + out.stderr and (tmp_path / "features.parquet").is_file()

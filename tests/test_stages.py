@@ -97,6 +97,7 @@ def test_tune_cli_logs_every_trial_and_promotes_only_a_better_model(registry):
     assert all("learning_rate" in r.data.params and "val_nll" in r.data.metrics for r in runs)
 
 
+@pytest.mark.slow  # about 4 minutes: in make test-slow (CI runs it), out of the default loop
 def test_walk_forward_job_hybrid_and_baselines_out_of_sample(tmp_path):
     # the hybrid, a deep baseline and the non-deep one (each fold x model is a Ray Train fit, ~25 s here; LSTM and
     # GRU go through the same registry and loop, and test_model.py covers them)

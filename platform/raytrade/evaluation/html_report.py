@@ -102,7 +102,8 @@ def write_html_report(report: Mapping[str, Any], figures: Mapping[str, str | Pat
         parts.append(f'<p class="meta">{backtest.get("n_bars", "?")} bars {html.escape(str(backtest.get("first_bar")))}'
                      f' &rarr; {html.escape(str(backtest.get("last_bar")))}; costs {backtest.get("cost_bps", "?")} bps '
                      f'per unit of traded notional; fills {html.escape(str(backtest.get("fill", "?")))}. Returns, '
-                     f"volatility, drawdown and hit rate in %; Sharpe annualised; turnover in units of equity.</p>")
+                     f"volatility, drawdown and hit rate in %; Sharpe annualised (zero risk-free rate); turnover = "
+                     f"mean fraction of equity traded per bar.</p>")
     parts.append(_table(report.get("strategies", {}), "strategy"))
     ordered = [n for n in CAPTIONS if n in figures] + [n for n in figures if n not in CAPTIONS]
     parts += ["<h2>Figures</h2>", *(_figure(name, Path(figures[name])) for name in ordered)]
