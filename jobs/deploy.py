@@ -9,12 +9,18 @@ keeps running after the job ends; check it with `serve status`, stop it with `se
 
 import httpx
 
+from raytrade.errors import ConfigError, RaytradeError
 from raytrade.pipeline import deploy_ensemble
 from raytrade.runtime import ensure_ray, job_arguments, job_errors
 
 with job_errors():
     args = job_arguments(__doc__)
+    if args.data:
+        raise ConfigError("deploy: --data is not used: the app gets bars from requests or the online store")
     ensure_ray(args.config)
     url = deploy_ensemble(args.config)
-health = httpx.get(f"{url}/health", timeout=30).json()
+    try:
+        health = httpx.get(f"{url}/health", timeout=30).json()
+    except httpx.HTTPError as exc:
+        raise RaytradeError(f"deployed, but {url}/health did not answer: {exc}") from None
 print(f"serving on {url}: {health}")

@@ -76,3 +76,16 @@ def test_set_overrides_parse_yaml_values_and_name_a_malformed_one():
             parse_overrides([bad])
     with pytest.raises(ConfigError, match="not valid YAML"):
         parse_overrides(["rl.agents=[ppo"])
+
+
+def test_using_one_mlflow_store_does_not_become_the_default_of_the_next_run(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports $MLFLOW_TRACKING_URI; a second run in the same process (a notebook, a
+    test session) must still get its own output_dir's store, while a user's own variable keeps winning."""
+    from raytrade import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.use_tracking_uri(f"sqlite:///{tmp_path / 'first' / 'mlflow.db'}")
+    assert tracking.resolve_tracking_uri(None, tmp_path / "second") == f"sqlite:///{tmp_path / 'second' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////srv/team.db")
+    tracking.use_tracking_uri(f"sqlite:///{tmp_path / 'first' / 'mlflow.db'}")
+    assert tracking.resolve_tracking_uri(None, tmp_path / "second") == "sqlite:////srv/team.db"

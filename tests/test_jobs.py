@@ -36,8 +36,12 @@ def _raytrade(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
 
 
 def test_every_stage_has_a_job_with_config_and_help():
+    from raytrade.submission import available_jobs
+
+    jobs = available_jobs(REPO)
+    assert set(STAGES) <= set(jobs)
     procs = {stage: subprocess.Popen([sys.executable, f"jobs/{stage}.py", "--help"], cwd=REPO, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE) for stage in STAGES}
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE) for stage in jobs}
     for stage, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, (stage, stderr)

@@ -174,3 +174,29 @@ def test_backtest_stage_reproduces_the_pipelines_backtest_from_the_registered_mo
                                         for k in ("forecaster", "ppo", "sac", "td3")}
     assert set(report["figures"]) == {"equity", "drawdown", "rolling_sharpe", "confusion_matrix"}
     assert (tmp_path / report["run_dir"].split("/")[-1] / "report.html").is_file()
+
+
+def test_backtest_stage_refuses_a_split_the_registered_models_were_not_trained_on(smoke_run, tmp_path):
+    """Another train split (here: 500 more bars at the start) moves val and test: the registered models could
+    have trained or been selected on the new "test" bars, so the stage refuses instead of reporting it."""
+    from raytrade.errors import ConfigError
+    from raytrade.stages.backtest import run_backtest
+
+    cfg = smoke_run["cfg"]
+    cfg = cfg.model_copy(update={"output_dir": tmp_path,
+                                 "data": cfg.data.model_copy(update={"max_bars": cfg.data.max_bars + 500})})
+    with pytest.raises(ConfigError, match=r"^split: raytrade-forecaster@champion \(version 1\) was trained on bars "
+                                          r"up to .* but this config's train split ends at "):
+        run_backtest(cfg)
+
+
+def test_deploying_without_registered_models_names_them_before_starting_serve(tmp_path):
+    from conftest import REPO
+    from raytrade.config import load_config
+    from raytrade.errors import ModelNotFoundError
+    from raytrade.pipeline import deploy_ensemble
+
+    cfg = load_config(REPO / "jobs" / "configs" / "smoke.yaml", {"output_dir": str(tmp_path)})
+    with pytest.raises(ModelNotFoundError, match="raytrade-forecaster@champion, raytrade-agent-ppo@champion, "
+                                                 "raytrade-agent-sac@champion, raytrade-agent-td3@champion"):
+        deploy_ensemble(cfg)

@@ -51,8 +51,7 @@ def config_markdown() -> str:
         lines += ["", f"## `{name}`", "", " ".join(doc).strip(), "",
                   "| field | type | default | meaning |", "|---|---|---|---|"]
         for field_name, field in model.model_fields.items():
-            default = "(computed)" if field.default_factory is not None and field.default is None else \
-                _default(field.get_default(call_default_factory=True))
+            default = _default(field.get_default(call_default_factory=True))
             lines.append(f"| `{name}.{field_name}` | {_type(field.annotation)} | {default} | "
                          f"{(field.description or '').replace('|', '/')} |")
     return "\n".join(lines) + "\n"

@@ -146,17 +146,25 @@ def deploy_ensemble(cfg: PipelineConfig, tracking_uri: str | None = None,
 
     Raises:
         ConfigError: a bad serve config file.
+        ModelNotFoundError: a model is not registered under ``tracking.alias`` (checked before deploying).
     """
     from ray import serve
 
     from raytrade import tracking
+    from raytrade.errors import ModelNotFoundError
     from raytrade.serving.app import APP_NAME, app_from_config
     from raytrade.stages.agents import agent_model_name
 
+    uri, alias = tracking_uri or tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir), cfg.tracking.alias
+    agent_models = {name: agent_model_name(cfg, name) for name in cfg.rl.agents}
+    missing = [f"{m}@{alias}" for m in (cfg.tracking.forecaster_model, *agent_models.values())
+               if tracking.aliased_version(uri, m, alias) is None]
+    if missing:
+        raise ModelNotFoundError(f"not in the MLflow registry at {uri}: {', '.join(missing)}; train them first "
+                                 f"(raytrade pipeline, or raytrade agents)")
     app, app_cfg = app_from_config(cfg.serve.config, {
-        "tracking_uri": tracking_uri or tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir),
-        "forecaster_model": cfg.tracking.forecaster_model,
-        "agent_models": {name: agent_model_name(cfg, name) for name in cfg.rl.agents}, "alias": cfg.tracking.alias,
+        "tracking_uri": uri, "forecaster_model": cfg.tracking.forecaster_model,
+        "agent_models": agent_models, "alias": alias,
         **({"ensemble_weights": weights} if weights else {}), "max_position": cfg.backtest.max_position,
         "max_drawdown": cfg.ensemble.max_drawdown, "drawdown_cut": cfg.ensemble.drawdown_cut,
         "redis_url": cfg.store.url if cfg.store.enabled else None, "store_prefix": cfg.store.prefix,

@@ -85,22 +85,33 @@ def submit_job(job: str, address: str, config: str | Path, overrides: list[str] 
     """Submit ``jobs/<job>.py`` to the cluster whose dashboard is at ``address`` (e.g. ``http://head:8265``).
 
     With ``follow`` the job's logs stream to ``echo`` until it ends and its final status is returned;
-    otherwise the call returns right after submission with status ``None``. Run it from the repository root.
+    otherwise the call returns right after submission with status ``None``. Run it from the repository root;
+    ``config`` must lie inside it (the job reads it from the uploaded working dir). ``follow`` runs its own
+    asyncio loop, so from a notebook submit without it and poll :func:`wait_for_status`.
 
     Returns:
         ``(submission id, final status or None)``; status is ``SUCCEEDED``, ``FAILED`` or ``STOPPED``.
 
     Raises:
-        RaytradeError: unknown job, config file missing, or the Jobs API unreachable.
+        RaytradeError: unknown job, the Jobs API unreachable, or the submission refused (e.g. the upload).
+        ConfigError: the config file is missing or outside this directory.
     """
     if not (Path("jobs") / f"{job}.py").is_file():
         raise RaytradeError(f"no such job: jobs/{job}.py (run from the repository root; jobs: "
                             f"{', '.join(available_jobs()) or 'none found'})")
     if not Path(config).is_file():
         raise ConfigError(f"config file not found: {config}")
+    try:
+        config = Path(config).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        raise ConfigError(f"--config {config}: the job reads it from the uploaded working dir, so it must lie "
+                          f"inside {Path.cwd()}") from None
     env = load_runtime_env(runtime_env)
     client = _client(address)
-    job_id = client.submit_job(entrypoint=job_entrypoint(job, config, overrides, data), runtime_env=env)
+    try:
+        job_id = client.submit_job(entrypoint=job_entrypoint(job, config, overrides, data), runtime_env=env)
+    except (RuntimeError, ConnectionError, ValueError) as exc:
+        raise RaytradeError(f"the Ray Jobs API at {address} refused jobs/{job}.py: {exc}") from None
     echo(f"submitted {job_id}: jobs/{job}.py --config {config} to {address}\n")
     if not follow:
         echo(f"follow it with: ray job logs --address {address} --follow {job_id}\n")
@@ -110,7 +121,7 @@ def submit_job(job: str, address: str, config: str | Path, overrides: list[str] 
     except KeyboardInterrupt:
         echo(f"\nstopped following; the job keeps running (ray job stop --address {address} {job_id})\n")
         raise
-    status = wait_for_status(client, job_id, timeout_s=timeout_s or 60.0)
+    status = wait_for_status(client, job_id, timeout_s=60.0 if timeout_s is None else timeout_s)
     message = (client.get_job_info(job_id).message or "").splitlines()
     reason = f" ({message[0][:300]})" if status != "SUCCEEDED" and message else ""
     echo(f"job {job_id}: {status}{reason}\n")

@@ -63,8 +63,19 @@ def _artifact_root(tracking_uri: str) -> str | None:
 
 
 def use_tracking_uri(tracking_uri: str) -> None:
+    """Point this process's MLflow client (tracking and registry) at ``tracking_uri``.
+
+    MLflow also exports the URIs as ``$MLFLOW_TRACKING_URI`` / ``$MLFLOW_REGISTRY_URI``; those are put back as they
+    were, so a later run in the same process (a notebook, a test session) still resolves its own store
+    (:func:`resolve_tracking_uri` reads the variable as the USER's choice)."""
+    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _ensure_experiment(tracking_uri: str, experiment: str) -> str:

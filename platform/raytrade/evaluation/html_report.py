@@ -45,7 +45,7 @@ def _table(rows: Mapping[str, Mapping[str, Any]], index_name: str) -> str:
         if column in _PERCENT:
             frame[column] = frame[column].map(lambda v: f"{float(v):.2%}" if pd.notna(v) else "")
         elif pd.api.types.is_float_dtype(frame[column]):
-            frame[column] = frame[column].map(lambda v: f"{v:.4g}")
+            frame[column] = frame[column].map(lambda v: f"{v:.0f}" if float(v).is_integer() else f"{v:.4g}")
     frame.index.name = index_name
     return frame.to_html(border=0, escape=True)
 
@@ -73,7 +73,7 @@ def _figure(name: str, path: Path) -> str:
 
 def write_html_report(report: Mapping[str, Any], figures: Mapping[str, str | Path], path: str | Path,
                       title: str | None = None) -> Path:
-    """Write the report of a pipeline (or agents) run as one self-contained HTML file.
+    """Write the report of a pipeline (or agents, or backtest) run as one self-contained HTML file.
 
     Args:
         report: the run's report dict (``report.json``): ``strategies`` (name -> metrics on the test split,
@@ -136,8 +136,8 @@ def find_report(run: str | Path, runs_dir: str | Path = "runs") -> Path:
     ``"latest"`` (the newest report under ``runs_dir``).
 
     Raises:
-        RaytradeError: no such run, or the run has no report (only ``raytrade pipeline`` and
-            ``raytrade agents`` write one).
+        RaytradeError: no such run, or the run has no report (``raytrade pipeline``, ``agents`` and
+            ``backtest`` write one).
     """
     from raytrade.errors import RaytradeError
 
@@ -153,5 +153,5 @@ def find_report(run: str | Path, runs_dir: str | Path = "runs") -> Path:
         raise RaytradeError(f"no run directory {run!r} (looked for {Path(run)} and {runs_dir / str(run)})")
     path = run_dir / "report.html"
     if not path.is_file():
-        raise RaytradeError(f"{run_dir} has no report.html (written by `raytrade pipeline` and `raytrade agents`)")
+        raise RaytradeError(f"{run_dir} has no report.html (written by `raytrade pipeline`, `agents` and `backtest`)")
     return path.resolve()

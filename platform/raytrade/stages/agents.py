@@ -363,8 +363,9 @@ def rl_stage(cfg: PipelineConfig, prepared: PreparedData, bars: pd.DataFrame, bu
 def record_backtest(cfg: PipelineConfig, bt: dict[str, Any], windows: dict[str, Windows], data: AgentData,
                     run_dir: Path, tracking_uri: str, progress: Progress, periods_per_year: float,
                     forecaster_history: pd.DataFrame | None = None,
-                    agent_histories: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
-    """Print the table, draw the figures into ``run_dir/figures`` and log both in an MLflow run
+                    agent_histories: dict[str, pd.DataFrame] | None = None,
+                    params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Print the table, draw the figures into ``run_dir/figures`` and log both (and ``params``) in an MLflow run
     ``<name>-backtest``. Returns ``strategies``, ``results``, ``backtest``, ``figures``, ``forecaster_confusion``
     and ``mlflow_run_ids`` (``{"backtest": run id}``)."""
     from sklearn.metrics import confusion_matrix
@@ -385,6 +386,7 @@ def record_backtest(cfg: PipelineConfig, bt: dict[str, Any], windows: dict[str, 
     # "ensemble": the served ensemble (Sharpe vote + risk layer), the name the report contract uses
     strategies.setdefault("ensemble", strategies.get("ensemble_vote"))
     with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-backtest") as run_id:
+        tracking.log_params({"cost_bps": cfg.backtest.cost_bps, **(params or {})})
         for name, m in strategies.items():
             tracking.log_metrics({f"{name}.{k}": v for k, v in m.items()})
         tracking.log_text(bt["table"], "backtest_table.txt")

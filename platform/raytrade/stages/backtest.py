@@ -15,7 +15,7 @@ from typing import Any
 
 from raytrade.config import PipelineConfig
 from raytrade.data.schema import TIMESTAMP
-from raytrade.errors import ModelNotFoundError
+from raytrade.errors import ConfigError, ModelNotFoundError
 from raytrade.runtime import Progress
 
 
@@ -31,6 +31,8 @@ def run_backtest(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
     Raises:
         ModelNotFoundError: a model is not registered under the alias, or the forecaster was trained on other
             feature columns than this config computes.
+        ConfigError: this config's train split ends elsewhere than the one the models were trained on (so its
+            test split could hold bars they were trained or selected on).
         DataValidationError, ConfigError, InsufficientDataError: as :func:`raytrade.pipeline.run_pipeline`.
     """
     from raytrade import tracking
@@ -62,6 +64,14 @@ def run_backtest(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
             raise ModelNotFoundError(
                 f"{cfg.tracking.forecaster_model}@{alias} (version {fc_version}) was trained on other feature "
                 f"columns than this config's features section computes; train one with it (raytrade train)")
+        if bundle.scaler.fit_end != prepared.scaler.fit_end:
+            # another train split means other val/test splits: the "test" bars could be ones the models were
+            # trained or selected on (look-ahead), so refuse rather than report a leaky backtest
+            raise ConfigError(
+                f"split: {cfg.tracking.forecaster_model}@{alias} (version {fc_version}) was trained on bars up to "
+                f"{bundle.scaler.fit_end}, but this config's train split ends at {prepared.scaler.fit_end}; the "
+                f"test split would not be out of sample for the registered models. Backtest with the data, "
+                f"data.max_bars and split the models were trained with (or retrain: raytrade pipeline)")
         versions, policies = {"forecaster": fc_version}, {}
         for agent in cfg.rl.agents:
             policies[agent], versions[agent], _ = tracking.load_model_dir(agent_model_name(cfg, agent), alias,
@@ -78,7 +88,9 @@ def run_backtest(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
             progress.note("ensemble rolling_retrain left out: it retrains the agents (raytrade agents does)")
         cfg = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"methods": methods})})
         bt = backtest_strategies(cfg, data, policies, prior, ppy)
-        recorded = record_backtest(cfg, bt, windows, data, run_dir, tracking_uri, progress, ppy)
+        recorded = record_backtest(cfg, bt, windows, data, run_dir, tracking_uri, progress, ppy,
+                                   params={"source": "registered models", "alias": alias, "model_versions": versions,
+                                           "data_sha256": info["sha256"], "symbol": info["symbol"]})
     report = {"run_dir": str(run_dir), "data": info, **{k: v for k, v in recorded.items() if k != "results"},
               "model_versions": versions, "val_sharpe": prior,
               "mlflow": {"tracking_uri": tracking_uri, "alias": alias}, "timings_s": progress.timings,
