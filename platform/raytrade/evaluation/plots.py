@@ -7,7 +7,7 @@ writes the set a run report embeds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,24 @@ def drawdown(equity: np.ndarray) -> np.ndarray:
     return np.asarray(equity, dtype=np.float64) / peak - 1.0
 
 
+def _strategy_lines(results: Mapping[str, BacktestResult], timestamps: np.ndarray, path: str | Path,
+                    series: Callable[[BacktestResult], np.ndarray], label: Callable[[str, BacktestResult], str],
+                    ylabel: str, title: str, height: float = 3.5, zero_line: float | None = None,
+                    legend_loc: str = "best") -> Path:
+    """One line per strategy over the decision bars (buy-and-hold dashed black), written as a PNG."""
+    fig = Figure(figsize=(10, height))
+    ax = fig.subplots()
+    for name, r in results.items():
+        ax.plot(timestamps, series(r), label=label(name, r), **_style(name))
+    if zero_line is not None:
+        ax.axhline(zero_line, color="grey", lw=0.6)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc=legend_loc, fontsize=8)
+    fig.autofmt_xdate()
+    return _save(fig, path)
+
+
 def plot_equity(results: Mapping[str, BacktestResult], timestamps: np.ndarray, path: str | Path,
                 title: str = "Test split, after costs") -> Path:
     """Equity curves (growth of 1.0) of each strategy against buy-and-hold (dashed black).
@@ -52,47 +70,26 @@ def plot_equity(results: Mapping[str, BacktestResult], timestamps: np.ndarray, p
         timestamps: bar times of the positions (the decision bars), shape ``(n,)``.
         path: PNG file to write.
     """
-    fig = Figure(figsize=(10, 4.5))
-    ax = fig.subplots()
-    for name, r in results.items():
-        ax.plot(timestamps, r.equity, label=f"{name} (Sharpe {r.metrics['sharpe']:.2f})", **_style(name))
-    ax.axhline(1.0, color="grey", lw=0.6)
-    ax.set_ylabel("equity (start = 1)")
-    ax.set_title(f"Equity: {title}")
-    ax.legend(loc="best", fontsize=8)
-    fig.autofmt_xdate()
-    return _save(fig, path)
+    return _strategy_lines(results, timestamps, path, lambda r: r.equity,
+                           lambda name, r: f"{name} (Sharpe {r.metrics['sharpe']:.2f})", "equity (start = 1)",
+                           f"Equity: {title}", height=4.5, zero_line=1.0)
 
 
 def plot_drawdown(results: Mapping[str, BacktestResult], timestamps: np.ndarray, path: str | Path,
                   title: str = "Test split, after costs") -> Path:
     """Drawdown below the running peak (fraction, see :func:`drawdown`) of each strategy."""
-    fig = Figure(figsize=(10, 3.5))
-    ax = fig.subplots()
-    for name, r in results.items():
-        ax.plot(timestamps, drawdown(r.equity),
-                label=f"{name} (max {r.metrics['max_drawdown']:.1%})", **_style(name))
-    ax.set_ylabel("drawdown (fraction of peak)")
-    ax.set_title(f"Drawdown: {title}")
-    ax.legend(loc="lower left", fontsize=8)
-    fig.autofmt_xdate()
-    return _save(fig, path)
+    return _strategy_lines(results, timestamps, path, lambda r: drawdown(r.equity),
+                           lambda name, r: f"{name} (max {r.metrics['max_drawdown']:.1%})",
+                           "drawdown (fraction of peak)", f"Drawdown: {title}", legend_loc="lower left")
 
 
 def plot_rolling_sharpe(results: Mapping[str, BacktestResult], timestamps: np.ndarray, path: str | Path,
                         window: int, periods_per_year: float, title: str = "Test split, after costs") -> Path:
     """Annualised Sharpe ratio over the trailing ``window`` bars (:func:`~raytrade.evaluation.metrics.rolling_sharpe`)
     of each strategy; the first ``window - 1`` bars have none."""
-    fig = Figure(figsize=(10, 3.5))
-    ax = fig.subplots()
-    for name, r in results.items():
-        ax.plot(timestamps, rolling_sharpe(r.returns, window, periods_per_year), label=name, **_style(name))
-    ax.axhline(0.0, color="grey", lw=0.6)
-    ax.set_ylabel(f"Sharpe, trailing {window} bars (annualised)")
-    ax.set_title(f"Rolling Sharpe: {title}")
-    ax.legend(loc="best", fontsize=8)
-    fig.autofmt_xdate()
-    return _save(fig, path)
+    return _strategy_lines(results, timestamps, path, lambda r: rolling_sharpe(r.returns, window, periods_per_year),
+                           lambda name, r: name, f"Sharpe, trailing {window} bars (annualised)",
+                           f"Rolling Sharpe: {title}", zero_line=0.0)
 
 
 def plot_confusion(confusion: np.ndarray, class_names: tuple[str, ...], path: str | Path,
