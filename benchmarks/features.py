@@ -7,9 +7,9 @@
 2. Six indicators (RSI, MACD, Bollinger %B, ATR, ADX, OBV) on the same bars: raytrade's wrappers
    (``compute_features(..., names=...)``, candidate) against the raw TA-Lib calls on numpy arrays
    (baseline 1) and against the pure-Python/pandas ``ta`` library (baseline 2), with value checks.
-3. Ray Data :func:`raytrade.data.preprocess.preprocess` (one task per symbol) on 1 vs 2 CPUs on the
+3. Ray Data :func:`raytrade.dataset.preprocess.preprocess` (one task per symbol) on 1 vs 2 CPUs on the
    real 10-symbol alt/BTC 5-minute file, against a serial in-process loop of
-   :func:`~raytrade.data.preprocess.symbol_features`; plus, as an extra, the same on that file tiled
+   :func:`~raytrade.dataset.preprocess.symbol_features`; plus, as an extra, the same on that file tiled
    10x in time so that per-symbol work dominates Ray's fixed cost.
 
 Only real bars are used. The larger inputs are real bars tiled end to end: each copy's prices are
@@ -406,7 +406,7 @@ def run_six(bars: pd.DataFrame, source: pd.DataFrame) -> dict[str, Any]:
 
 
 def _serial(bars: pd.DataFrame, features: Any, labels: Any) -> pd.DataFrame:
-    from raytrade.data.preprocess import reference_series, symbol_features
+    from raytrade.dataset.preprocess import reference_series, symbol_features
 
     _, reference = reference_series(bars, features)
     return pd.concat([symbol_features(g, features, labels, reference) for _, g in bars.groupby("symbol", sort=False)],
@@ -414,7 +414,7 @@ def _serial(bars: pd.DataFrame, features: Any, labels: Any) -> pd.DataFrame:
 
 
 def _ray(bars: pd.DataFrame, features: Any, labels: Any) -> pd.DataFrame:
-    from raytrade.data.preprocess import preprocess
+    from raytrade.dataset.preprocess import preprocess
 
     return preprocess(bars, features, labels).frame
 

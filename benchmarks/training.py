@@ -31,8 +31,8 @@ def _data() -> tuple[Any, Any, Any, Any]:
 
     from benchmarks.common import ROOT
     from raytrade.config import load_config
-    from raytrade.data.prepare import load_market_data, prepare_data
-    from raytrade.data.windows import Windows
+    from raytrade.dataset.prepare import load_market_data, prepare_data
+    from raytrade.dataset.windows import Windows
 
     cfg = load_config(ROOT / "jobs/configs/demo.yaml", {"train": {"cpus_per_worker": 1, "epochs": EPOCHS,
                                                                    "early_stopping_patience": None}})

@@ -8,7 +8,7 @@ symbol, unscaled feature columns, label_* columns).
 
 from raytrade.runtime import job_arguments, job_errors
 from raytrade.stages.features import write_features
-from raytrade.stages.forecaster import new_run_dir
+from raytrade.stages.common import new_run_dir
 
 
 def output_option(parser):

@@ -6,7 +6,7 @@ with bootstrap confidence intervals; writes <run dir>/walk_forward.{json,md}.
 """
 
 from raytrade.runtime import job_arguments, job_errors
-from raytrade.stages.walkforward import run_walk_forward
+from raytrade.stages.walk_forward import run_walk_forward
 
 with job_errors():
     args = job_arguments(__doc__)

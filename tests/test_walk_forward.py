@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
-from raytrade.data.folds import Fold, expanding_folds
+from raytrade.dataset.folds import Fold, expanding_folds
 from raytrade.errors import InsufficientDataError
 from raytrade.evaluation.bootstrap import MIN_BOOTSTRAP_ROWS, bootstrap_ci, default_block_length
 from raytrade.evaluation.forecast import directional_accuracy, macro_f1, rank_information_coefficient

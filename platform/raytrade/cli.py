@@ -195,7 +195,7 @@ def backtest(config: ConfigOpt, data: DataOpt = None, set_: SetOpt = None) -> No
 def walk_forward(config: ConfigOpt, data: DataOpt = None, set_: SetOpt = None) -> None:
     """Expanding-window walk-forward evaluation of the forecaster and the baselines (walk_forward.models),
     with bootstrap confidence intervals; prints the table and writes <run dir>/walk_forward.{json,md}."""
-    from raytrade.stages.walkforward import run_walk_forward
+    from raytrade.stages.walk_forward import run_walk_forward
 
     report = run_walk_forward(_load(config, set_), data)
     typer.echo(report["table_markdown"])

@@ -24,14 +24,14 @@ from typing import Any
 import pandas as pd
 
 from raytrade.config import PipelineConfig
-from raytrade.data.prepare import load_market_data, prepare_data
 from raytrade.data.schema import SYMBOL, TIMESTAMP
-from raytrade.data.windows import Windows
+from raytrade.dataset.prepare import load_market_data, prepare_data
+from raytrade.dataset.windows import Windows
 from raytrade.evaluation import periods_per_year
 from raytrade.evaluation.html_report import write_html_report
 from raytrade.runtime import Progress, ray_session
-from raytrade.stages.agents import POLICY_LOADER, rl_stage
-from raytrade.stages.forecaster import FORECASTER_LOADER, data_summary, new_run_dir, train_forecaster
+from raytrade.stages.agents import rl_stage
+from raytrade.stages.common import FORECASTER_LOADER, POLICY_LOADER, data_summary, new_run_dir, train_forecaster
 from raytrade.store.publish import publish_latest_windows
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def deploy_ensemble(cfg: PipelineConfig, tracking_uri: str | None = None,
     from raytrade import tracking
     from raytrade.errors import ModelNotFoundError
     from raytrade.serving.app import APP_NAME, app_from_config
-    from raytrade.stages.agents import agent_model_name
+    from raytrade.stages.common import agent_model_name
 
     uri, alias = tracking_uri or tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir), cfg.tracking.alias
     agent_models = {name: agent_model_name(cfg, name) for name in cfg.rl.agents}

@@ -23,7 +23,8 @@ import ccxt
 import pandas as pd
 
 from raytrade.data.ingest import last_timestamps, write_partitioned
-from raytrade.data.schema import BAR_COLUMNS, OHLCV_COLUMNS, SYMBOL, TIMESTAMP, validate_bars
+from raytrade.data.schema import BAR_COLUMNS, OHLCV_COLUMNS, SYMBOL, TIMESTAMP
+from raytrade.data.validation import validate_bars
 from raytrade.errors import ConfigError, DataValidationError, RaytradeError
 
 log = logging.getLogger(__name__)
@@ -273,7 +274,7 @@ def ingest_exchange(
 
     Raises:
         DataValidationError: ``unknown_symbol``, or a fetched bar breaks a rule of
-            :func:`~raytrade.data.schema.validate_bars` (nothing is written for that symbol).
+            :func:`~raytrade.data.validation.validate_bars` (nothing is written for that symbol).
         ExchangeError: see :func:`fetch_ohlcv_history`; symbols done before it stay written.
         ConfigError: ``timeframe`` is not offered by the exchange.
     """

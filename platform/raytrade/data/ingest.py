@@ -6,7 +6,7 @@ The store written by :func:`write_partitioned` is one directory per symbol,
 The ``symbol`` column lives in the directory name only, so ``"BTC/USD"`` or ``"^DJI"`` round-trip
 exactly (``symbol=BTC%2FUSD``, ``symbol=%5EDJI``). Part files sort by name in the order they were written.
 
-Nothing here validates bars; call :func:`raytrade.data.schema.validate_bars` on what :func:`read_many`
+Nothing here validates bars; call :func:`raytrade.data.validation.validate_bars` on what :func:`read_many`
 returns.
 """
 

@@ -1,7 +1,7 @@
 """Readers for OHLCV bars: Parquet and CSV (including Yahoo Finance's layout).
 
 Every reader returns the canonical bar schema of :mod:`raytrade.data.schema` without validating;
-call :func:`raytrade.data.schema.validate_bars` (or :func:`load_bars`) next.
+call :func:`raytrade.data.validation.validate_bars` (or :func:`load_bars`) next.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from raytrade.data.schema import BAR_COLUMNS, SYMBOL, TIMESTAMP, validate_bars
+from raytrade.data.schema import BAR_COLUMNS, SYMBOL, TIMESTAMP
+from raytrade.data.validation import validate_bars
 from raytrade.errors import DataValidationError
 
 #: column of the Yahoo Finance CSV layout -> canonical name. ``Adj Close`` is kept aside: the
@@ -88,7 +89,7 @@ def load_bars(path: str | Path, symbol: str | None = None, max_bars: int | None 
     """Read and validate bars; optionally keep only the last ``max_bars`` bars of each symbol.
 
     Raises:
-        DataValidationError: see :func:`read_bars` and :func:`~raytrade.data.schema.validate_bars`.
+        DataValidationError: see :func:`read_bars` and :func:`~raytrade.data.validation.validate_bars`.
     """
     bars = validate_bars(read_bars(path, symbol))
     return bars if max_bars is None else keep_last_bars(bars, max_bars)

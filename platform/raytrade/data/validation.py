@@ -4,7 +4,7 @@
 never raises for bad data and never changes the table). :func:`apply_policy` turns a report into an
 action: ``fail`` (raise the first error), ``drop`` (remove the rows that break a row-level error rule)
 or ``repair`` (drop, then insert the bars missing from intraday gaps). The strict check
-:func:`raytrade.data.schema.validate_bars` is ``validate(...)`` followed by
+:func:`raytrade.data.validation.validate_bars` is ``validate(...)`` followed by
 :meth:`ValidationReport.raise_first`, so each rule has exactly one implementation, here.
 
 Rules, in the order they are checked (the first *error* in this order is the one raised):
@@ -172,7 +172,7 @@ class ValidationReport:
         return [i for i in self.issues if i.severity == "warning"]
 
     def first_error(self) -> Issue | None:
-        """The error :func:`raytrade.data.schema.validate_bars` raises, or None when the bars pass."""
+        """The error :func:`raytrade.data.validation.validate_bars` raises, or None when the bars pass."""
         return next((i for i in self.issues if i.severity == "error"), None)
 
     def raise_first(self) -> None:
@@ -635,7 +635,7 @@ def validate(bars: pd.DataFrame, *, outlier_mad: float = 12.0, include_warnings:
             prices in quote currency, volume in base units, timestamps tz-aware.
         outlier_mad: ``outlier_return`` threshold in scaled MADs (1.4826 x MAD ~ one standard deviation);
             must be > 0.
-        include_warnings: False skips the warning rules (what :func:`~raytrade.data.schema.validate_bars`
+        include_warnings: False skips the warning rules (what :func:`~raytrade.data.validation.validate_bars`
             uses; ``symbols`` then has no intervals).
 
     Returns:
@@ -646,6 +646,33 @@ def validate(bars: pd.DataFrame, *, outlier_mad: float = 12.0, include_warnings:
         ValueError: ``outlier_mad`` is not > 0.
     """
     return _analyse(bars, outlier_mad, include_warnings).report
+
+
+def validate_bars(bars: pd.DataFrame) -> pd.DataFrame:
+    """Check OHLCV bars against every error rule and return them unchanged.
+
+    Rules, checked in this order (the first broken one is raised):
+
+    ``missing_columns``, ``timestamp_type`` (not tz-aware datetime), ``dtype`` (an OHLCV column is not
+    numeric), ``empty``, ``nan`` (NaN/inf in an OHLCV column, NaT in ``timestamp``), ``non_positive_price``,
+    ``negative_volume``, ``ohlc_relation`` (``high < max(open, close, low)`` names ``high``;
+    ``low > min(open, close)`` names ``low``), ``duplicate_timestamp`` and ``unsorted_timestamps``
+    (both within a symbol). This is
+    ``validate(bars, include_warnings=False).raise_first()``. Warnings (gaps, zero volume, outlier
+    returns) never fail here; use :func:`raytrade.data.validation.validate` to see them.
+
+    Args:
+        bars: table with the columns in :data:`BAR_COLUMNS`.
+
+    Returns:
+        The same DataFrame object (not a copy), so callers can chain.
+
+    Raises:
+        DataValidationError: naming rule, column, symbol, first bad timestamp (of the first offending
+            row in table order) and the number of rows breaking that rule over all symbols.
+    """
+    validate(bars, include_warnings=False).raise_first()
+    return bars
 
 
 def _count_dropped(t: _Table, rows: np.ndarray) -> dict[str, int]:
@@ -720,7 +747,7 @@ def apply_policy(
 
     Returns:
         ``(bars, report)``: the (possibly cleaned) table, which passes
-        :func:`~raytrade.data.schema.validate_bars`, and the report *of the input* with ``policy`` set,
+        :func:`~raytrade.data.validation.validate_bars`, and the report *of the input* with ``policy`` set,
         ``dropped`` (``{rule: {symbol: rows}}``), ``inserted`` (``{symbol: bars}``) and the ``action`` of
         each issue acted on (``"dropped"``, ``"filled"``). Its ``ok`` still describes the input.
 

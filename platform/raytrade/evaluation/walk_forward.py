@@ -1,7 +1,7 @@
 """Scoring of walk-forward (out-of-sample) forecasts, with stationary-bootstrap confidence intervals.
 
 Pure numpy: no Ray, no training. The walk-forward driver trains one model per fold of
-:func:`raytrade.data.folds.expanding_folds`, predicts each fold's test block, concatenates the
+:func:`raytrade.dataset.folds.expanding_folds`, predicts each fold's test block, concatenates the
 out-of-sample predictions of all folds (their test blocks tile one contiguous span, see
 :func:`concatenate_folds`) and calls :func:`score_forecasts` once per model, plus
 :func:`score_buy_and_hold` for the baseline; :func:`walk_forward_table` / :func:`format_table`

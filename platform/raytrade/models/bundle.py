@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from raytrade.config import FeatureConfig, LabelConfig
-from raytrade.data.labels import CLASS_NAMES
+from raytrade.dataset.labels import CLASS_NAMES
 from raytrade.errors import InsufficientDataError, ModelNotFoundError
 from raytrade.features.scaler import FeatureScaler
 from raytrade.features.technical import compute_features, feature_set_version, warmup_bars

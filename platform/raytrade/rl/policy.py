@@ -25,6 +25,27 @@ SB3_FILE = "model.zip"
 META_FILE = "policy.json"
 
 
+def _algorithms() -> dict[str, Any]:
+    """stable-baselines3's algorithm classes by our name (imported here so loading a policy never imports the
+    training code in :mod:`raytrade.rl.sb3_agents`)."""
+    from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
+
+    return {"ppo": PPO, "sac": SAC, "td3": TD3, "a2c": A2C, "ddpg": DDPG}
+
+
+class _Algorithms(dict):
+    """name -> SB3 class, imported on first use (no import-time side effects)."""
+
+    def __missing__(self, key: str) -> Any:
+        self.update(_algorithms())
+        if key not in self.keys():
+            raise KeyError(f"stable-baselines3 backend has no algorithm {key!r}; choose from {sorted(self)}")
+        return dict.__getitem__(self, key)
+
+
+SB3_ALGORITHMS: dict[str, Any] = _Algorithms()
+
+
 class Policy:
     """Deterministic wrapper of a trained agent.
 
@@ -148,7 +169,6 @@ class Policy:
         meta: Mapping[str, Any] = json.loads((directory / META_FILE).read_text())
         backend = meta.get("backend", "rllib")
         if backend == "sb3":
-            from raytrade.rl.sb3_agents import SB3_ALGORITHMS
 
             model = SB3_ALGORITHMS[meta["algorithm"]].load(directory / SB3_FILE, device="cpu")
             return cls(model, **{**meta, "backend": backend})

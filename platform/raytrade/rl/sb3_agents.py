@@ -16,26 +16,7 @@ import numpy as np
 
 from raytrade.config import RLConfig
 from raytrade.rl.env import make_env
-from raytrade.rl.policy import SB3_FILE, Policy
-
-
-def _algorithms() -> dict[str, Any]:
-    from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
-
-    return {"ppo": PPO, "sac": SAC, "td3": TD3, "a2c": A2C, "ddpg": DDPG}
-
-
-class _Algorithms(dict):
-    """name -> SB3 class, imported on first use (no import-time side effects)."""
-
-    def __missing__(self, key: str) -> Any:
-        self.update(_algorithms())
-        if key not in self.keys():
-            raise KeyError(f"stable-baselines3 backend has no algorithm {key!r}; choose from {sorted(self)}")
-        return dict.__getitem__(self, key)
-
-
-SB3_ALGORITHMS: dict[str, Any] = _Algorithms()
+from raytrade.rl.policy import SB3_ALGORITHMS, SB3_FILE, Policy
 
 
 def sb3_update_schedule(cfg: RLConfig) -> dict[str, Any]:

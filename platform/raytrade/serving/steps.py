@@ -16,7 +16,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from raytrade.config import FORECAST_INPUTS, FeatureConfig
-from raytrade.data.schema import validate_bars
+from raytrade.data.validation import validate_bars
 from raytrade.errors import InsufficientDataError
 from raytrade.rl.ensemble import combine_positions, normalise_weights, risk_limited_position
 from raytrade.rl.inputs import agent_outputs, forecast_inputs

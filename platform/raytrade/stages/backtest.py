@@ -39,16 +39,10 @@ def run_backtest(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
     from raytrade.evaluation import periods_per_year
     from raytrade.evaluation.html_report import write_html_report
     from raytrade.rl.ensemble import sharpe_or_zero
+    from raytrade.rl.env_inputs import agent_data, bundle_windows, env_kwargs
+    from raytrade.rl.strategies import backtest_strategies
     from raytrade.runtime import ray_session
-    from raytrade.stages.agents import (
-        agent_data,
-        agent_model_name,
-        backtest_strategies,
-        bundle_windows,
-        env_kwargs,
-        record_backtest,
-    )
-    from raytrade.stages.forecaster import load_and_prepare, new_run_dir
+    from raytrade.stages.common import agent_model_name, load_and_prepare, new_run_dir, record_backtest
     from raytrade_envs import TradingEnv
 
     progress = Progress(total=4)

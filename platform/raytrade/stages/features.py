@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from raytrade.config import PipelineConfig
-from raytrade.data.preprocess import PreprocessResult
+from raytrade.dataset.preprocess import PreprocessResult
 
 
 def feature_table(result: PreprocessResult) -> pd.DataFrame:
@@ -37,9 +37,9 @@ def write_features(cfg: PipelineConfig, source: str | Path, output_dir: str | Pa
         DataValidationError: a rule is broken under policy ``fail``; InsufficientDataError: too few bars.
     """
     from raytrade.data.ingest import read_many
-    from raytrade.data.preprocess import preprocess
     from raytrade.data.readers import keep_last_bars
     from raytrade.data.validation import apply_policy
+    from raytrade.dataset.preprocess import preprocess
     from raytrade.runtime import ray_session
 
     bars, _ = apply_policy(read_many(source, symbol or cfg.data.symbol), cfg.data.policy)

@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 
 from raytrade.config import PipelineConfig
-from raytrade.data.prepare import load_market_data, prepare_data
-from raytrade.data.windows import make_windows
+from raytrade.dataset.prepare import load_market_data, prepare_data
+from raytrade.dataset.windows import make_windows
 from raytrade.errors import ModelNotFoundError
 from raytrade.evaluation.forecast import log_loss
 from raytrade.models.bundle import ForecasterBundle
 from raytrade.runtime import Progress, ray_session
-from raytrade.stages.forecaster import data_summary, new_run_dir, train_forecaster
+from raytrade.stages.common import data_summary, new_run_dir, train_forecaster
 
 
 def validation_nll(bundles: dict[str, ForecasterBundle], val: pd.DataFrame) -> dict[str, float]:

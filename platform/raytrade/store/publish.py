@@ -7,8 +7,8 @@ from typing import Any
 import pandas as pd
 
 from raytrade.config import FeatureConfig, StoreConfig
-from raytrade.data.preprocess import PreprocessResult
-from raytrade.data.windows import latest_windows
+from raytrade.dataset.preprocess import PreprocessResult
+from raytrade.dataset.windows import latest_windows
 from raytrade.features.technical import feature_set_version, warmup_bars
 from raytrade.store.online import OnlineFeatureStore
 

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from raytrade.config import PipelineConfig
-from raytrade.data.windows import make_windows
+from raytrade.dataset.windows import make_windows
 from raytrade.features.scaler import FeatureScaler
 
 #: metrics where larger is better (everything else is minimised)

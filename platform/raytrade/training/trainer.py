@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from raytrade.config import FeatureConfig, LabelConfig, ModelConfig, TrainConfig
-from raytrade.data.windows import Windows
+from raytrade.dataset.windows import Windows
 from raytrade.errors import InsufficientDataError
 from raytrade.features.scaler import FeatureScaler
 from raytrade.models.bundle import ForecasterBundle, bundle_metadata

@@ -17,8 +17,8 @@ import pandas as pd
 import pyarrow as pa
 
 from raytrade.config import FeatureConfig, LabelConfig
-from raytrade.data.labels import add_labels, label_columns
 from raytrade.data.schema import SYMBOL, TIMESTAMP
+from raytrade.dataset.labels import add_labels, label_columns
 from raytrade.errors import ConfigError, InsufficientDataError
 from raytrade.features.technical import compute_features, feature_columns
 

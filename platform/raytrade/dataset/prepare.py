@@ -14,12 +14,12 @@ import pandas as pd
 
 from raytrade.config import PipelineConfig
 from raytrade.data.ingest import read_many
-from raytrade.data.preprocess import PreprocessResult, preprocess
 from raytrade.data.readers import keep_last_bars
 from raytrade.data.schema import SYMBOL
-from raytrade.data.splits import Split, chronological_split
 from raytrade.data.validation import ValidationReport, apply_policy
-from raytrade.data.windows import Windows, make_windows
+from raytrade.dataset.preprocess import PreprocessResult, preprocess
+from raytrade.dataset.splits import Split, chronological_split
+from raytrade.dataset.windows import Windows, make_windows
 from raytrade.errors import ConfigError
 from raytrade.features.scaler import FeatureScaler
 

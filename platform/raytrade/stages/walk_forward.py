@@ -1,6 +1,6 @@
 """Stage ``raytrade walk-forward``: expanding-window out-of-sample evaluation of the forecaster and baselines.
 
-For each fold of :func:`~raytrade.data.folds.expanding_folds` (train | embargo | val | embargo | test,
+For each fold of :func:`~raytrade.dataset.folds.expanding_folds` (train | embargo | val | embargo | test,
 training span growing fold by fold) and each model in ``walk_forward.models``: fit the scaler on the
 fold's TRAIN rows only, train with Ray Train (early stopping on the fold's val rows), forecast the
 fold's test block. Test windows may reach back into the embargo for their *features* (bars <= t),
@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from raytrade.config import PipelineConfig
-from raytrade.data.folds import expanding_folds
-from raytrade.data.prepare import labelled_features, load_market_data
 from raytrade.data.schema import TIMESTAMP
-from raytrade.data.windows import make_windows
+from raytrade.dataset.folds import expanding_folds
+from raytrade.dataset.prepare import labelled_features, load_market_data
+from raytrade.dataset.windows import make_windows
 from raytrade.evaluation.metrics import periods_per_year
 from raytrade.evaluation.walk_forward import (
     FORECAST_METRICS,
@@ -35,7 +35,7 @@ from raytrade.evaluation.walk_forward import (
 )
 from raytrade.features.scaler import FeatureScaler
 from raytrade.runtime import Progress, ray_session
-from raytrade.stages.forecaster import file_sha256, new_run_dir
+from raytrade.stages.common import file_sha256, new_run_dir
 
 
 def _clean(value: Any) -> Any:

@@ -1,0 +1,203 @@
+"""Helpers every stage shares (the one module stages import from each other): run directories, loading and
+preparing the data as progress stages, the data summary and its hash, training + registering the forecaster,
+registered model names and loaders, and recording a backtest (table, figures, MLflow run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from raytrade.config import PipelineConfig
+from raytrade.data.schema import TIMESTAMP
+from raytrade.dataset.prepare import MarketData, PreparedData, load_market_data, prepare_data
+from raytrade.dataset.windows import Windows
+from raytrade.evaluation.forecast import forecast_metrics
+from raytrade.models.bundle import ForecasterBundle
+from raytrade.rl.env_inputs import AgentData
+from raytrade.rl.strategies import backtest_report
+from raytrade.runtime import Progress
+
+FORECASTER_LOADER = "raytrade.models.bundle:load_bundle"
+POLICY_LOADER = "raytrade.rl.policy:load_policy"
+
+
+
+@dataclass
+class ForecasterRun:
+    """A trained, scored and registered forecaster.
+
+    Attributes:
+        bundle: the best epoch's bundle; outcome: the Ray Train outcome (history, checkpoint path).
+        windows: train/val/test windows it was trained and scored on.
+        forecasts: per split, ``bundle.forecast_windows`` outputs (``probs``, ``expected_return``).
+        test_metrics: :func:`~raytrade.evaluation.forecast.forecast_metrics` on the test split.
+        run_id, version: MLflow run and registered model version.
+    """
+
+    bundle: ForecasterBundle
+    outcome: Any
+    windows: dict[str, Windows]
+    forecasts: dict[str, dict[str, np.ndarray]]
+    test_metrics: dict[str, float]
+    run_id: str
+    version: str
+
+    def report(self) -> dict[str, Any]:
+        return {"test": self.test_metrics, "best_val": self.outcome.best_metrics,
+                "epochs": self.outcome.history.to_dict("records"), "class_weights": self.outcome.class_weights,
+                "checkpoint": self.outcome.checkpoint_path, "model": self.bundle.model_name}
+
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file (or of the sorted files under a directory): the data hash logged with every run."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
+    for file in files:
+        with open(file, "rb") as f:
+            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+
+def new_run_dir(cfg: PipelineConfig, kind: str | None = None) -> Path:
+    """``<output_dir>/<name>[-<kind>]-<UTC timestamp>``, created (``kind=None``: the pipeline's run)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = (cfg.output_dir / "-".join(filter(None, [cfg.name, kind, stamp]))).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+
+def train_forecaster(cfg: PipelineConfig, prepared: PreparedData, run_dir: Path, tracking_uri: str,
+                     progress: Progress, data_info: dict[str, Any], alias: str | None = None) -> ForecasterRun:
+    """Train with Ray Train, save the bundle to ``run_dir/forecaster``, log the run and register the model.
+
+    ``alias`` (default ``cfg.tracking.alias``) is moved to the new version; pass ``""`` to register only.
+    """
+    from raytrade import tracking
+    from raytrade.training.trainer import fit_forecaster
+
+    windows = prepared.windows(cfg.model.lookback)
+    outcome = fit_forecaster(windows["train"], windows["val"], cfg.model, cfg.train, scaler=prepared.scaler,
+                             features=cfg.features, labels=cfg.labels, storage_dir=run_dir / "ray_train",
+                             name="forecaster")
+    for row in outcome.history.to_dict("records"):
+        progress.note("epoch {epoch:.0f}: train_loss {train_loss:.4f} val_loss {val_loss:.4f} val_accuracy "
+                      "{val_accuracy:.3f} val_macro_f1 {val_macro_f1:.3f} val_ic {val_ic:.3f} "
+                      "({train_samples_per_s:.0f} samples/s)".format(**row))
+    if outcome.history["stopped_early"].iloc[-1]:
+        progress.note(f"early stop after epoch {int(outcome.history['epoch'].iloc[-1])}; "
+                      f"best epoch {int(outcome.best_metrics['epoch'])}")
+    bundle = outcome.bundle
+    bundle_dir = bundle.save(run_dir / "forecaster")
+    forecasts = {name: bundle.forecast_windows(w.x) for name, w in windows.items()}
+    test = windows["test"]
+    fm = forecast_metrics(forecasts["test"]["probs"], test.y_class, forecasts["test"]["expected_return"],
+                          test.y_return)
+    progress.note(f"test accuracy {fm['accuracy']:.3f} (majority class {fm['majority_baseline_accuracy']:.3f}), "
+                  f"test IC {fm['ic']:.3f}")
+    with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-forecaster") as run_id:
+        tracking.log_params({"model": cfg.model.model_dump(mode="json"), "train": cfg.train.model_dump(mode="json"),
+                             "features": cfg.features.model_dump(mode="json"),
+                             "labels": cfg.labels.model_dump(mode="json"), "embargo": prepared.split.embargo,
+                             "data_sha256": data_info.get("sha256"), "symbol": data_info.get("symbol")})
+        for row in outcome.history.to_dict("records"):
+            tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        tracking.log_metrics({f"test_{k}": v for k, v in fm.items()})
+        tracking.log_metrics({f"best_{k}": v for k, v in outcome.best_metrics.items() if k.startswith("val_")})
+        version = tracking.log_model_dir(bundle_dir, FORECASTER_LOADER, cfg.tracking.forecaster_model,
+                                         cfg.tracking.alias if alias is None else alias)
+    return ForecasterRun(bundle=bundle, outcome=outcome, windows=windows, forecasts=forecasts, test_metrics=fm,
+                         run_id=run_id, version=version)
+
+
+
+def data_summary(market: MarketData, prepared: PreparedData) -> dict[str, Any]:
+    """The ``data`` block of a report: source, hash, range, split and scaler provenance."""
+    bars = market.bars
+    parts = prepared.split.parts()
+    return {
+        "path": str(market.path), "sha256": file_sha256(market.path), "symbol": market.symbol, "bars": len(bars),
+        "first_timestamp": bars[TIMESTAMP].iloc[0].isoformat(), "last_timestamp": bars[TIMESTAMP].iloc[-1].isoformat(),
+        "feature_columns": prepared.feature_columns, "embargo_bars": prepared.split.embargo,
+        "split_rows": {n: len(p) for n, p in parts.items()},
+        "split_ranges": {n: [p[TIMESTAMP].iloc[0].isoformat(), p[TIMESTAMP].iloc[-1].isoformat()]
+                         for n, p in parts.items()},
+        "scaler_fit_rows": prepared.scaler.n_fit_rows, "scaler_fit_end": prepared.scaler.fit_end,
+    }
+
+
+
+def load_and_prepare(cfg: PipelineConfig, data_path: str | Path | None,
+                     progress: Progress) -> tuple[MarketData, PreparedData, dict[str, Any]]:
+    """The first two steps of the single-stage commands, as progress stages ``load`` (read + validate the bars)
+    and ``features`` (Ray Data features + labels, split with embargo, scaler fitted on train). Call it inside
+    a Ray session. Returns ``(market, prepared, data summary)``.
+
+    Raises:
+        DataValidationError, ConfigError, InsufficientDataError: as :func:`raytrade.pipeline.run_pipeline`.
+    """
+    with progress.stage("load", "Loading and validating bars"):
+        market = load_market_data(cfg, data_path)
+        progress.note(f"{market.symbol}: {len(market.bars)} bars")
+    with progress.stage("features", "Ray Data: causal features + labels; split; scaler"):
+        prepared = prepare_data(cfg, market)
+        info = data_summary(market, prepared)
+    return market, prepared, info
+
+
+
+
+def agent_model_name(cfg: PipelineConfig, agent: str) -> str:
+    """Registered model name of an agent: ``<agent_model_prefix>-<agent with _ as ->``."""
+    return f"{cfg.tracking.agent_model_prefix}-{agent.replace('_', '-')}"
+
+
+
+def record_backtest(cfg: PipelineConfig, bt: dict[str, Any], windows: dict[str, Windows], data: AgentData,
+                    run_dir: Path, tracking_uri: str, progress: Progress, periods_per_year: float,
+                    forecaster_history: pd.DataFrame | None = None,
+                    agent_histories: dict[str, pd.DataFrame] | None = None,
+                    params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Print the table, draw the figures into ``run_dir/figures`` and log both (and ``params``) in an MLflow run
+    ``<name>-backtest``. Returns ``strategies``, ``results``, ``backtest``, ``figures``, ``forecaster_confusion``
+    and ``mlflow_run_ids`` (``{"backtest": run id}``)."""
+    from sklearn.metrics import confusion_matrix
+
+    from raytrade import tracking
+    from raytrade.dataset.labels import CLASS_NAMES
+    from raytrade.evaluation.plots import save_run_figures
+
+    print(bt["table"], file=progress.stream, flush=True)
+    confusion = confusion_matrix(windows["test"].y_class, data.forecasts["test"]["probs"].argmax(axis=1),
+                                 labels=list(range(len(CLASS_NAMES))))
+    figures = save_run_figures(run_dir / "figures", bt["results"], bt["timestamps"], periods_per_year,
+                               confusion=confusion, class_names=CLASS_NAMES, forecaster_history=forecaster_history,
+                               agent_histories=agent_histories,
+                               title=f"test split after {cfg.backtest.cost_bps:g} bps costs")
+    progress.note(f"figures: {', '.join(figures)} in {run_dir / 'figures'}")
+    strategies = {name: r.metrics for name, r in bt["results"].items()}
+    # "ensemble": the served ensemble (Sharpe vote + risk layer), the name the report contract uses
+    strategies.setdefault("ensemble", strategies.get("ensemble_vote"))
+    with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-backtest") as run_id:
+        tracking.log_params({"cost_bps": cfg.backtest.cost_bps, **(params or {})})
+        for name, m in strategies.items():
+            tracking.log_metrics({f"{name}.{k}": v for k, v in m.items()})
+        tracking.log_text(bt["table"], "backtest_table.txt")
+        for path in figures.values():
+            tracking.log_artifact(path, "figures")
+    return {"strategies": strategies, "results": bt["results"], "backtest": backtest_report(cfg, bt, periods_per_year),
+            "figures": {name: str(path) for name, path in figures.items()},
+            "forecaster_confusion": {"classes": list(CLASS_NAMES), "counts": confusion.tolist(),
+                                     "rows": "true class", "columns": "predicted class"},
+            "mlflow_run_ids": {"backtest": run_id}}
+
