@@ -90,3 +90,162 @@ def test_notebooks_are_valid_and_outputs_stripped():
             if cell["cell_type"] == "code":
                 assert cell["outputs"] == [] and cell["execution_count"] is None, path
                 compile("".join(cell["source"]), str(path), "exec")
+
+
+# --- the dependency direction of ../shared/design/ARCHITECTURE.md, read from the code's imports --------------------
+
+# Lower layers first; a module may import its own package and anything in a LOWER layer, nothing else. Packages in
+# one layer are siblings and may not import each other. (raytrade_envs <- data <- features <- dataset <- models,
+# store <- evaluation <- training, rl <- serving <- stages <- pipeline <- cli; errors/config/tracking/runtime are the
+# foundation every room may use.)
+LAYERS: list[set[str]] = [
+    {"raytrade_envs"},
+    {"raytrade"},  # the package __init__ (a docstring and __version__)
+    {"raytrade.errors"},
+    {"raytrade.config"},
+    {"raytrade.tracking", "raytrade.runtime", "raytrade.submission"},
+    {"raytrade.data"},
+    {"raytrade.features"},
+    {"raytrade.dataset"},
+    {"raytrade.models", "raytrade.store"},
+    {"raytrade.evaluation"},
+    {"raytrade.training", "raytrade.rl"},
+    {"raytrade.serving"},
+    {"raytrade.stages"},
+    {"raytrade.pipeline"},
+    {"raytrade.cli", "raytrade.config_docs"},
+]
+# training code a Serve replica must never load (the inference Policy and env inputs are fine)
+TRAINING_CODE = ("raytrade.training", "raytrade.rl.agents", "raytrade.rl.rllib_agents", "raytrade.rl.sb3_agents",
+                 "raytrade.rl.td3", "raytrade.rl.strategies")
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for root in (REPO / "platform", REPO / "envs"):
+        for path in root.rglob("*.py"):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            mods[".".join(parts)] = path
+    return mods
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports anywhere in its body (function-level imports included)."""
+    import ast
+
+    mods = _modules()
+
+    def owner(name: str) -> str | None:
+        while name not in mods and "." in name:
+            name = name.rsplit(".", 1)[0]
+        return name if name in mods else None
+
+    graph: dict[str, set[str]] = {}
+    for mod, path in mods.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    package = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
+                    package = package[: len(package) - node.level + 1]
+                    base = ".".join(package + ([node.module] if node.module else []))
+                else:
+                    base = node.module or ""
+                names = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            else:
+                continue
+            targets |= {t for t in map(owner, names) if t is not None and t != mod}
+        graph[mod] = targets
+    return graph
+
+
+def _package(mod: str) -> str:
+    parts = mod.split(".")
+    return ".".join(parts[:2]) if parts[0] == "raytrade" and len(parts) > 1 else parts[0]
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one node (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_import_graph_is_read_from_the_code():
+    """Guards the checks below against reading nothing: known edges must be in the graph."""
+    graph = _import_graph()
+    assert "raytrade.data.schema" in graph["raytrade.data.validation"]
+    assert "raytrade.training.loop" in graph["raytrade.training.trainer"]
+    assert "raytrade_envs" in graph["raytrade.rl.policy"]  # `from raytrade_envs import ...`
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_circle_between_modules():
+    assert _cycles(_import_graph()) == []
+
+
+def test_no_import_circle_between_packages():
+    packages: dict[str, set[str]] = {}
+    for mod, targets in _import_graph().items():
+        packages.setdefault(_package(mod), set()).update(_package(t) for t in targets if _package(t) != _package(mod))
+    assert _cycles(packages) == []
+
+
+def test_dependencies_run_one_way():
+    layer = {package: i for i, members in enumerate(LAYERS) for package in members}
+    graph = _import_graph()
+    unplaced = sorted({_package(m) for m in graph} - set(layer))
+    assert unplaced == [], f"place these in LAYERS (and in ARCHITECTURE.md): {unplaced}"
+    wrong = [f"{mod} -> {target}" for mod, targets in sorted(graph.items()) for target in sorted(targets)
+             if _package(target) != _package(mod) and layer[_package(target)] >= layer[_package(mod)]]
+    assert wrong == []
+
+
+def test_serving_never_loads_training_code():
+    graph = _import_graph()
+    seen, todo = set(), [m for m in graph if m.startswith("raytrade.serving")]
+    while todo:
+        mod = todo.pop()
+        if mod not in seen:
+            seen.add(mod)
+            todo.extend(graph[mod])
+    assert sorted(m for m in seen if m.startswith(TRAINING_CODE)) == []
+
+
+def test_stages_import_no_other_stage_but_the_helpers():
+    graph = _import_graph()
+    wrong = [f"{mod} -> {target}" for mod, targets in sorted(graph.items()) if mod.startswith("raytrade.stages.")
+             for target in sorted(targets) if target.startswith("raytrade.stages.") and target != "raytrade.stages.common"]
+    assert wrong == []

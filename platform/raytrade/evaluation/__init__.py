@@ -1,8 +1,9 @@
-"""Strategy evaluation: performance metrics and vectorised backtests.
+"""Strategy evaluation: pure performance metrics, the vectorised backtester, forecast metrics, walk-forward
+scoring, the stationary bootstrap, plots and the HTML report.
 
-``metrics`` holds pure functions on numpy arrays (per-bar simple net returns as fractions);
-``backtest`` turns position series into net returns with the shared accounting of
-:mod:`raytrade_envs.accounting` and summarises them.
+``metrics`` holds pure functions on numpy arrays (per-bar simple net returns as fractions); ``backtest`` turns
+position series into net returns with the shared accounting of :mod:`raytrade_envs.accounting` and summarises
+them. Strategy backtests that run agents live with the agents (:mod:`raytrade.rl.strategies`).
 """
 
 from raytrade.evaluation.backtest import (

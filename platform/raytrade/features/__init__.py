@@ -1,4 +1,5 @@
-"""Causal technical features (TA-Lib) and the train-only scaler; shared by training and serving."""
+"""Causal per-symbol technical features (TA-Lib), the cross-asset columns, and the train-only scaler; the
+same code runs in training and serving. Depends on :mod:`raytrade.data`, never the reverse."""
 
 from raytrade.features.scaler import FeatureScaler
 from raytrade.features.technical import compute_features, feature_columns, feature_set_version, warmup_bars

@@ -1,4 +1,5 @@
-"""Forecaster networks (``nn.Module`` only) and the name -> class registry."""
+"""Forecaster networks (``nn.Module``: CNN+LSTM hybrid and baselines), the name -> class registry, and the
+model bundle (weights + train-only scaler + feature config: the one artifact training writes and serving loads)."""
 
 from raytrade.models.base import ForecasterBase
 from raytrade.models.baselines import GRUForecaster, LinearForecaster, LSTMForecaster, TransformerForecaster

@@ -1,1 +1,3 @@
-"""Stand-alone stages (train, tune, walk-forward): one linear ``run_<stage>(cfg)`` each, used by the CLI and jobs/."""
+"""One linear ``run_<stage>(cfg)`` per stage (features, train, tune, walk-forward, agents, backtest), used by the
+CLI and ``jobs/``, over the rooms below; ``common`` holds what stages share (run dirs, data summary, loading,
+training + registering the forecaster, recording a backtest). Stages import no other stage but ``common``."""
