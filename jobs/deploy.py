@@ -10,8 +10,8 @@ keeps running after the job ends; check it with `serve status`, stop it with `se
 import httpx
 
 from raytrade.errors import ConfigError, RaytradeError
-from raytrade.pipeline import deploy_ensemble
 from raytrade.runtime import ensure_ray, job_arguments, job_errors
+from raytrade.serving.deploy import deploy_ensemble
 
 with job_errors():
     args = job_arguments(__doc__)

@@ -7,8 +7,8 @@ symbol, unscaled feature columns, label_* columns).
 """
 
 from raytrade.runtime import job_arguments, job_errors
-from raytrade.stages.features import write_features
 from raytrade.stages.common import new_run_dir
+from raytrade.stages.features import write_features
 
 
 def output_option(parser):

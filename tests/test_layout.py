@@ -247,5 +247,6 @@ def test_serving_never_loads_training_code():
 def test_stages_import_no_other_stage_but_the_helpers():
     graph = _import_graph()
     wrong = [f"{mod} -> {target}" for mod, targets in sorted(graph.items()) if mod.startswith("raytrade.stages.")
-             for target in sorted(targets) if target.startswith("raytrade.stages.") and target != "raytrade.stages.common"]
+             for target in sorted(targets)
+             if target.startswith("raytrade.stages.") and target != "raytrade.stages.common"]
     assert wrong == []

@@ -194,7 +194,7 @@ def test_deploying_without_registered_models_names_them_before_starting_serve(tm
     from conftest import REPO
     from raytrade.config import load_config
     from raytrade.errors import ModelNotFoundError
-    from raytrade.pipeline import deploy_ensemble
+    from raytrade.serving.deploy import deploy_ensemble
 
     cfg = load_config(REPO / "jobs" / "configs" / "smoke.yaml", {"output_dir": str(tmp_path)})
     with pytest.raises(ModelNotFoundError, match="raytrade-forecaster@champion, raytrade-agent-ppo@champion, "

@@ -531,8 +531,8 @@ def test_served_decision_equals_the_backtests_for_the_same_bars_and_models(serve
     from raytrade.models.bundle import signal_positions
     from raytrade.rl.ensemble import combine_positions, risk_limited_position
     from raytrade.rl.env import slice_env
-    from raytrade.runtime import ensure_ray
     from raytrade.rl.env_inputs import agent_data, bundle_windows, env_kwargs
+    from raytrade.runtime import ensure_ray
     from raytrade_envs import TradingEnv
 
     cfg, uri = served["cfg"], served["report"]["mlflow"]["tracking_uri"]

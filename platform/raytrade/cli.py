@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from raytrade.errors import ConfigError, RaytradeError
+from raytrade.errors import RaytradeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="raytrade: OHLCV bars in, served trading decisions out (Ray Data/Train/RLlib/Serve).")
@@ -213,38 +213,13 @@ def serve(
     """Serve the ensemble app: locally until Ctrl-C (like ``serve run``), or ``--deploy`` the config file onto a
     running cluster through Ray's REST API (like ``serve deploy``; a changed ``user_config`` updates the
     running replicas without restarting them)."""
-    import time
-
-    import ray
-    import yaml
-    from ray import serve as ray_serve
-
-    from raytrade.serving.app import APP_NAME, app_from_config
+    from raytrade.serving.deploy import deploy_to_cluster, serve_locally
 
     if deploy:
-        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
-        if not config.is_file():
-            raise ConfigError(f"serve config not found: {config}")
-        raw = yaml.safe_load(config.read_text()) or {}
-        applications = raw.get("applications") or []
-        for application in applications if tracking_uri else []:
-            application.setdefault("args", {})["tracking_uri"] = tracking_uri
-        ServeSubmissionClient(address).deploy_applications(raw)
-        names = ", ".join(a.get("name", "?") for a in applications)
+        names = ", ".join(deploy_to_cluster(config, address, tracking_uri))
         typer.echo(f"deployed {names} from {config} to {address} (check: serve status --address {address})")
         return
-    application, app_cfg = app_from_config(config, {"tracking_uri": tracking_uri} if tracking_uri else None)
-    http = (yaml.safe_load(config.read_text()) or {}).get("http_options", {})
-    ray.init(include_dashboard=False)
-    ray_serve.start(http_options={"host": http.get("host", "127.0.0.1"), "port": http.get("port", 8000)})
-    ray_serve.run(application, name=APP_NAME, route_prefix=app_cfg.get("route_prefix", "/"))
-    typer.echo(f"serving on http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)} (Ctrl-C to stop)")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        ray_serve.shutdown()
+    serve_locally(config, tracking_uri, echo=typer.echo)
 
 
 @app.command()

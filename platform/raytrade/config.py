@@ -10,6 +10,7 @@ Units used throughout: horizons, lookbacks and embargoes in **bars**; costs in *
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -244,6 +245,30 @@ class RLConfig(_Section):
         return self
 
 
+class RiskLimits(BaseModel):
+    """Limits of the risk layer every combined position goes through, in **fractions of equity**: the target
+    position is capped to ``+-max_position``, and multiplied by ``drawdown_cut`` while the drawdown from the equity
+    peak (``1 - equity / peak``) exceeds ``max_drawdown`` (:func:`raytrade.rl.ensemble.risk_limited_position`).
+
+    The one definition of these limits: the pipeline config sets them as ``backtest.max_position``,
+    ``ensemble.max_drawdown`` and ``ensemble.drawdown_cut`` (gathered by :attr:`PipelineConfig.risk_limits`);
+    the Serve app's args (:class:`raytrade.serving.app.AppArgs`) and the combiner's ``user_config``
+    (:class:`raytrade.serving.steps.CombinerConfig`) extend this model.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_position: float = Field(1.0, gt=0, le=1, description="risk limit on |target position| (fraction of equity)")
+    max_drawdown: float = Field(0.2, gt=0, le=1, description="drawdown from the equity peak (fraction) that triggers "
+                                                             "the exposure cut")
+    drawdown_cut: float = Field(0.5, ge=0, le=1, description="exposure multiplier while in excess drawdown")
+
+
+def _risk_field(name: str) -> Any:
+    """The field ``name`` of :class:`RiskLimits` (default, bounds, description), for a config section that sets it."""
+    return copy.copy(RiskLimits.model_fields[name])
+
+
 class EnsembleConfig(_Section):
     """Agent ensemble on the TEST split (FinRL-style), plus the risk layer every combined strategy goes through.
 
@@ -264,8 +289,8 @@ class EnsembleConfig(_Section):
                                     "steps each agent trains before each window")
     temperature: float = Field(1.0, gt=0, description="softmax temperature on annualised Sharpe")
     include_forecaster: bool = True
-    max_drawdown: float = Field(0.2, gt=0, le=1, description="drawdown (fraction) that triggers the exposure cut")
-    drawdown_cut: float = Field(0.5, ge=0, le=1, description="exposure multiplier while in excess drawdown")
+    max_drawdown: float = _risk_field("max_drawdown")
+    drawdown_cut: float = _risk_field("drawdown_cut")
 
 
 class BacktestConfig(_Section):
@@ -273,7 +298,7 @@ class BacktestConfig(_Section):
 
     cost_bps: float = Field(10.0, ge=0, description="transaction cost per unit of traded notional, bps")
     periods_per_year: float | None = Field(None, gt=0, description="default: inferred from the bar interval")
-    max_position: float = Field(1.0, gt=0, le=1, description="risk limit on |target position|")
+    max_position: float = _risk_field("max_position")
 
 
 class TrackingConfig(_Section):
@@ -284,6 +309,10 @@ class TrackingConfig(_Section):
     forecaster_model: str = "raytrade-forecaster"
     agent_model_prefix: str = "raytrade-agent"
     alias: str = "champion"
+
+    def agent_model(self, agent: str) -> str:
+        """Registered model name of an agent: ``<agent_model_prefix>-<agent with _ as ->``."""
+        return f"{self.agent_model_prefix}-{agent.replace('_', '-')}"
 
 
 class ServeConfig(_Section):
@@ -341,6 +370,17 @@ class PipelineConfig(_Section):
         """Bars left out between train|val and val|test: at least horizon + lookback."""
         minimum = self.labels.horizon + self.model.lookback
         return max(self.split.embargo or 0, minimum)
+
+    @property
+    def risk_limits(self) -> RiskLimits:
+        """The risk layer's limits: ``backtest.max_position``, ``ensemble.max_drawdown``, ``ensemble.drawdown_cut``."""
+        return RiskLimits(max_position=self.backtest.max_position, max_drawdown=self.ensemble.max_drawdown,
+                          drawdown_cut=self.ensemble.drawdown_cut)
+
+    @property
+    def agent_models(self) -> dict[str, str]:
+        """Agent (of ``rl.agents``) -> its registered model name (:meth:`TrackingConfig.agent_model`)."""
+        return {agent: self.tracking.agent_model(agent) for agent in self.rl.agents}
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

@@ -30,13 +30,14 @@ from raytrade.dataset.windows import Windows
 from raytrade.evaluation import periods_per_year
 from raytrade.evaluation.html_report import write_html_report
 from raytrade.runtime import Progress, ray_session
+from raytrade.serving.deploy import deploy_ensemble
 from raytrade.stages.agents import rl_stage
 from raytrade.stages.common import FORECASTER_LOADER, POLICY_LOADER, data_summary, new_run_dir, train_forecaster
 from raytrade.store.publish import publish_latest_windows
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORECASTER_LOADER", "POLICY_LOADER", "deploy_ensemble", "request_payload", "run_pipeline"]
+__all__ = ["FORECASTER_LOADER", "POLICY_LOADER", "request_payload", "run_pipeline"]
 
 def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> dict[str, Any]:
     """Run every stage; returns the report (also written to ``<run dir>/report.json``).
@@ -135,43 +136,6 @@ def request_payload(bars: pd.DataFrame, end: pd.Timestamp, n_bars: int, position
                   "close": r.close, "volume": r.volume} for r in upto.itertuples()],
         "position": position,
     }
-
-
-def deploy_ensemble(cfg: PipelineConfig, tracking_uri: str | None = None,
-                    weights: dict[str, float] | None = None) -> str:
-    """Deploy the Serve app of ``serve.config`` on the connected Ray cluster (local or a job's) with this
-    config's registry (``tracking.*``, agents ``rl.agents``), risk limits and online store, and return its URL
-    (``http://serve.host:serve.port``) once every deployment is running. ``weights`` (member -> weight) fixes
-    the combiner's ensemble weights; default: the serve config's. The app outlives the calling driver.
-
-    Raises:
-        ConfigError: a bad serve config file.
-        ModelNotFoundError: a model is not registered under ``tracking.alias`` (checked before deploying).
-    """
-    from ray import serve
-
-    from raytrade import tracking
-    from raytrade.errors import ModelNotFoundError
-    from raytrade.serving.app import APP_NAME, app_from_config
-    from raytrade.stages.common import agent_model_name
-
-    uri, alias = tracking_uri or tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir), cfg.tracking.alias
-    agent_models = {name: agent_model_name(cfg, name) for name in cfg.rl.agents}
-    missing = [f"{m}@{alias}" for m in (cfg.tracking.forecaster_model, *agent_models.values())
-               if tracking.aliased_version(uri, m, alias) is None]
-    if missing:
-        raise ModelNotFoundError(f"not in the MLflow registry at {uri}: {', '.join(missing)}; train them first "
-                                 f"(raytrade pipeline, or raytrade agents)")
-    app, app_cfg = app_from_config(cfg.serve.config, {
-        "tracking_uri": uri, "forecaster_model": cfg.tracking.forecaster_model,
-        "agent_models": agent_models, "alias": alias,
-        **({"ensemble_weights": weights} if weights else {}), "max_position": cfg.backtest.max_position,
-        "max_drawdown": cfg.ensemble.max_drawdown, "drawdown_cut": cfg.ensemble.drawdown_cut,
-        "redis_url": cfg.store.url if cfg.store.enabled else None, "store_prefix": cfg.store.prefix,
-    })
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(app, name=APP_NAME, route_prefix=app_cfg.get("route_prefix", "/"), blocking=False)
-    return f"http://{cfg.serve.host}:{cfg.serve.port}"
 
 
 def _serve_and_query(cfg: PipelineConfig, bars: pd.DataFrame, test_w: Windows, tracking_uri: str,

@@ -127,7 +127,8 @@ def backtest_strategies(cfg: PipelineConfig, data: AgentData, policies: dict[str
         positions[name] = policy.rollout(TradingEnv(**env_kwargs(cfg, test, train=False)))
     n = len(next(iter(positions.values())))
     idx = np.arange(cfg.rl.window - 1, cfg.rl.window - 1 + n)
-    max_pos = cfg.backtest.max_position
+    limits = cfg.risk_limits
+    max_pos = limits.max_position
     fc_positions = signal_positions(data.forecasts["test"]["probs"][idx], max_pos)
     members = {**({"forecaster": fc_positions} if cfg.ensemble.include_forecaster else {}), **positions}
     member_returns = {name: _member_returns(cfg, test, idx, pos) for name, pos in members.items()}
@@ -163,14 +164,12 @@ def backtest_strategies(cfg: PipelineConfig, data: AgentData, policies: dict[str
         else:
             res = votes = vote()
         # members already trade within +-max_position (the env's and the signal's limit); the layer re-caps
-        limited, cut = risk_limit(res.positions, bar_return, max_pos, cfg.ensemble.max_drawdown,
-                                  cfg.ensemble.drawdown_cut)
+        limited, cut = risk_limit(res.positions, bar_return, **limits.model_dump())
         strategies[f"ensemble_{method}"] = limited
         ensembles[method] = {**res.to_dict(), "bars_cut_for_drawdown": int(cut.sum()), **extra}
     if votes is None:  # the rule Serve runs is always backtested: strategy "ensemble"
         votes = vote()
-        strategies["ensemble"], _ = risk_limit(votes.positions, bar_return, max_pos, cfg.ensemble.max_drawdown,
-                                               cfg.ensemble.drawdown_cut)
+        strategies["ensemble"], _ = risk_limit(votes.positions, bar_return, **limits.model_dump())
     results = run_backtests(strategies, test["returns"][idx], cfg.backtest.cost_bps, periods_per_year,
                             gap_returns=gap, slippage=slip)
     serve_weights = votes.final_weights

@@ -13,27 +13,26 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 from ray.serve import Application
 
+from raytrade.config import RiskLimits
 from raytrade.errors import ConfigError
 from raytrade.serving.deployments import Agent, Combiner, Features, Forecaster
 from raytrade.serving.ingress import CHALLENGER, CHAMPION, Ingress
 from raytrade.serving.steps import CombinerConfig
 
 APP_NAME = "raytrade"
-COMBINER_ARGS = ("ensemble_weights", "max_position", "deadband", "max_drawdown", "drawdown_cut")
+COMBINER_ARGS = ("ensemble_weights", "deadband", *RiskLimits.model_fields)
 
 
-class AppArgs(BaseModel):
+class AppArgs(RiskLimits):
     """Arguments of the ensemble app (the ``args`` of its entry in a Serve config file).
 
-    ``ensemble_weights``, ``max_position``, ``deadband``, ``max_drawdown`` and ``drawdown_cut`` set the
-    combiner's initial config; given explicitly they also override the Combiner's ``user_config`` from the
-    file (``raytrade pipeline`` passes the Sharpe vote's latest weights this way).
+    ``ensemble_weights``, ``deadband`` and the risk limits (:class:`~raytrade.config.RiskLimits`: ``max_position``,
+    ``max_drawdown``, ``drawdown_cut``) set the combiner's initial config; given explicitly they also override the
+    Combiner's ``user_config`` from the file (``raytrade pipeline`` passes the Sharpe vote's latest weights this way).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     tracking_uri: str | None = None
     output_dir: str = "runs"
@@ -43,10 +42,7 @@ class AppArgs(BaseModel):
     agent_models: dict[str, str] = Field(default_factory=lambda: {"ppo": "raytrade-agent-ppo"})
     alias: str = "champion"
     ensemble_weights: dict[str, float] = Field(default_factory=dict)
-    max_position: float = Field(1.0, gt=0, le=1)
     deadband: float = Field(0.05, ge=0, le=2, description="|target - position| below which the signal is hold")
-    max_drawdown: float = Field(0.2, gt=0, le=1)
-    drawdown_cut: float = Field(0.5, ge=0, le=1)
     redis_url: str | None = Field(None, description="online feature store + prediction cache; None: requests "
                                                     "must carry bars")
     store_prefix: str = "raytrade"
@@ -56,8 +52,8 @@ class AppArgs(BaseModel):
         explicit = {("weights" if k == "ensemble_weights" else k): getattr(self, k)
                     for k in COMBINER_ARGS if k in self.model_fields_set}
         base = file_config if file_config is not None else {
-            "weights": self.ensemble_weights, "max_position": self.max_position, "deadband": self.deadband,
-            "max_drawdown": self.max_drawdown, "drawdown_cut": self.drawdown_cut}
+            "weights": self.ensemble_weights, "deadband": self.deadband,
+            **{k: getattr(self, k) for k in RiskLimits.model_fields}}
         merged = {**base, **explicit}
         CombinerConfig.model_validate(merged)
         return merged

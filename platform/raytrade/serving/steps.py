@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from raytrade.config import FORECAST_INPUTS, FeatureConfig
+from raytrade.config import FORECAST_INPUTS, FeatureConfig, RiskLimits
 from raytrade.data.validation import validate_bars
 from raytrade.errors import InsufficientDataError
 from raytrade.rl.ensemble import combine_positions, normalise_weights, risk_limited_position
@@ -100,25 +100,18 @@ def forecaster_member(forecast: dict[str, Any]) -> float:
     return float(forecast["probs"]["buy"] - forecast["probs"]["sell"])
 
 
-class CombinerConfig(BaseModel):
-    """The ensemble's weights and risk limits (fractions of equity); the ``Combiner``'s ``user_config``.
+class CombinerConfig(RiskLimits):
+    """The ensemble's weights, deadband and risk limits (:class:`~raytrade.config.RiskLimits`: ``max_position``,
+    ``max_drawdown``, ``drawdown_cut``, fractions of equity); the ``Combiner``'s ``user_config``.
 
     Attributes:
         weights: member (``forecaster`` or an agent name) -> weight >= 0; normalised over the members present;
             missing members weigh 0; all zero means equal weights.
-        max_position: cap on |target position|, in (0, 1].
         deadband: |target - position| at or below which the signal is ``hold``.
-        max_drawdown: account drawdown (fraction, from the request) above which exposure is cut.
-        drawdown_cut: exposure multiplier while the drawdown exceeds ``max_drawdown``.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     weights: dict[str, float] = Field(default_factory=dict)
-    max_position: float = Field(1.0, gt=0, le=1)
     deadband: float = Field(0.05, ge=0, le=2)
-    max_drawdown: float = Field(0.2, gt=0, le=1)
-    drawdown_cut: float = Field(0.5, ge=0, le=1)
 
 
 def combine(config: CombinerConfig, members: dict[str, float], position: float, drawdown: float) -> dict[str, Any]:

@@ -29,7 +29,6 @@ from raytrade.rl.strategies import backtest_strategies, retrain_plan
 from raytrade.runtime import Progress
 from raytrade.stages.common import (
     POLICY_LOADER,
-    agent_model_name,
     load_and_prepare,
     new_run_dir,
     record_backtest,
@@ -69,7 +68,7 @@ def train_and_register(cfg: PipelineConfig, data: AgentData, run_dir: Path, trac
             tracking.log_metrics({"best_iteration": outcome.best_iteration,
                                   "best_val_sharpe": outcome.summary()["val_sharpe"]})
             versions[name] = tracking.log_model_dir(run_dir / "agents" / name / "policy", POLICY_LOADER,
-                                                    agent_model_name(cfg, name),
+                                                    cfg.tracking.agent_model(name),
                                                     cfg.tracking.alias if alias is None else alias)
         run_ids[name] = run_id
     return outcomes, versions, run_ids
@@ -99,7 +98,7 @@ def rl_stage(cfg: PipelineConfig, prepared: PreparedData, bars: pd.DataFrame, bu
                                forecaster_history, {name: o.history for name, o in agents.items()})
     return {**recorded, "rl_metrics": {name: o.summary() for name, o in agents.items()}, "model_versions": versions,
             "mlflow_run_ids": {**run_ids, "backtest": recorded["mlflow_run_ids"]["backtest"]},
-            "agent_models": {name: agent_model_name(cfg, name) for name in agents}}
+            "agent_models": {name: cfg.tracking.agent_model(name) for name in agents}}
 
 
 def champion_or_new_forecaster(cfg: PipelineConfig, prepared: PreparedData, run_dir: Path, tracking_uri: str,

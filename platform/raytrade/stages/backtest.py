@@ -42,7 +42,7 @@ def run_backtest(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
     from raytrade.rl.env_inputs import agent_data, bundle_windows, env_kwargs
     from raytrade.rl.strategies import backtest_strategies
     from raytrade.runtime import ray_session
-    from raytrade.stages.common import agent_model_name, load_and_prepare, new_run_dir, record_backtest
+    from raytrade.stages.common import load_and_prepare, new_run_dir, record_backtest
     from raytrade_envs import TradingEnv
 
     progress = Progress(total=4)
@@ -68,7 +68,7 @@ def run_backtest(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
                 f"data.max_bars and split the models were trained with (or retrain: raytrade pipeline)")
         versions, policies = {"forecaster": fc_version}, {}
         for agent in cfg.rl.agents:
-            policies[agent], versions[agent], _ = tracking.load_model_dir(agent_model_name(cfg, agent), alias,
+            policies[agent], versions[agent], _ = tracking.load_model_dir(cfg.tracking.agent_model(agent), alias,
                                                                           tracking_uri)
         progress.note(", ".join(f"{name} v{v}" for name, v in versions.items()))
     with progress.stage("backtest", f"Backtest on the test split after {cfg.backtest.cost_bps:g} bps costs"):

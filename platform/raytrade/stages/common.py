@@ -1,6 +1,6 @@
 """Helpers every stage shares (the one module stages import from each other): run directories, loading and
 preparing the data as progress stages, the data summary and its hash, training + registering the forecaster,
-registered model names and loaders, and recording a backtest (table, figures, MLflow run).
+the registered models' loaders, and recording a backtest (table, figures, MLflow run).
 """
 
 from __future__ import annotations
@@ -153,14 +153,6 @@ def load_and_prepare(cfg: PipelineConfig, data_path: str | Path | None,
         prepared = prepare_data(cfg, market)
         info = data_summary(market, prepared)
     return market, prepared, info
-
-
-
-
-def agent_model_name(cfg: PipelineConfig, agent: str) -> str:
-    """Registered model name of an agent: ``<agent_model_prefix>-<agent with _ as ->``."""
-    return f"{cfg.tracking.agent_model_prefix}-{agent.replace('_', '-')}"
-
 
 
 def record_backtest(cfg: PipelineConfig, bt: dict[str, Any], windows: dict[str, Windows], data: AgentData,
