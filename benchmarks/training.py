@@ -16,7 +16,10 @@ import resource
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from raytrade.training.loop import LoopConfig
 
 NAME = "training"
 TITLE = "Forecaster training: Ray Train vs plain PyTorch (samples/s per epoch)"
@@ -48,7 +51,7 @@ def _data() -> tuple[Any, Any, Any, Any]:
     return cfg, prepared, head(w["train"], TRAIN_WINDOWS), head(w["val"], VAL_WINDOWS)
 
 
-def plain_loop(loop_cfg: dict[str, Any], x, y_class, y_return) -> dict[str, Any]:
+def plain_loop(loop_cfg: LoopConfig, x, y_class, y_return) -> dict[str, Any]:
     """The baseline: the same training step in a plain in-process PyTorch loop (no Ray)."""
     import torch
 
@@ -56,22 +59,22 @@ def plain_loop(loop_cfg: dict[str, Any], x, y_class, y_return) -> dict[str, Any]
     from raytrade.training.loop import multitask_loss, seed_everything
 
     torch.set_num_threads(1)
-    seed_everything(loop_cfg["seed"])
-    model = build_model(loop_cfg["model_name"], **loop_cfg["model_kwargs"])
-    opt = torch.optim.AdamW(model.parameters(), lr=loop_cfg["learning_rate"], weight_decay=loop_cfg["weight_decay"])
+    seed_everything(loop_cfg.seed)
+    model = build_model(loop_cfg.model_name, **loop_cfg.model_kwargs)
+    opt = torch.optim.AdamW(model.parameters(), lr=loop_cfg.learning_rate, weight_decay=loop_cfg.weight_decay)
     x, y_class, y_return = (torch.as_tensor(a) for a in (x, y_class, y_return))
-    weights = torch.tensor(loop_cfg["class_weights"], dtype=torch.float32)
-    scale = float(loop_cfg["model_kwargs"]["return_scale"])
+    weights = torch.tensor(loop_cfg.class_weights, dtype=torch.float32)
+    scale = float(loop_cfg.model_kwargs["return_scale"])
     rates = []
-    for epoch in range(loop_cfg["epochs"]):
+    for epoch in range(loop_cfg.epochs):
         model.train()
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch))
         start = time.perf_counter()
-        for i in range(0, len(x), loop_cfg["batch_size"]):
-            idx = order[i : i + loop_cfg["batch_size"]]
+        for i in range(0, len(x), loop_cfg.batch_size):
+            idx = order[i : i + loop_cfg.batch_size]
             logits, ret_z = model(x[idx])
             loss = multitask_loss(logits, ret_z, y_class[idx], y_return[idx] / scale, weights,
-                                  loop_cfg["class_loss_weight"], loop_cfg["return_loss_weight"])
+                                  loop_cfg.class_loss_weight, loop_cfg.return_loss_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -4,6 +4,7 @@ early stopping, DDP with two workers, and recovery from a killed training worker
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -18,8 +19,8 @@ from conftest import BUNDLED, REPO
 from raytrade.config import load_config
 from raytrade.dataset.prepare import load_market_data, prepare_data
 from raytrade.models.bundle import ForecasterBundle
-from raytrade.training.loop import TRAIN_STATE_FILE
-from raytrade.training.trainer import balanced_class_weights, fit_forecaster
+from raytrade.training.loop import TRAIN_STATE_FILE, LoopConfig
+from raytrade.training.trainer import balanced_class_weights, fit_forecaster, loop_config
 
 # metrics that depend on wall-clock time or process memory, not on the computation
 TIMING = ["epoch_time_s", "train_samples_per_s", "peak_rss_mb"]
@@ -43,6 +44,23 @@ def test_balanced_class_weights_follow_inverse_frequency():
     w = balanced_class_weights(y)
     np.testing.assert_allclose(w, [60 / (3 * 10), 60 / (3 * 30), 60 / (3 * 20)])
     assert balanced_class_weights(np.array([1, 1, 2]))[0] == 0.0  # absent class
+
+
+def test_loop_config_is_typed_and_survives_ray_trains_dict(prepared):
+    cfg, data = prepared
+    w = data.windows(cfg.model.lookback)
+    config = loop_config(w["train"], cfg.model, cfg.train, data.scaler, cfg.features, cfg.labels, epochs=3)
+    assert isinstance(config, LoopConfig) and config.epochs == 3 and config.batch_size == cfg.train.batch_size
+    assert config.class_weights == tuple(balanced_class_weights(w["train"].y_class))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 1  # type: ignore[misc]
+    # Ray Train's train_loop_config is a dict: the workers rebuild the same config from it
+    as_dict = config.to_dict()
+    assert LoopConfig.from_dict(as_dict) == config
+    # a value set in that dict (e.g. a hyperparameter Tune samples) overrides its field; unknown keys are named
+    assert LoopConfig.from_dict({**as_dict, "learning_rate": 0.5}).learning_rate == 0.5
+    with pytest.raises(TypeError, match="'learning_rat'"):
+        LoopConfig.from_dict({**as_dict, "learning_rat": 0.5})
 
 
 def test_checkpoints_are_bundles_and_seeded_runs_repeat(prepared, tmp_path):

@@ -13,6 +13,7 @@ Modules (one seam each):
   (the single definition of the observation layout);
 * :mod:`raytrade_envs.actions`: :class:`ActionMapper` (single asset and portfolio);
 * :mod:`raytrade_envs.rewards`: reward schemes by name (:data:`REWARDS`);
+* :mod:`raytrade_envs.env_config`: :class:`TradingEnvConfig` (the env's data and settings, defined once);
 * :mod:`raytrade_envs.trading_env`: :class:`TradingEnv`;
 * :mod:`raytrade_envs.vector_env`: :class:`VecTradingEnv` (``N`` envs stepped with numpy).
 """
@@ -23,6 +24,7 @@ import gymnasium
 
 from raytrade_envs.accounting import bar_net_return, net_log_return, net_returns
 from raytrade_envs.actions import ActionMapper
+from raytrade_envs.env_config import TradingEnvConfig
 from raytrade_envs.market import MarketSimulator, ohlcv_arrays
 from raytrade_envs.observation import ObservationBuilder, observation_size, observation_vector
 from raytrade_envs.rewards import REWARDS, make_reward
@@ -36,6 +38,7 @@ __all__ = [
     "MarketSimulator",
     "ObservationBuilder",
     "TradingEnv",
+    "TradingEnvConfig",
     "VecTradingEnv",
     "bar_net_return",
     "make_reward",

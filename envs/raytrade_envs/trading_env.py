@@ -12,6 +12,7 @@ of four seams:
   (position limit, long-only, gross rescaling, invalid-action policy);
 * :mod:`raytrade_envs.rewards`: the reward scheme selected by name.
 
+The constructor's data and settings are the fields of :class:`raytrade_envs.env_config.TradingEnvConfig`.
 The accounting is :mod:`raytrade_envs.accounting`, shared with the backtester, so rewards and
 backtest P&L agree to floating-point precision.
 """
@@ -28,8 +29,9 @@ from gymnasium import spaces
 from raytrade_envs._validate import as_finite_array, as_float, as_int
 from raytrade_envs.accounting import MIN_GROWTH
 from raytrade_envs.actions import ActionMapper
+from raytrade_envs.env_config import TradingEnvConfig
 from raytrade_envs.market import MarketSimulator
-from raytrade_envs.observation import DEFAULT_CACHE_MAX_BYTES, ObservationBuilder
+from raytrade_envs.observation import ObservationBuilder
 from raytrade_envs.rewards import make_reward
 
 __all__ = ["EnvCore", "TradingEnv"]
@@ -40,7 +42,8 @@ _LOG_MIN_GROWTH = math.log(MIN_GROWTH)
 class EnvCore:
     """Validated data and the four seams, shared by :class:`TradingEnv` and :class:`VecTradingEnv`.
 
-    Takes the keyword arguments documented on :class:`TradingEnv` (except ``render_mode``).
+    Built from a :class:`~raytrade_envs.env_config.TradingEnvConfig`, whose fields it validates
+    (``ValueError`` naming the field); it keeps its own validated copies, not the config.
 
     Attributes:
         market, observations, actions: the seams; reward_name, reward_params: the reward config;
@@ -49,59 +52,41 @@ class EnvCore:
         episode start); episode_length, random_start, ruin_equity, window.
     """
 
-    def __init__(
-        self,
-        features: Any,
-        returns: Any,
-        forecasts: Any | None = None,
-        gap_returns: Any | None = None,
-        volatility: Any | None = None,
-        window: int = 8,
-        cost_bps: float = 10.0,
-        slippage_vol_mult: float = 0.0,
-        max_position: float = 1.0,
-        allow_short: bool = True,
-        episode_length: int | None = None,
-        random_start: bool = False,
-        ruin_equity: float = 0.0,
-        reward: str = "log_return",
-        reward_params: dict[str, Any] | None = None,
-        invalid_action: str = "clip",
-        account_observation: bool = True,
-        obs_cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
-    ) -> None:
-        feats = as_finite_array(features, "features", (2,), np.float32)
-        market = MarketSimulator(returns, gap_returns, volatility, cost_bps, slippage_vol_mult)
+    def __init__(self, config: TradingEnvConfig) -> None:
+        feats = as_finite_array(config.features, "features", (2,), np.float32)
+        market = MarketSimulator(config.returns, config.gap_returns, config.volatility, config.cost_bps,
+                                 config.slippage_vol_mult)
         n_bars, n_features = feats.shape
         if market.n_bars != n_bars:
             raise ValueError(f"returns length {market.n_bars} does not match features length {n_bars}")
         fcst = None
-        if forecasts is not None:
-            fcst = as_finite_array(forecasts, "forecasts", (2,), np.float32)
+        if config.forecasts is not None:
+            fcst = as_finite_array(config.forecasts, "forecasts", (2,), np.float32)
             if fcst.shape[0] != n_bars:
                 raise ValueError(f"forecasts length {fcst.shape[0]} does not match features length {n_bars}")
-        window = as_int(window, "window", 1)
+        window = as_int(config.window, "window", 1)
         if n_bars < window + 1:
             raise ValueError(
                 f"window={window} is too large for {n_bars} bars: need at least window + 1 bars "
                 "(features/returns length T >= window + 1)"
             )
+        episode_length = config.episode_length
         if episode_length is not None:
             episode_length = as_int(episode_length, "episode_length", 1)
-        self.ruin_equity = as_float(ruin_equity, "ruin_equity", 0.0, 1.0, high_open=True)
-        self.actions = ActionMapper(market.n_assets, max_position, allow_short, invalid_action,
+        self.ruin_equity = as_float(config.ruin_equity, "ruin_equity", 0.0, 1.0, high_open=True)
+        self.actions = ActionMapper(market.n_assets, config.max_position, config.allow_short, config.invalid_action,
                                     portfolio=not market.single)
-        self.reward_name = reward
-        self.reward_params = dict(reward_params or {})
-        make_reward(reward, reward_params)  # validate now; each env owns its instance
+        self.reward_name = config.reward
+        self.reward_params = dict(config.reward_params or {})
+        make_reward(config.reward, config.reward_params)  # validate now; each env owns its instance
 
         self.market = market
-        self.observations = ObservationBuilder(feats, fcst, window, market.n_assets, bool(account_observation),
-                                               obs_cache_max_bytes)
+        self.observations = ObservationBuilder(feats, fcst, window, market.n_assets,
+                                               bool(config.account_observation), config.obs_cache_max_bytes)
         self.window = window
         self.episode_length = episode_length
-        self.random_start = bool(random_start)
-        self.account_observation = bool(account_observation)
+        self.random_start = bool(config.random_start)
+        self.account_observation = bool(config.account_observation)
         self.n_bars = n_bars
         self.n_features = n_features
         self.n_forecasts = 0 if fcst is None else fcst.shape[1]
@@ -133,45 +118,12 @@ class TradingEnv(gymnasium.Env):
     """Gymnasium environment for trading one asset, or a portfolio, with continuous target positions.
 
     Args:
-        features: ``(T, F)`` already-scaled causal features (row ``t`` uses only bars ``<= t``);
-            stored as float32.
-        returns: ``(T,)`` for one asset or ``(T, A)`` for a portfolio; ``returns[t] =
-            ln(close[t+1] / close[t])`` (natural log, fraction), earned by the target chosen at
-            the close of ``t``. Stored as float64.
-        forecasts: optional ``(T, K)`` forecaster outputs available at the close of ``t``
-            (probabilities, expected return, uncertainty, embedding ...); appended to the
-            observation; stored as float32.
-        gap_returns: optional, shape of ``returns``; ``ln(open[t+1] / close[t])``. Given, the target
-            chosen at the close of ``t`` fills at the open of ``t + 1``: the previous position
-            earns the gap, the new one ``ln(close[t+1] / open[t+1]) = returns - gap_returns``.
-            ``None``: fills at ``close[t]``.
-        volatility: optional, shape of ``returns``, >= 0; per-bar volatility known at ``t``
-            (fraction, e.g. std of 1-bar log returns) for slippage. ``None``: no slippage.
-        window: feature rows per observation (bars ``t - window + 1 .. t``), >= 1.
-        cost_bps: transaction cost in basis points (1e-4) of traded notional, >= 0.
-        slippage_vol_mult: slippage cost fraction per unit traded = ``slippage_vol_mult *
-            volatility[t]``, >= 0 (needs ``volatility`` to have an effect).
-        max_position: in ``(0, 1]``. One asset: cap on ``|position|``; portfolio: cap on the gross
-            exposure ``sum_a |position_a|``.
-        allow_short: ``False`` maps negative targets to 0 (long-only).
-        episode_length: maximum steps per episode; ``None`` runs until the data runs out.
-        random_start: draw each episode's start uniformly from ``[window - 1, last_start]``
-            with ``self.np_random`` (``last_start`` leaves room for ``episode_length`` steps, or
-            one step without it); otherwise every episode starts at ``window - 1``.
-            ``reset(options={"start": s})`` forces a start.
-        ruin_equity: in ``[0, 1)``, a fraction of the starting equity (1.0). The episode
-            *terminates* when equity ``<= ruin_equity``. The default 0.0 ends it only when the
-            account is wiped out (equity <= 0), e.g. by a ruinous cost or a leveraged loss.
-        reward: one of :data:`raytrade_envs.rewards.REWARDS`: ``"log_return"``,
-            ``"differential_sharpe"``, ``"drawdown_penalty"``, ``"cost_penalty"``.
-        reward_params: parameters of the reward (e.g. ``{"eta": 0.01}``, ``{"penalty": 1.0}``);
-            unknown keys raise ``ValueError`` naming them.
-        invalid_action: ``"clip"``: actions outside ``[-1, 1]`` (and ``+-inf``) are clipped;
-            ``"raise"``: they raise ``ValueError`` naming the value. NaN always raises.
-        account_observation: append unrealised P&L and drawdown to the observation.
+        *args, **kwargs: the environment's data and settings: the fields of
+            :class:`~raytrade_envs.env_config.TradingEnvConfig`, where each one is documented (shape,
+            units, default): ``features`` and ``returns`` are required (also as the first two
+            positional arguments); ``window``, ``cost_bps``, ``max_position``, ``reward`` and the rest
+            are optional keywords. A keyword that is not a field raises ``TypeError`` naming it.
         render_mode: ``None``, ``"ansi"`` (``render()`` returns a string) or ``"human"`` (prints it).
-        obs_cache_max_bytes: precompute the static part of all observations when the ``(T, dim)``
-            float32 table fits in this many bytes (default 256 MiB); otherwise build per step.
 
     Spaces:
         * action: ``Box(-1, 1, (A,), float32)`` (``A = 1`` for 1-D returns): target positions as
@@ -210,6 +162,8 @@ class TradingEnv(gymnasium.Env):
     env pickles and unpickles mid-episode (caches are rebuilt) and continues identically.
 
     Raises:
+        TypeError: in ``__init__`` for an unknown keyword (the message names it), a missing
+            ``features``/``returns`` or an argument given twice.
         ValueError: in ``__init__`` for invalid arguments (the message names the argument); in
             ``step`` for NaN, wrongly sized or (``invalid_action="raise"``) out-of-range actions;
             in ``reset`` for a bad ``options["start"]``.
@@ -218,40 +172,14 @@ class TradingEnv(gymnasium.Env):
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "human"], "render_fps": 4}
 
-    def __init__(
-        self,
-        features: Any,
-        returns: Any,
-        forecasts: Any | None = None,
-        gap_returns: Any | None = None,
-        volatility: Any | None = None,
-        window: int = 8,
-        cost_bps: float = 10.0,
-        slippage_vol_mult: float = 0.0,
-        max_position: float = 1.0,
-        allow_short: bool = True,
-        episode_length: int | None = None,
-        random_start: bool = False,
-        ruin_equity: float = 0.0,
-        reward: str = "log_return",
-        reward_params: dict[str, Any] | None = None,
-        invalid_action: str = "clip",
-        account_observation: bool = True,
-        render_mode: str | None = None,
-        obs_cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
-    ) -> None:
+    def __init__(self, *args: Any, render_mode: str | None = None, **kwargs: Any) -> None:
         super().__init__()
+        config = TradingEnvConfig.from_args(type(self).__name__, *args, **kwargs)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}"
             )
-        core = EnvCore(
-            features, returns, forecasts=forecasts, gap_returns=gap_returns, volatility=volatility, window=window,
-            cost_bps=cost_bps, slippage_vol_mult=slippage_vol_mult, max_position=max_position,
-            allow_short=allow_short, episode_length=episode_length, random_start=random_start,
-            ruin_equity=ruin_equity, reward=reward, reward_params=reward_params, invalid_action=invalid_action,
-            account_observation=account_observation, obs_cache_max_bytes=obs_cache_max_bytes,
-        )
+        core = EnvCore(config)
         self._core = core
         self._market = core.market
         self._obs = core.observations

@@ -17,7 +17,7 @@ from gymnasium.vector.utils import batch_space
 
 from raytrade_envs._validate import as_int
 from raytrade_envs.accounting import MIN_GROWTH
-from raytrade_envs.observation import DEFAULT_CACHE_MAX_BYTES
+from raytrade_envs.env_config import TradingEnvConfig
 from raytrade_envs.rewards import make_reward
 from raytrade_envs.trading_env import EnvCore
 
@@ -32,12 +32,10 @@ class VecTradingEnv(VectorEnv):
 
     Args:
         num_envs: ``N`` >= 1.
-        **kwargs: the keyword arguments of :class:`raytrade_envs.TradingEnv` (``features``,
-            ``returns``, ``forecasts``, ``gap_returns``, ``volatility``, ``window``, ``cost_bps``,
-            ``slippage_vol_mult``, ``max_position``, ``allow_short``, ``episode_length``,
-            ``random_start``, ``ruin_equity``, ``reward``, ``reward_params``, ``invalid_action``,
-            ``account_observation``, ``obs_cache_max_bytes``); same meanings, units and errors.
-            ``render_mode`` may be ``None`` or ``"ansi"`` (``render()`` returns one string per env).
+        **kwargs: the data and settings, as keywords: the fields of
+            :class:`~raytrade_envs.env_config.TradingEnvConfig` (as for :class:`raytrade_envs.TradingEnv`;
+            same meanings, units, defaults and errors).
+        render_mode: ``None`` or ``"ansi"`` (``render()`` returns one string per env).
 
     Spaces:
         ``single_action_space = Box(-1, 1, (A,), float32)``, ``action_space`` its ``(N, A)`` batch;
@@ -63,6 +61,7 @@ class VecTradingEnv(VectorEnv):
     shared array per call). Arrays are fresh copies, safe to keep.
 
     Raises:
+        TypeError: for an unknown keyword (the message names it) or a missing ``features``/``returns``.
         ValueError: for bad arguments (as ``TradingEnv``), actions of the wrong shape, NaN actions,
             or out-of-range actions with ``invalid_action="raise"`` (nothing is stepped then).
         RuntimeError: if ``step`` is called before ``reset``.
@@ -74,8 +73,7 @@ class VecTradingEnv(VectorEnv):
         self.num_envs = as_int(num_envs, "num_envs", 1)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
-        kwargs.setdefault("obs_cache_max_bytes", DEFAULT_CACHE_MAX_BYTES)
-        core = EnvCore(**kwargs)
+        core = EnvCore(TradingEnvConfig.from_args(type(self).__name__, **kwargs))
         self._core = core
         self._market = core.market
         self._obs = core.observations

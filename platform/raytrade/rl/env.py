@@ -12,7 +12,8 @@ RLLIB_ENV_NAME = "raytrade_trading"
 
 
 def make_env(env_config: dict[str, Any]) -> TradingEnv:
-    """RLlib/SB3 env creator: ``env_config`` holds TradingEnv's keyword arguments (arrays included)."""
+    """RLlib/SB3 env creator: ``env_config`` holds TradingEnv's keyword arguments (the fields of
+    :class:`raytrade_envs.TradingEnvConfig`, arrays included)."""
     return TradingEnv(**dict(env_config))
 
 
@@ -35,7 +36,8 @@ def env_config(
     max_position: float = 1.0,
     **options: Any,
 ) -> dict[str, Any]:
-    """Keyword arguments of :class:`TradingEnv` (see there for shapes and units).
+    """Keyword arguments of :class:`TradingEnv`: fields of :class:`raytrade_envs.TradingEnvConfig` (documented
+    there: shapes, units, defaults).
 
     ``options`` passes the env's other keywords through (``gap_returns``, ``volatility``,
     ``slippage_vol_mult``, ``reward``, ``reward_params``, ``account_observation``, ...).

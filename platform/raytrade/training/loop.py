@@ -15,6 +15,10 @@ config) plus ``train_state.pt`` (optimizer, grad scaler, epoch, early-stopping s
 after a worker failure (``FailureConfig(max_failures=...)``) training resumes from the last epoch,
 not from epoch 0, and any epoch's checkpoint serves forecasts directly.
 
+The loop's settings are a :class:`LoopConfig`. Ray Train's ``train_loop_config`` must be a dict, so
+the trainer passes :meth:`LoopConfig.to_dict` and each worker rebuilds the config with
+:meth:`LoopConfig.from_dict`; Tune trials call :func:`run_training_loop` with the ``LoopConfig`` itself.
+
 Data loading: ``data_loading="cached"`` (default) reads the shard from Ray Data once into worker
 memory and reshuffles it every epoch with a seeded generator (fast for windows that fit in memory);
 ``"streaming"`` iterates the shard every epoch with Ray Data's local shuffle buffer.
@@ -29,9 +33,10 @@ import random
 import resource
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import ray.train
@@ -45,6 +50,81 @@ from raytrade.models.bundle import META_FILE, STATE_FILE
 
 TRAIN_STATE_FILE = "train_state.pt"
 _DTYPES = {"x": torch.float32, "y_class": torch.int64, "y_return": torch.float32}
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Everything :func:`run_training_loop` needs besides the data (built by
+    :func:`raytrade.training.trainer.loop_config` from the pipeline config).
+
+    Attributes:
+        model_name: registry name of the forecaster class (:func:`raytrade.models.build_model`).
+        model_kwargs: its JSON-ready constructor keyword arguments, incl. ``n_features`` and
+            ``return_scale`` (std of the labelled train ``y_return``, log-return units; the return
+            head is trained on ``y_return / return_scale``). Saved in every checkpoint.
+        bundle_meta: JSON-ready bundle metadata (scaler state, feature and label config, ``lookback``
+            in bars, ``mc_samples``; see :func:`raytrade.models.bundle.bundle_metadata`). Saved in
+            every checkpoint.
+        epochs: number of passes over the training data (total, counting epochs before a restart).
+        batch_size: windows per mini-batch on each worker.
+        learning_rate: AdamW learning rate (per optimizer step).
+        weight_decay: AdamW decoupled weight decay (fraction of each weight removed per step, times
+            the learning rate).
+        class_loss_weight: weight of the cross-entropy term of the loss (dimensionless).
+        return_loss_weight: weight of the return MSE term (the MSE is in ``return_scale`` units squared).
+        seed: base seed: worker ``r`` seeds Python/NumPy/torch with ``seed + r`` and shuffles epoch ``e``
+            with ``seed * 100003 + e * 1009 + r``.
+        class_weights: cross-entropy weights for (sell, hold, buy), or ``None`` for unweighted.
+        patience: epochs without a ``val_loss`` improvement (by more than ``min_delta``) before stopping
+            early; ``None`` never stops early.
+        min_delta: smallest ``val_loss`` decrease that counts as an improvement (loss units).
+        torch_threads: torch intra-op threads per worker; ``None`` keeps torch's default.
+        mixed_precision: autocast (bfloat16, or float16 with a ``GradScaler``) on CUDA workers; ignored on CPU.
+        data_loading: ``"cached"`` (the shard read once into worker memory) or ``"streaming"`` (Ray Data
+            every epoch).
+    """
+
+    model_name: str
+    model_kwargs: dict[str, Any]
+    bundle_meta: dict[str, Any]
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    class_loss_weight: float
+    return_loss_weight: float
+    seed: int
+    class_weights: tuple[float, float, float] | None = None
+    patience: int | None = None
+    min_delta: float = 0.0
+    torch_threads: int | None = None
+    mixed_precision: bool = True
+    data_loading: Literal["cached", "streaming"] = "cached"
+
+    def __post_init__(self) -> None:
+        if self.class_weights is not None:  # a list from JSON, Tune or sklearn -> an immutable tuple
+            object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (Ray Train's ``train_loop_config``); :meth:`from_dict` inverts it."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any] | LoopConfig) -> LoopConfig:
+        """The config from :meth:`to_dict`'s dict (a ``LoopConfig`` is returned as is). A key set in the
+        dict after :meth:`to_dict` (e.g. a hyperparameter Ray Tune samples into ``train_loop_config``
+        under a field's name) becomes that field.
+
+        Raises:
+            TypeError: a key that is not a field (named in the message), or a missing required field.
+        """
+        if isinstance(config, cls):
+            return config
+        names = [f.name for f in fields(cls)]
+        unknown = [k for k in config if k not in names]
+        if unknown:
+            raise TypeError(f"LoopConfig got unexpected key(s) {unknown}; its fields are {names}")
+        return cls(**config)
 
 
 def seed_everything(seed: int) -> None:
@@ -113,21 +193,21 @@ def _all_reduce(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def _evaluate(model: nn.Module, batches: _ShardBatches, cfg: dict[str, Any], device: torch.device,
+def _evaluate(model: nn.Module, batches: _ShardBatches, cfg: LoopConfig, device: torch.device,
               class_weights: torch.Tensor | None, scale: float, autocast: dict[str, Any]) -> dict[str, float]:
     """Validation metrics over ALL workers' shards (sums are all-reduced before the ratios)."""
     model.eval()
     # loss*n, nll*n, se, n, sum p, sum t, sum p^2, sum t^2, sum p*t, then the 9 confusion counts
     acc = torch.zeros(18, dtype=torch.float64)
     with torch.no_grad():
-        for batch in batches(cfg["batch_size"], None):
+        for batch in batches(cfg.batch_size, None):
             with torch.autocast(**autocast):
                 logits, ret_z = model(batch["x"])
             logits, ret_z = logits.float(), ret_z.float()
             y, y_z = batch["y_class"], batch["y_return"] / scale
             n = len(y)
-            loss = multitask_loss(logits, ret_z, y, y_z, class_weights, cfg["class_loss_weight"],
-                                  cfg["return_loss_weight"])
+            loss = multitask_loss(logits, ret_z, y, y_z, class_weights, cfg.class_loss_weight,
+                                  cfg.return_loss_weight)
             nll = nn.functional.cross_entropy(logits, y)
             p, t = ret_z.double().cpu(), y_z.double().cpu()
             conf = torch.bincount((y * 3 + logits.argmax(-1)).cpu(), minlength=9).double()
@@ -153,10 +233,10 @@ def _autocast_args(device: torch.device, enabled: bool) -> dict[str, Any]:
     return {"device_type": device.type, "enabled": False}
 
 
-def _save_checkpoint(directory: str, raw_model: nn.Module, cfg: dict[str, Any], state: dict[str, Any],
+def _save_checkpoint(directory: str, raw_model: nn.Module, cfg: LoopConfig, state: dict[str, Any],
                      metrics: dict[str, float]) -> None:
     torch.save(raw_model.state_dict(), os.path.join(directory, STATE_FILE))
-    meta = {**cfg["bundle_meta"], "model_name": cfg["model_name"], "model_kwargs": cfg["model_kwargs"],
+    meta = {**cfg.bundle_meta, "model_name": cfg.model_name, "model_kwargs": cfg.model_kwargs,
             "epoch": state["epoch"], "metrics": metrics}
     with open(os.path.join(directory, META_FILE), "w") as f:
         json.dump(meta, f, indent=2)
@@ -216,20 +296,17 @@ class TuneTrialSession:
         tune.report(metrics)
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker entry point: :func:`run_training_loop` with this worker's Ray Train session."""
-    run_training_loop(config, _RayTrainSession())
+def train_loop_per_worker(config: Mapping[str, Any]) -> None:
+    """Ray Train worker entry point: :func:`run_training_loop` with this worker's Ray Train session.
+
+    ``config``: Ray Train's ``train_loop_config``, :meth:`LoopConfig.to_dict` (see :meth:`LoopConfig.from_dict`).
+    """
+    run_training_loop(LoopConfig.from_dict(config), _RayTrainSession())
 
 
-def run_training_loop(config: dict[str, Any], session: Any) -> None:
-    """Ray Train worker entry point.
-
-    ``config`` keys: ``model_name``, ``model_kwargs`` (constructor kwargs incl. ``n_features`` and
-    ``return_scale``), ``bundle_meta`` (scaler/features/labels/lookback, see
-    :func:`raytrade.models.bundle.bundle_metadata`), ``epochs``, ``batch_size``, ``learning_rate``,
-    ``weight_decay``, ``class_loss_weight``, ``return_loss_weight``, ``class_weights`` (3 floats or
-    None), ``patience`` (None = no early stopping), ``min_delta``, ``seed``, ``torch_threads``,
-    ``mixed_precision``, ``data_loading`` ("cached" | "streaming").
+def run_training_loop(config: LoopConfig, session: Any) -> None:
+    """Train the forecaster described by ``config`` (see :class:`LoopConfig`) in ``session`` (a Ray Train
+    worker, or :class:`TuneTrialSession`).
 
     Reports per epoch: ``epoch``, ``train_loss``, ``val_loss`` (the training objective on val),
     ``val_nll`` (unweighted cross-entropy, nats), ``val_accuracy``, ``val_macro_f1``,
@@ -238,13 +315,13 @@ def run_training_loop(config: dict[str, Any], session: Any) -> None:
     ``peak_rss_mb`` (this worker's peak resident memory, MiB).
     """
     rank, world_size = session.rank, session.world_size
-    seed_everything(int(config["seed"]) + rank)
-    if config.get("torch_threads"):
-        torch.set_num_threads(int(config["torch_threads"]))
+    seed_everything(int(config.seed) + rank)
+    if config.torch_threads:
+        torch.set_num_threads(int(config.torch_threads))
     device = session.device
-    model = build_model(config["model_name"], **config["model_kwargs"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
-    autocast = _autocast_args(device, bool(config.get("mixed_precision", True)))
+    model = build_model(config.model_name, **config.model_kwargs)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    autocast = _autocast_args(device, bool(config.mixed_precision))
     grad_scaler = torch.amp.GradScaler("cuda", enabled=autocast["enabled"] and autocast["dtype"] == torch.float16)
 
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0}
@@ -262,24 +339,24 @@ def run_training_loop(config: dict[str, Any], session: Any) -> None:
 
     model = session.prepare_model(model)
     raw_model = model.module if hasattr(model, "module") else model
-    scale = float(config["model_kwargs"].get("return_scale", 1.0))
-    weights = config.get("class_weights")
+    scale = float(config.model_kwargs.get("return_scale", 1.0))
+    weights = config.class_weights
     class_weights = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
-    cached = config.get("data_loading", "cached") == "cached"
+    cached = config.data_loading == "cached"
     train_batches = session.batches("train", cached)
     val_batches = session.batches("val", cached)
-    patience = config.get("patience")
+    patience = config.patience
 
-    for epoch in range(state["epoch"], int(config["epochs"])):
+    for epoch in range(state["epoch"], int(config.epochs)):
         model.train()
         started = time.perf_counter()
         running, seen = 0.0, 0
-        shuffle_seed = int(config["seed"]) * 100_003 + epoch * 1009 + rank  # new order every epoch, reproducible
-        for batch in train_batches(config["batch_size"], shuffle_seed=shuffle_seed):
+        shuffle_seed = int(config.seed) * 100_003 + epoch * 1009 + rank  # new order every epoch, reproducible
+        for batch in train_batches(config.batch_size, shuffle_seed=shuffle_seed):
             with torch.autocast(**autocast):
                 logits, ret_z = model(batch["x"])
             loss = multitask_loss(logits, ret_z, batch["y_class"], batch["y_return"] / scale, class_weights,
-                                  config["class_loss_weight"], config["return_loss_weight"])
+                                  config.class_loss_weight, config.return_loss_weight)
             optimizer.zero_grad(set_to_none=True)
             grad_scaler.scale(loss).backward()
             grad_scaler.unscale_(optimizer)
@@ -290,7 +367,7 @@ def run_training_loop(config: dict[str, Any], session: Any) -> None:
             seen += len(batch["y_class"])
         train_time = time.perf_counter() - started
         metrics = _evaluate(model, val_batches, config, device, class_weights, scale, autocast)
-        if metrics["val_loss"] < state["best_val_loss"] - float(config.get("min_delta", 0.0)):
+        if metrics["val_loss"] < state["best_val_loss"] - float(config.min_delta):
             state.update(best_val_loss=metrics["val_loss"], best_epoch=epoch + 1, bad_epochs=0)
         else:
             state["bad_epochs"] += 1

@@ -24,7 +24,7 @@ from raytrade.errors import InsufficientDataError
 from raytrade.features.scaler import FeatureScaler
 from raytrade.models.bundle import ForecasterBundle, bundle_metadata
 from raytrade.models.registry import model_kwargs_from_config
-from raytrade.training.loop import train_loop_per_worker
+from raytrade.training.loop import LoopConfig, train_loop_per_worker
 
 #: Per-epoch metrics kept in :attr:`TrainOutcome.history` (see :func:`train_loop_per_worker`).
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_nll", "val_accuracy", "val_macro_f1", "val_return_mse",
@@ -87,28 +87,29 @@ def balanced_class_weights(y_class: np.ndarray) -> list[float]:
 
 
 def loop_config(train: Windows, model_cfg: ModelConfig, train_cfg: TrainConfig, scaler: FeatureScaler,
-                features: FeatureConfig, labels: LabelConfig, epochs: int | None = None) -> dict[str, Any]:
-    """The ``train_loop_config`` for :func:`~raytrade.training.loop.train_loop_per_worker`."""
+                features: FeatureConfig, labels: LabelConfig, epochs: int | None = None) -> LoopConfig:
+    """The :class:`~raytrade.training.loop.LoopConfig` of :func:`~raytrade.training.loop.run_training_loop`
+    (Ray Train gets it as ``train_loop_config=config.to_dict()``)."""
     labelled = train.y_return[train.y_class >= 0]
     return_scale = float(np.std(labelled)) or 1.0
-    return {
-        "model_name": model_cfg.name,
-        "model_kwargs": model_kwargs_from_config(model_cfg, int(train.x.shape[2]), return_scale),
-        "bundle_meta": bundle_metadata(scaler, features, labels, model_cfg.lookback, model_cfg.mc_samples),
-        "epochs": int(epochs or train_cfg.epochs),
-        "batch_size": train_cfg.batch_size,
-        "learning_rate": train_cfg.learning_rate,
-        "weight_decay": train_cfg.weight_decay,
-        "class_loss_weight": train_cfg.class_loss_weight,
-        "return_loss_weight": train_cfg.return_loss_weight,
-        "class_weights": balanced_class_weights(train.y_class) if train_cfg.class_weights == "balanced" else None,
-        "patience": train_cfg.early_stopping_patience,
-        "min_delta": train_cfg.early_stopping_min_delta,
-        "seed": train_cfg.seed,
-        "torch_threads": None if train_cfg.use_gpu else max(1, int(train_cfg.cpus_per_worker)),
-        "mixed_precision": train_cfg.mixed_precision,
-        "data_loading": train_cfg.data_loading,
-    }
+    return LoopConfig(
+        model_name=model_cfg.name,
+        model_kwargs=model_kwargs_from_config(model_cfg, int(train.x.shape[2]), return_scale),
+        bundle_meta=bundle_metadata(scaler, features, labels, model_cfg.lookback, model_cfg.mc_samples),
+        epochs=int(epochs or train_cfg.epochs),
+        batch_size=train_cfg.batch_size,
+        learning_rate=train_cfg.learning_rate,
+        weight_decay=train_cfg.weight_decay,
+        class_loss_weight=train_cfg.class_loss_weight,
+        return_loss_weight=train_cfg.return_loss_weight,
+        class_weights=balanced_class_weights(train.y_class) if train_cfg.class_weights == "balanced" else None,
+        patience=train_cfg.early_stopping_patience,
+        min_delta=train_cfg.early_stopping_min_delta,
+        seed=train_cfg.seed,
+        torch_threads=None if train_cfg.use_gpu else max(1, int(train_cfg.cpus_per_worker)),
+        mixed_precision=train_cfg.mixed_precision,
+        data_loading=train_cfg.data_loading,
+    )
 
 
 def scaling_config(train_cfg: TrainConfig):
@@ -147,7 +148,7 @@ def fit_forecaster(
     config = loop_config(train, model_cfg, train_cfg, scaler, features, labels, epochs)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=config,
+        train_loop_config=config.to_dict(),  # Ray Train takes a dict; the workers rebuild the LoopConfig
         scaling_config=scaling_config(train_cfg),
         datasets={"train": windows_to_dataset(train), "val": windows_to_dataset(val)},
         # rows reach the workers in a fixed order, so seeded CPU runs are reproducible
@@ -173,5 +174,5 @@ def fit_forecaster(
         history=history[keep].reset_index(drop=True),
         best_metrics={k: float(v) for k, v in best_metrics.items() if k in keep},
         checkpoint_path=best_ckpt.path,
-        class_weights=config["class_weights"],
+        class_weights=None if config.class_weights is None else list(config.class_weights),
     )
