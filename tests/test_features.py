@@ -212,6 +212,7 @@ def test_windows_end_at_t_and_never_cross_symbols(frame):
     assert set(w.symbol) == {"BTC/USD", "OTHER"}
 
 
+@pytest.mark.ray  # the CLI runs Ray Data in its own local Ray
 def test_cli_features_writes_the_contract_columns_and_the_online_store(tmp_path, redis_server):
     import subprocess
     import sys

@@ -18,7 +18,8 @@ from fake_exchange import FakeBinance
 from raytrade.data.exchange import ExchangeError, fetch_ohlcv_history, ingest_exchange, make_exchange
 from raytrade.data.ingest import discover, last_timestamps, read_many, write_partitioned
 from raytrade.data.readers import read_bars
-from raytrade.data.schema import BAR_COLUMNS, validate_bars
+from raytrade.data.schema import BAR_COLUMNS
+from raytrade.data.validation import validate_bars
 from raytrade.errors import ConfigError, DataValidationError
 
 HOUR_MS = 3_600_000

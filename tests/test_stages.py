@@ -19,6 +19,8 @@ import yaml
 
 from conftest import BUNDLED, REPO
 
+pytestmark = pytest.mark.ray  # every stage here runs as a subprocess CLI/job with its own local Ray
+
 SMOKE = REPO / "jobs" / "configs" / "smoke.yaml"
 # the installed console script, next to this interpreter (the venv need not be on PATH, e.g. under `make test`)
 RAYTRADE = str(Path(sys.executable).parent / "raytrade")
@@ -97,7 +99,7 @@ def test_tune_cli_logs_every_trial_and_promotes_only_a_better_model(registry):
     assert all("learning_rate" in r.data.params and "val_nll" in r.data.metrics for r in runs)
 
 
-@pytest.mark.slow  # about 4 minutes: in make test-slow (CI runs it), out of the default loop
+@pytest.mark.slow  # about 3 minutes: in make test-slow (CI runs it), out of the default loop
 def test_walk_forward_job_hybrid_and_baselines_out_of_sample(tmp_path):
     # the hybrid, a deep baseline and the non-deep one (each fold x model is a Ray Train fit, ~25 s here; LSTM and
     # GRU go through the same registry and loop, and test_model.py covers them)
@@ -124,10 +126,15 @@ def test_walk_forward_job_hybrid_and_baselines_out_of_sample(tmp_path):
     assert all(f"| {m} |" in table for m in [*models, "buy_and_hold"])
 
 
-def test_cli_train_of_a_baseline_and_one_line_errors(tmp_path):
+@pytest.mark.slow  # about 1.5 minutes: a Ray Train fit through the CLI (make test-slow; CI runs it)
+def test_cli_train_of_a_baseline(tmp_path):
     config = _config(tmp_path, train={"epochs": 1})
     report = _report(_run([RAYTRADE, "train", "--config", str(config), "--set", "model.name=gru"]).stdout)
     assert report["forecaster_metrics"]["model"] == "gru"
+
+
+def test_cli_train_names_a_bad_model_in_one_line(tmp_path):
+    config = _config(tmp_path, train={"epochs": 1})
     bad = subprocess.run([RAYTRADE, "train", "--config", str(config), "--set", "model.name=resnet"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1
@@ -135,6 +142,7 @@ def test_cli_train_of_a_baseline_and_one_line_errors(tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow  # about 3.5 minutes: eight agents, each retrained per ensemble window (make test-slow; CI runs it)
 def test_cli_agents_trains_rllib_and_sb3_agents_in_parallel_on_the_champion_forecaster(registry):
     """``raytrade agents`` with PPO, SAC and TD3 through RLlib and through stable-baselines3 (+ A2C, DDPG): each
     trains as its own Ray task on the registered champion's outputs, reports each iteration to the driver, is

@@ -263,6 +263,7 @@ def test_default_config_builds_and_trains(ray_local):
     assert [layer.out_features for layer in module.pi.modules() if isinstance(layer, torch.nn.Linear)] == [256, 256, 1]
 
 
+@pytest.mark.slow  # about 1.5 minutes of learning (make test-slow; CI runs it)
 def test_td3_learns_pendulum(ray_local, tmp_path):
     """TD3 on Pendulum-v1: the deterministic policy clearly beats a uniform-random one on the same seeds."""
     env_steps = 4000
