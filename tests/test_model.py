@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import REPO
 from raytrade.config import ModelConfig
 from raytrade.errors import ConfigError
 from raytrade.models import (
@@ -301,12 +302,15 @@ def test_learned_positions_transformer():
 
 
 def test_unknown_model_name_is_a_config_error():
+    # a validated config cannot name another model (test_config_model_names_are_the_registry); the registry still
+    # names the field for a name that reaches it another way (a bundle's metadata, an unvalidated config)
+    unvalidated = ModelConfig.model_construct(name="nope")
     with pytest.raises(ConfigError, match="model.name"):
         build_model("nope", n_features=3)
     with pytest.raises(ConfigError, match="model.name"):
-        model_kwargs_from_config(ModelConfig(name="nope"), 3, 0.01)
+        model_kwargs_from_config(unvalidated, 3, 0.01)
     with pytest.raises(ConfigError, match="cnn_lstm"):
-        build_from_config(ModelConfig(name="nope"), 3, 0.01)
+        build_from_config(unvalidated, 3, 0.01)
 
 
 def test_signal_positions_are_bounded():
@@ -314,3 +318,14 @@ def test_signal_positions_are_bounded():
 
     probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.2, 0.6, 0.2]])
     np.testing.assert_allclose(signal_positions(probs, 0.5), [-0.35, 0.35, 0.0])
+
+
+def test_config_model_names_are_the_registry():
+    from typing import get_args
+
+    from raytrade.config import ModelName, load_config
+    from raytrade.models.registry import MODELS
+
+    assert set(get_args(ModelName)) == set(MODELS)
+    with pytest.raises(ConfigError, match="model.name"):
+        load_config(REPO / "jobs" / "configs" / "smoke.yaml", {"model": {"name": "resnet"}})

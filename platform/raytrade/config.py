@@ -77,6 +77,11 @@ class SplitConfig(_Section):
         return self
 
 
+# the forecaster networks of raytrade.models.registry.MODELS (a test keeps the two equal); a config naming another
+# model fails when it is loaded, before any data is read or Ray starts
+ModelName = Literal["cnn_lstm", "lstm", "gru", "transformer", "linear"]
+
+
 class ModelConfig(_Section):
     """Forecaster architecture; ``name`` picks a network from :mod:`raytrade.models.registry`.
 
@@ -85,7 +90,7 @@ class ModelConfig(_Section):
     (``transformer_*``, ``attention_heads``), ``linear`` (logistic regression on the last bar's features).
     """
 
-    name: str = "cnn_lstm"
+    name: ModelName = Field("cnn_lstm", description="the network: cnn_lstm, lstm, gru, transformer or linear")
     lookback: int = Field(64, gt=1, description="bars per input window")
     conv_channels: int = Field(16, gt=0, description="channels of EACH Conv1d branch")
     kernel_sizes: tuple[int, ...] = Field((3, 5, 7, 11), description="one Conv1d branch per odd kernel size (bars)")
@@ -161,7 +166,7 @@ class WalkForwardConfig(_Section):
     n_folds: int = Field(4, gt=0)
     test_fraction: float = Field(0.4, gt=0, lt=1, description="share of labelled rows covered by the test folds")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="tail of each fold's training span used for early stop")
-    models: tuple[str, ...] = ("cnn_lstm", "lstm", "gru", "transformer", "linear")
+    models: tuple[ModelName, ...] = ("cnn_lstm", "lstm", "gru", "transformer", "linear")
     n_bootstrap: int = Field(1000, gt=0, description="stationary-bootstrap resamples per confidence interval")
     confidence: float = Field(0.95, gt=0, lt=1)
 
