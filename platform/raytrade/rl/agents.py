@@ -185,7 +185,15 @@ def _unpack(data: bytes, directory: Path) -> Path:
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(directory, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: the standard library's safe extraction
+            tar.extractall(directory, filter="data")
+        else:  # Python 3.11.0-3.11.3 (e.g. Debian 12's 3.11.2): the same rule for what _pack writes
+            members = tar.getmembers()
+            unsafe = [m.name for m in members if not (m.isfile() or m.isdir())
+                      or Path(m.name).is_absolute() or ".." in Path(m.name).parts]
+            if unsafe:
+                raise ValueError(f"packed policy holds unsafe entries: {unsafe[:5]}")
+            tar.extractall(directory, members=members)
     return directory
 
 
