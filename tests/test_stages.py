@@ -74,6 +74,7 @@ def test_train_job_registers_a_champion_bundle(registry):
     assert bundle.scaler.fit_end == report["data"]["scaler_fit_end"] < report["data"]["split_ranges"]["val"][0]
 
 
+@pytest.mark.slow  # about 1 minute: two Tune trials through the CLI (make test-slow; CI runs it)
 def test_tune_cli_logs_every_trial_and_promotes_only_a_better_model(registry):
     from mlflow.tracking import MlflowClient
 

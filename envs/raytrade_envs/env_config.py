@@ -101,29 +101,24 @@ class TradingEnvConfig:
 
     @classmethod
     def from_args(cls, owner: str, *args: Any, **kwargs: Any) -> TradingEnvConfig:
-        """The config from an environment's constructor arguments (positional in field order, or keywords).
+        """The config from an environment's constructor arguments (positional in field order, or keywords);
+        Python's own argument binding, with ``owner`` in the messages and the closest field for a misspelt keyword.
 
         Args:
             owner: the constructor's name for error messages, e.g. ``"TradingEnv"``.
 
         Raises:
-            TypeError: ``"<owner>() got an unexpected keyword argument '<name>'"`` for a keyword that is
-                not a field (with the closest field name when one is close), too many positional
-                arguments, a field given twice, or ``features``/``returns`` missing.
+            TypeError: ``"<owner>() got an unexpected keyword argument '<name>'"`` (with ``did you mean`` when a
+                field name is close), too many positional arguments, a field given twice, or ``features`` /
+                ``returns`` missing.
         """
         names = cls.field_names()
-        for key in kwargs:
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; valid keywords: {', '.join(names)}"
-                raise TypeError(f"{owner}() got an unexpected keyword argument {key!r}{hint}")
-        if len(args) > len(names):
-            raise TypeError(f"{owner}() takes at most {len(names)} positional arguments but {len(args)} were given")
-        for key in names[: len(args)]:
-            if key in kwargs:
-                raise TypeError(f"{owner}() got multiple values for argument {key!r}")
-        given = {**dict(zip(names, args, strict=False)), **kwargs}
-        missing = [key for key in ("features", "returns") if key not in given]
-        if missing:
-            raise TypeError(f"{owner}() missing required argument(s): {', '.join(map(repr, missing))}")
-        return cls(**given)
+        unknown = [key for key in kwargs if key not in names]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keywords: {', '.join(names)}"
+            raise TypeError(f"{owner}() got an unexpected keyword argument {unknown[0]!r}{hint}")
+        try:
+            return cls(*args, **kwargs)
+        except TypeError as exc:  # the dataclass's own message, naming the environment instead
+            raise TypeError(str(exc).replace(f"{cls.__name__}.__init__()", f"{owner}()")) from None

@@ -29,12 +29,10 @@ def _test_offset(data: AgentData) -> int:
     return len(data.arrays["train"]["returns"]) + len(data.arrays["val"]["returns"])
 
 
-
 def _window_starts(cfg: PipelineConfig, data: AgentData) -> list[int]:
     """Env steps on the TEST split at which each ensemble window starts (step j decides at test bar window-1+j)."""
     steps = len(data.arrays["test"]["returns"]) - cfg.rl.window
     return list(range(0, steps, cfg.ensemble.window_bars))
-
 
 
 def retrain_plan(cfg: PipelineConfig, data: AgentData) -> RetrainPlan | None:
@@ -49,7 +47,6 @@ def retrain_plan(cfg: PipelineConfig, data: AgentData) -> RetrainPlan | None:
     ends = [first + j - cfg.ensemble.window_bars for j in _window_starts(cfg, data)]
     return RetrainPlan(env=env_kwargs(cfg, all_bars(data), train=True), ends=ends,
                        iterations=cfg.ensemble.retrain_iterations)
-
 
 
 def rolling_retrain(cfg: PipelineConfig, data: AgentData, agents: dict[str, AgentOutcome],
@@ -86,7 +83,6 @@ def rolling_retrain(cfg: PipelineConfig, data: AgentData, agents: dict[str, Agen
     return EnsembleResult(positions, starts, weights), log
 
 
-
 def _member_returns(cfg: PipelineConfig, arrays: dict[str, np.ndarray], idx: np.ndarray, positions: np.ndarray):
     """Per-bar net returns of ``positions`` on bars ``idx`` with the env's accounting (fills, costs, slippage)."""
     from raytrade_envs import net_returns
@@ -95,13 +91,11 @@ def _member_returns(cfg: PipelineConfig, arrays: dict[str, np.ndarray], idx: np.
     return net_returns(positions, arrays["returns"][idx], cfg.backtest.cost_bps, 0.0, gap_returns=gap, slippage=slip)
 
 
-
 def _frictions(cfg: PipelineConfig, arrays: dict[str, np.ndarray], idx: np.ndarray):
     """``(gap_returns or None, slippage fraction or None)`` on bars ``idx``, as the env applies them."""
     gap = arrays["gap_returns"][idx] if cfg.rl.fill == "next_open" else None
     slip = cfg.rl.slippage_vol_mult * arrays["volatility"][idx] if cfg.rl.slippage_vol_mult > 0 else None
     return gap, slip
-
 
 
 def backtest_strategies(cfg: PipelineConfig, data: AgentData, policies: dict[str, Policy],
@@ -175,7 +169,6 @@ def backtest_strategies(cfg: PipelineConfig, data: AgentData, policies: dict[str
     serve_weights = votes.final_weights
     return {"positions": strategies, "results": results, "table": metrics_table(results), "ensembles": ensembles,
             "serve_weights": serve_weights, "prior_sharpe": prior, "timestamps": data.timestamps["test"][idx]}
-
 
 
 def backtest_report(cfg: PipelineConfig, bt: dict[str, Any], periods_per_year: float) -> dict[str, Any]:

@@ -28,7 +28,6 @@ FORECASTER_LOADER = "raytrade.models.bundle:load_bundle"
 POLICY_LOADER = "raytrade.rl.policy:load_policy"
 
 
-
 @dataclass
 class ForecasterRun:
     """A trained, scored and registered forecaster.
@@ -55,7 +54,6 @@ class ForecasterRun:
                 "checkpoint": self.outcome.checkpoint_path, "model": self.bundle.model_name}
 
 
-
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file (or of the sorted files under a directory): the data hash logged with every run."""
     h = hashlib.sha256()
@@ -67,14 +65,12 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-
 def new_run_dir(cfg: PipelineConfig, kind: str | None = None) -> Path:
     """``<output_dir>/<name>[-<kind>]-<UTC timestamp>``, created (``kind=None``: the pipeline's run)."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = (cfg.output_dir / "-".join(filter(None, [cfg.name, kind, stamp]))).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
-
 
 
 def train_forecaster(cfg: PipelineConfig, prepared: PreparedData, run_dir: Path, tracking_uri: str,
@@ -120,7 +116,6 @@ def train_forecaster(cfg: PipelineConfig, prepared: PreparedData, run_dir: Path,
                          run_id=run_id, version=version)
 
 
-
 def data_summary(market: MarketData, prepared: PreparedData) -> dict[str, Any]:
     """The ``data`` block of a report: source, hash, range, split and scaler provenance."""
     bars = market.bars
@@ -134,7 +129,6 @@ def data_summary(market: MarketData, prepared: PreparedData) -> dict[str, Any]:
                          for n, p in parts.items()},
         "scaler_fit_rows": prepared.scaler.n_fit_rows, "scaler_fit_end": prepared.scaler.fit_end,
     }
-
 
 
 def load_and_prepare(cfg: PipelineConfig, data_path: str | Path | None,

@@ -110,16 +110,13 @@ class LoopConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any] | LoopConfig) -> LoopConfig:
-        """The config from :meth:`to_dict`'s dict (a ``LoopConfig`` is returned as is). A key set in the
-        dict after :meth:`to_dict` (e.g. a hyperparameter Ray Tune samples into ``train_loop_config``
-        under a field's name) becomes that field.
+    def from_dict(cls, config: Mapping[str, Any]) -> LoopConfig:
+        """The config from :meth:`to_dict`'s dict. A key set in the dict after :meth:`to_dict` (e.g. a
+        hyperparameter put into ``train_loop_config`` under a field's name) becomes that field.
 
         Raises:
             TypeError: a key that is not a field (named in the message), or a missing required field.
         """
-        if isinstance(config, cls):
-            return config
         names = [f.name for f in fields(cls)]
         unknown = [k for k in config if k not in names]
         if unknown:
