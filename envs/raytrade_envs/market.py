@@ -1,12 +1,15 @@
 """Market simulator: prices (as log returns), fills, transaction costs and slippage.
 
 One seam of the environment: given the position held and the target chosen at the close of
-bar ``t``, :class:`MarketSimulator` returns the portfolio's simple net return over the bar
-and the cost paid, using the accounting of :mod:`raytrade_envs.accounting`::
+bar ``t``, :class:`MarketSimulator` returns the portfolio's simple net return over the bar, the
+cost paid, the notional traded and the position held at the next close, with the book of
+:mod:`raytrade_envs.accounting` (units held between trades, so weights drift; rebalanced to the
+target every bar, and charged for it; exact compounding across the gap)::
 
-    net = sum_a [ prev_a * expm1(gap[t, a])                      # old position earns the gap
-                + new_a  * expm1(returns[t, a] - gap[t, a])       # new position, from the fill
-                - (cost_bps * 1e-4 + slippage_vol_mult * vol[t, a]) * |new_a - prev_a| ]
+    1 + net = (1 + sum_a held_a * G_a) * (1 - c) * (1 + sum_a new_a * I_a)
+
+with ``G = expm1(gap[t])``, ``I = expm1(returns[t] - gap[t])`` and ``c`` the costs of trading
+from the drifted holdings to the target.
 
 * **Fills**: with ``gap_returns`` (``ln(open[t+1] / close[t])``) the target fills at the
   *open of bar t + 1*; without, at ``close[t]`` (gap 0).
@@ -19,7 +22,7 @@ Position limits and the long-only switch are applied to the *targets* by
 :class:`raytrade_envs.actions.ActionMapper` before they reach the simulator.
 
 The per-bar factors ``expm1(gap)``, ``expm1(returns - gap)`` and the cost rate are
-precomputed once (with numpy, so they are bit-identical to :func:`accounting.net_returns`);
+precomputed once (with numpy, so they are bit-identical to :func:`accounting.simulate`);
 the scalar path reads them from Python lists, the batch path gathers them by fancy indexing.
 """
 
@@ -30,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from raytrade_envs._validate import as_finite_array, as_float
-from raytrade_envs.accounting import BPS, net_returns
+from raytrade_envs.accounting import BPS, BarStep, BookPath, simulate, step_book, step_book_single
 
 __all__ = ["MarketSimulator", "ohlcv_arrays"]
 
@@ -123,63 +126,64 @@ class MarketSimulator:
         self._build()
 
     # ------------------------------------------------------------ steps
-    def step_single(self, t: int, prev: float, new: float) -> tuple[float, float]:
+    def step_single(self, t: int, held: float, new: float) -> BarStep:
         """One bar of a one-asset book with Python floats (the hot path; no validation).
 
         Args:
             t: bar index in ``[0, T)``; the target is chosen at the close of ``t``.
-            prev: position held before the trade (fraction of equity).
-            new: target position (fraction of equity).
+            held: position held at the close of ``t`` (fraction of equity, drifted since the last trade).
+            new: target position (fraction of equity after costs).
 
         Returns:
-            ``(net, cost)``: the simple net return of the bar and the cost paid (transaction
-            cost + slippage), both fractions of equity.
+            :class:`~raytrade_envs.accounting.BarStep` ``(net, cost, traded, held)``: the simple net
+            return of the bar, the cost paid (fraction of equity), the notional traded and the
+            position held at the close of ``t + 1``.
         """
-        cost = self._rate_list[t] * abs(new - prev)
-        return prev * self._em_gap_list[t] + new * self._em_intra_list[t] - cost, cost
+        return step_book_single(held, new, self._em_gap_list[t], self._em_intra_list[t], self._rate_list[t])
 
-    def step(self, t: int, prev: np.ndarray, new: np.ndarray) -> tuple[float, float]:
-        """One bar of a portfolio: ``prev``/``new`` of shape ``(A,)``; returns ``(net, cost)`` floats."""
-        trade = self._rate[t] * np.abs(new - prev)
-        net = prev * self._em_gap[t] + new * self._em_intra[t] - trade
-        return float(net.sum()), float(trade.sum())
+    def step(self, t: int, held: np.ndarray, new: np.ndarray) -> tuple[float, float, float, np.ndarray]:
+        """One bar of a portfolio: ``held``/``new`` of shape ``(A,)``.
 
-    def step_batch(self, t: np.ndarray, prev: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        Returns:
+            ``(net, cost, traded, held_next)``: floats (traded summed over assets) and the ``(A,)``
+            positions held at the close of ``t + 1``.
+        """
+        net, cost, traded, held_next = step_book(held, new, self._em_gap[t], self._em_intra[t], self._rate[t])
+        return float(net), float(cost), float(traded.sum()), held_next
+
+    def step_batch(
+        self, t: np.ndarray, held: np.ndarray, new: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One bar for ``N`` independent books at once.
 
         Args:
             t: int array ``(N,)`` of bar indices.
-            prev: ``(N, A)`` positions held before the trade.
+            held: ``(N, A)`` positions held at the close of each ``t``.
             new: ``(N, A)`` target positions.
 
         Returns:
-            ``(net, cost)``: float64 arrays ``(N,)`` (fractions of each book's equity).
+            ``(net, cost, traded, held_next)``: float64 ``(N,)``, ``(N,)``, ``(N,)`` (summed over
+            assets; fractions of each book's equity) and ``(N, A)``.
         """
-        trade = self._rate[t] * np.abs(new - prev)
-        if self.has_gap:
-            net = prev * self._em_gap[t] + new * self._em_intra[t] - trade
-        else:
-            net = new * self._em_intra[t] - trade
-        if self.n_assets == 1:
-            return net[:, 0], trade[:, 0]
-        return net.sum(axis=1), trade.sum(axis=1)
+        net, cost, traded, held_next = step_book(held, new, self._em_gap[t], self._em_intra[t], self._rate[t])
+        return net, cost, traded.sum(axis=1), held_next
 
-    def net_returns(self, positions: Any, start: int, initial_position: Any = 0.0) -> np.ndarray:
-        """Net returns of a position series entered at bar ``start`` (validated, via :func:`accounting.net_returns`).
+    def simulate(self, positions: Any, start: int, initial_position: Any = 0.0) -> BookPath:
+        """A target series entered at bar ``start`` through the book (validated, via :func:`accounting.simulate`).
 
         Args:
-            positions: ``(n,)`` for one asset or ``(n, A)``; ``positions[k]`` is held over bar ``start + k``.
+            positions: ``(n,)`` for one asset or ``(n, A)``; ``positions[k]`` is the target of bar ``start + k``.
             start: first bar index.
-            initial_position: position before the first bar.
+            initial_position: position held before the first bar.
 
         Returns:
-            float64 ``(n,)`` simple net returns (fractions), the same numbers the env produces.
+            :class:`~raytrade_envs.accounting.BookPath`, the same numbers the env produces.
         """
         pos = np.asarray(positions, dtype=np.float64)
         n = pos.shape[0]
         sl = slice(start, start + n)
         squeeze = (lambda a: a[:, 0]) if pos.ndim == 1 else (lambda a: a)
-        return net_returns(
+        return simulate(
             pos,
             squeeze(self.returns[sl]),
             self.cost_bps,
@@ -187,6 +191,10 @@ class MarketSimulator:
             gap_returns=None if self.gap_returns is None else squeeze(self.gap_returns[sl]),
             slippage=None if self._slip is None else squeeze(self._slip[sl]),
         )
+
+    def net_returns(self, positions: Any, start: int, initial_position: Any = 0.0) -> np.ndarray:
+        """``(n,)`` simple net returns of a target series entered at bar ``start`` (``simulate(...).net``)."""
+        return self.simulate(positions, start, initial_position).net
 
 
 def ohlcv_arrays(open_: Any, close: Any, vol_window: int = 24) -> dict[str, np.ndarray]:

@@ -134,11 +134,16 @@ class TradingEnv(gymnasium.Env):
           :func:`raytrade_envs.observation.observation_vector`. Nothing at an index ``> t`` is read.
 
     Dynamics of ``step(action)`` at index ``t`` (the close of bar ``t``):
-        1. ``new = ActionMapper(action)``;
-        2. ``net = sum_a prev_a * expm1(gap[t,a]) + new_a * expm1(returns[t,a] - gap[t,a])
-           - (cost_bps * 1e-4 + slippage_vol_mult * volatility[t,a]) * |new_a - prev_a|``
-           (simple return, fraction; see :mod:`raytrade_envs.accounting`); ``cost`` is the last
-           term (fraction of equity);
+        1. ``new = ActionMapper(action)``: the target positions (fractions of equity after costs);
+        2. the book trades from the positions it holds (``held``, drifted with prices since the last
+           trade) to ``new`` and holds units until the next trade (see :mod:`raytrade_envs.accounting`)::
+
+               1 + net = (1 + sum_a held_a * expm1(gap[t,a])) * (1 - c)
+                         * (1 + sum_a new_a * expm1(returns[t,a] - gap[t,a]))
+
+           with ``c`` the costs (``cost_bps * 1e-4 + slippage_vol_mult * volatility[t,a]`` per unit traded)
+           of the drift-and-rebalance trade; ``cost`` is ``c`` as a fraction of the equity before the bar,
+           ``traded`` the notional traded; ``held`` becomes ``new`` drifted over the bar;
         3. ``equity *= 1 + net``; ``peak = max(peak, equity)`` (peak starts at 1.0);
            ``drawdown = 1 - equity / peak``;
         4. unrealised P&L: the entry equity ``E0`` is reset to the equity *before* the bar
@@ -153,9 +158,11 @@ class TradingEnv(gymnasium.Env):
         (the data ran out: the observation at ``T - 1`` is valid but ``returns[T - 1]`` is never
         traded) or ``episode_length`` steps were taken. Both can be True on the same step.
 
-    ``info`` (reset and step): ``t`` (bar index of the observation), ``position`` (float for one
-    asset; ``(A,)`` array for a portfolio, which also has ``positions``), ``equity`` (relative to
-    1.0 at reset), ``net_return`` (simple, this bar), ``cost`` (this bar, fraction of equity),
+    ``info`` (reset and step): ``t`` (bar index of the observation), ``position`` (the position held
+    now, drifted since the last trade, as the observation shows it: float for one asset; ``(A,)`` array
+    for a portfolio, which also has ``positions``), ``target`` (the target the last step traded to; 0 at
+    reset), ``equity`` (relative to 1.0 at reset), ``net_return`` (simple, this bar), ``cost`` (this bar,
+    fraction of equity), ``traded`` (notional traded this bar, fraction of equity, summed over assets),
     ``costs_paid`` (cumulative sum of ``cost``), ``drawdown``, ``unrealised_pnl``.
 
     Determinism: given ``reset(seed=...)`` and the same actions, everything is reproducible; the
@@ -206,6 +213,7 @@ class TradingEnv(gymnasium.Env):
         self._start = -1
         self._steps = 0
         self._position: Any = 0.0 if self._single else np.zeros(self.n_assets)
+        self._target: Any = 0.0 if self._single else np.zeros(self.n_assets)
         self._equity = 1.0
         self._peak = 1.0
         self._entry_equity = 1.0
@@ -214,6 +222,7 @@ class TradingEnv(gymnasium.Env):
         self._costs_paid = 0.0
         self._last_net = 0.0
         self._last_cost = 0.0
+        self._last_traded = 0.0
         self._done = True
 
     # ------------------------------------------------------------------ state
@@ -224,7 +233,7 @@ class TradingEnv(gymnasium.Env):
 
     @property
     def position(self) -> Any:
-        """Held position: a float (one asset) or a copy of the ``(A,)`` array (fractions of equity)."""
+        """Position held now (drifted since the last trade): a float (one asset) or a copy of the ``(A,)`` array."""
         return self._position if self._single else self._position.copy()
 
     @property
@@ -247,9 +256,11 @@ class TradingEnv(gymnasium.Env):
         info = {
             "t": self._t,
             "position": self._position if self._single else self._position.copy(),
+            "target": self._target if self._single else self._target.copy(),
             "equity": self._equity,
             "net_return": self._last_net,
             "cost": self._last_cost,
+            "traded": self._last_traded,
             "costs_paid": self._costs_paid,
             "drawdown": self._drawdown,
             "unrealised_pnl": self._unrealised,
@@ -284,6 +295,7 @@ class TradingEnv(gymnasium.Env):
         self._t = start
         self._steps = 0
         self._position = 0.0 if self._single else np.zeros(self.n_assets)
+        self._target = 0.0 if self._single else np.zeros(self.n_assets)
         self._equity = 1.0
         self._peak = 1.0
         self._entry_equity = 1.0
@@ -292,6 +304,7 @@ class TradingEnv(gymnasium.Env):
         self._costs_paid = 0.0
         self._last_net = 0.0
         self._last_cost = 0.0
+        self._last_traded = 0.0
         self._reward.reset()
         self._done = False
         if self.render_mode == "human":
@@ -299,7 +312,7 @@ class TradingEnv(gymnasium.Env):
         return self._observation(), self._info()
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
-        """Rebalance to the target position(s), hold for one bar, advance ``t``.
+        """Trade from the held position(s) to the target(s), hold the units for one bar, advance ``t``.
 
         Args:
             action: shape ``(A,)`` (any array-like with ``A`` numbers) in ``[-1, 1]``.
@@ -318,12 +331,12 @@ class TradingEnv(gymnasium.Env):
         prev = self._position
         if self._single:
             new = self._mapper.map_single(action)
-            net, cost = self._market.step_single(t, prev, new)
+            net, cost, traded, held = self._market.step_single(t, prev, new)
             opened = prev == 0.0 or (new > 0.0) != (prev > 0.0)
             flat = new == 0.0
         else:
             new = self._mapper.map(action)
-            net, cost = self._market.step(t, prev, new)
+            net, cost, traded, held = self._market.step(t, prev, new)
             opened = bool((np.sign(new) != np.sign(prev)).any())
             flat = not new.any()
         growth = 1.0 + net
@@ -347,11 +360,13 @@ class TradingEnv(gymnasium.Env):
             dd_inc = drawdown - self._drawdown
             reward = self._reward(log_ret, cost, dd_inc if dd_inc > 0.0 else 0.0)
         self._equity = equity
-        self._position = new
+        self._position = held
+        self._target = new
         self._drawdown = drawdown
         self._unrealised = unrealised
         self._last_net = net
         self._last_cost = cost
+        self._last_traded = traded
         self._costs_paid += cost
         t += 1
         self._t = t
@@ -362,9 +377,9 @@ class TradingEnv(gymnasium.Env):
         )
         self._done = terminated or truncated
         if self._single:
-            obs = self._obs.build_single(t, new, unrealised, drawdown)
+            obs = self._obs.build_single(t, held, unrealised, drawdown)
         else:
-            obs = self._obs.build(t, new, unrealised, drawdown)
+            obs = self._obs.build(t, held, unrealised, drawdown)
         if self.render_mode == "human":
             self.render()
         return obs, reward, terminated, truncated, self._info()

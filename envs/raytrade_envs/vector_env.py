@@ -24,7 +24,8 @@ from raytrade_envs.trading_env import EnvCore
 __all__ = ["VecTradingEnv"]
 
 _LOG_MIN_GROWTH = math.log(MIN_GROWTH)
-_INFO_KEYS = ("t", "position", "equity", "net_return", "cost", "costs_paid", "drawdown", "unrealised_pnl")
+_INFO_KEYS = ("t", "position", "target", "equity", "net_return", "cost", "traded", "costs_paid", "drawdown",
+              "unrealised_pnl")
 
 
 class VecTradingEnv(VectorEnv):
@@ -55,8 +56,8 @@ class VecTradingEnv(VectorEnv):
 
     ``step`` returns ``(obs (N, dim) float32, rewards (N,) float64, terminations (N,) bool,
     truncations (N,) bool, infos)`` where ``infos`` maps each ``TradingEnv`` info key (``t``,
-    ``position`` -- ``(N,)`` for one asset, ``(N, A)`` for a portfolio, which also has
-    ``positions`` -- ``equity``, ``net_return``, ``cost``, ``costs_paid``, ``drawdown``,
+    ``position`` and ``target`` -- ``(N,)`` for one asset, ``(N, A)`` for a portfolio, which also has
+    ``positions`` -- ``equity``, ``net_return``, ``cost``, ``traded``, ``costs_paid``, ``drawdown``,
     ``unrealised_pnl``) to an array over envs, plus the gymnasium mask ``"_<key>"`` (all True; one
     shared array per call). Arrays are fresh copies, safe to keep.
 
@@ -93,6 +94,7 @@ class VecTradingEnv(VectorEnv):
         self._t = np.full(n, -1, dtype=np.int64)
         self._steps = np.zeros(n, dtype=np.int64)
         self._pos = np.zeros((n, a))
+        self._target = np.zeros((n, a))
         self._equity = np.ones(n)
         self._peak = np.ones(n)
         self._entry = np.ones(n)
@@ -101,6 +103,7 @@ class VecTradingEnv(VectorEnv):
         self._costs_paid = np.zeros(n)
         self._net = np.zeros(n)
         self._cost = np.zeros(n)
+        self._traded = np.zeros(n)
         self._needs_reset = np.zeros(n, dtype=bool)
         self._started = False
         self._reward.reset_batch(n)
@@ -117,6 +120,7 @@ class VecTradingEnv(VectorEnv):
         self._t[mask] = starts
         self._steps[mask] = 0
         self._pos[mask] = 0.0
+        self._target[mask] = 0.0
         self._equity[mask] = 1.0
         self._peak[mask] = 1.0
         self._entry[mask] = 1.0
@@ -125,6 +129,7 @@ class VecTradingEnv(VectorEnv):
         self._costs_paid[mask] = 0.0
         self._net[mask] = 0.0
         self._cost[mask] = 0.0
+        self._traded[mask] = 0.0
 
     def _observations(self) -> np.ndarray:
         return self._obs.build_batch(self._t, self._pos, self._unrealised, self._drawdown)
@@ -134,9 +139,11 @@ class VecTradingEnv(VectorEnv):
         infos: dict[str, Any] = {
             "t": self._t.copy(),
             "position": self._pos[:, 0].copy() if self._core.single else self._pos.copy(),
+            "target": self._target[:, 0].copy() if self._core.single else self._target.copy(),
             "equity": self._equity.copy(),
             "net_return": self._net.copy(),
             "cost": self._cost.copy(),
+            "traded": self._traded.copy(),
             "costs_paid": self._costs_paid.copy(),
             "drawdown": self._drawdown.copy(),
             "unrealised_pnl": self._unrealised.copy(),
@@ -210,7 +217,7 @@ class VecTradingEnv(VectorEnv):
         new = self._mapper.map_batch(act)
         t = self._t
         prev = self._pos
-        net, cost = self._market.step_batch(t, prev, new)
+        net, cost, traded, held = self._market.step_batch(t, prev, new)
         growth = 1.0 + net
         ruinous = growth <= MIN_GROWTH
         if ruinous.any():
@@ -240,11 +247,13 @@ class VecTradingEnv(VectorEnv):
         self._equity = equity
         self._peak = peak
         self._entry = entry
-        self._pos = new
+        self._pos = held
+        self._target = new
         self._drawdown = drawdown
         self._unrealised = unrealised
         self._net = net
         self._cost = cost
+        self._traded = traded
         self._costs_paid = self._costs_paid + cost
         self._t = t + 1
         self._steps = self._steps + 1

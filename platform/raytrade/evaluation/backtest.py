@@ -2,10 +2,12 @@
 
 Timing convention (no look-ahead): ``positions[t]`` is the target position, a fraction of
 equity in ``[-1, 1]``, decided at the close of bar ``t`` from information up to bar ``t`` only,
-and held until the close of bar ``t + 1``; ``next_log_returns[t] = ln(close[t+1] / close[t])``.
-The per-bar P&L is computed by :func:`raytrade_envs.accounting.net_returns` (the single
-definition shared with ``TradingEnv``), so backtest P&L and RL rewards agree exactly.
-The book starts flat: entering the first position pays the cost of the full trade.
+and traded at bar ``t``'s fill (its close, or the next open); ``next_log_returns[t] = ln(close[t+1] / close[t])``.
+The book is :mod:`raytrade_envs.accounting`'s (the single definition shared with ``TradingEnv``,
+so backtest P&L and RL rewards agree bit for bit): units are held between trades, so weights
+drift with prices, and every bar the book trades back to the target and pays for that trade;
+turnover is the notional actually traded. The book starts flat: entering the first position pays
+the cost of the full trade.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from raytrade.evaluation.metrics import summarize
-from raytrade_envs.accounting import net_returns
+from raytrade_envs.accounting import simulate
 
 __all__ = [
     "BacktestResult",
@@ -41,8 +43,10 @@ class BacktestResult:
 
     Attributes:
         name: strategy name.
-        positions: position held over each bar (fraction of equity, ``[-1, 1]``).
+        positions: target position of each bar (fraction of equity, ``[-1, 1]``).
         returns: per-bar simple net returns after costs (fractions).
+        traded: per-bar notional traded (fraction of equity at the fill), drift rebalancing included.
+        held: position held coming into each bar's trade (the previous target, drifted with prices).
         equity: equity after each bar, ``cumprod(1 + returns)``, from an initial equity of 1.0
             (which is not included).
         metrics: :func:`raytrade.evaluation.metrics.summarize` of ``returns``/``positions``.
@@ -53,6 +57,8 @@ class BacktestResult:
     returns: np.ndarray
     equity: np.ndarray
     metrics: dict[str, float]
+    traded: np.ndarray
+    held: np.ndarray
 
 
 def buy_and_hold_positions(n: int) -> np.ndarray:
@@ -88,14 +94,14 @@ def backtest(
             decided at the close of bar ``t`` (information up to ``t`` only) and held until the
             close of bar ``t + 1``. Negative = short.
         next_log_returns: shape ``(n,)``; ``next_log_returns[t] = ln(close[t+1] / close[t])``.
-        cost_bps: transaction cost in basis points of traded notional (>= 0), charged on
-            ``|positions[t] - positions[t-1]|`` with a flat book before the first bar.
+        cost_bps: transaction cost in basis points of traded notional (>= 0), charged on the trade
+            from the drifted holdings to ``positions[t]``, with a flat book before the first bar.
         periods_per_year: bars per year (> 0), for the annualised metrics.
         name: strategy name carried into the result.
         gap_returns: optional ``(n,)`` ``ln(open[t+1] / close[t])``: orders fill at the next bar's open
             (the previous position earns the gap); None fills at the close of ``t``.
         slippage: optional ``(n,)`` (or scalar) extra cost as a fraction of traded notional.
-        (Both as in :func:`raytrade_envs.accounting.net_returns`, so results match the env.)
+        (Both as in :func:`raytrade_envs.accounting.simulate`, so results match the env.)
 
     Returns:
         :class:`BacktestResult` with per-bar net returns, the equity curve and the metrics.
@@ -109,17 +115,19 @@ def backtest(
     if pos.ndim == 1 and pos.size == 0:
         raise ValueError(f"strategy {name!r}: positions must not be empty")
     try:
-        rets = net_returns(pos, lr, cost_bps, initial_position=0.0, gap_returns=gap_returns, slippage=slippage)
-        metrics = summarize(rets, pos, periods_per_year, initial_position=0.0)
+        book = simulate(pos, lr, cost_bps, initial_position=0.0, gap_returns=gap_returns, slippage=slippage)
+        metrics = summarize(book.net, pos, periods_per_year, traded=book.turnover)
     except ValueError as exc:
         raise ValueError(f"strategy {name!r}: {exc}") from exc
-    equity = np.cumprod(1.0 + rets)
+    equity = np.cumprod(1.0 + book.net)
     return BacktestResult(
         name=name,
         positions=_readonly(pos),
-        returns=_readonly(rets),
+        returns=_readonly(book.net),
         equity=_readonly(equity),
         metrics=metrics,
+        traded=_readonly(book.traded),
+        held=_readonly(book.held),
     )
 
 
@@ -159,6 +167,8 @@ _COLUMNS: tuple[tuple[str, str, float, str], ...] = (
     ("annual_ret%", "annual_return", 100.0, "{:.2f}"),
     ("annual_vol%", "annual_volatility", 100.0, "{:.2f}"),
     ("sharpe", "sharpe", 1.0, "{:.3f}"),
+    ("sortino", "sortino", 1.0, "{:.3f}"),
+    ("calmar", "calmar", 1.0, "{:.3f}"),
     ("max_dd%", "max_drawdown", 100.0, "{:.2f}"),
     ("hit_rate%", "hit_rate", 100.0, "{:.2f}"),
     ("turnover", "turnover", 1.0, "{:.4f}"),
@@ -176,9 +186,10 @@ def _fmt(value: Any, scale: float, fmt: str) -> str:
 def metrics_table(results: Mapping[str, BacktestResult]) -> str:
     """Fixed-width plain-text table of the metrics, one row per strategy, for a terminal.
 
-    Columns: ``total_ret%``, ``annual_ret%``, ``annual_vol%`` (percent), ``sharpe``
-    (annualised), ``max_dd%``, ``hit_rate%`` (percent) and ``turnover`` (fraction of equity
-    per bar). Rows follow the order of ``results``, labelled by the mapping's keys.
+    Columns: ``total_ret%``, ``annual_ret%``, ``annual_vol%`` (percent), ``sharpe``, ``sortino``
+    (annualised), ``calmar`` (annual return / max drawdown), ``max_dd%``, ``hit_rate%`` (percent) and ``turnover`` (notional traded per bar,
+    fraction of equity, drift rebalancing included). Rows follow the order of ``results``, labelled by the
+    mapping's keys.
 
     Args:
         results: name -> :class:`BacktestResult` (e.g. from :func:`run_backtests`).

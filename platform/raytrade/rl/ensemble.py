@@ -166,33 +166,34 @@ def risk_limited_position(position: float, drawdown: float, max_position: float 
 
 
 def risk_limit(
-    positions: np.ndarray, bar_return: Callable[[int, float, float], float], max_position: float = 1.0,
+    positions: np.ndarray, bar_step: Callable[[int, float, float], tuple[float, float]], max_position: float = 1.0,
     max_drawdown: float = 0.2, drawdown_cut: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The risk layer: ``|position| <= max_position``, times ``drawdown_cut`` while in excess drawdown.
 
-    Walks the bars in order: the position for bar t is capped, and multiplied by ``drawdown_cut`` if the
+    Walks the bars in order: the target for bar t is capped, and multiplied by ``drawdown_cut`` if the
     strategy's drawdown at the close of bar t (``1 - equity / running peak``, from the returns of bars < t)
-    exceeds ``max_drawdown``; then bar t's net return is ``bar_return(t, previous position, position)``.
+    exceeds ``max_drawdown``; then the book trades to it: ``bar_step(t, held, target)``.
 
     Args:
-        positions: ``(n,)`` desired positions (fractions of equity).
-        bar_return: ``(t, prev_position, position) -> simple net return of bar t`` after costs, e.g. from
-            :func:`raytrade_envs.bar_net_return` over the bars traded.
+        positions: ``(n,)`` desired target positions (fractions of equity).
+        bar_step: ``(t, held, target) -> (simple net return of bar t after costs, position held after it)``,
+            the book of :mod:`raytrade_envs.accounting` (e.g. from :func:`raytrade_envs.bar_step` over the
+            bars traded: ``held`` is the previous target drifted with prices).
         max_position: cap on |position| in (0, 1]; max_drawdown: trigger as a fraction in (0, 1];
         drawdown_cut: exposure multiplier in [0, 1] while triggered.
 
     Returns:
-        ``(positions, in_drawdown)``: the limited positions ``(n,)`` and a boolean ``(n,)`` of the bars cut.
+        ``(positions, in_drawdown)``: the limited targets ``(n,)`` and a boolean ``(n,)`` of the bars cut.
     """
     pos = np.asarray(positions, dtype=np.float64)
     out = np.empty_like(pos)
     cut = np.zeros(len(pos), dtype=bool)
     equity = peak = 1.0
-    prev = 0.0
+    held = 0.0
     for t in range(len(pos)):
         out[t], cut[t] = risk_limited_position(pos[t], 1.0 - equity / peak, max_position, max_drawdown, drawdown_cut)
-        equity *= 1.0 + bar_return(t, prev, out[t])
+        net, held = bar_step(t, held, float(out[t]))
+        equity *= 1.0 + net
         peak = max(peak, equity)
-        prev = out[t]
     return out, cut

@@ -122,8 +122,8 @@ class Policy:
     def evaluate(self, env: TradingEnv, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """One deterministic episode from ``env.reset(seed=seed)``: ``(positions, net_returns)``.
 
-        ``positions[k]`` is the position held after env step ``k`` (fraction of equity) and
-        ``net_returns[k]`` the simple net return of that bar after costs (fraction), both from the env's info.
+        ``positions[k]`` is the target position env step ``k`` traded to (fraction of equity, the env's
+        ``info["target"]``) and ``net_returns[k]`` the simple net return of that bar after costs (fraction).
         """
         obs, _ = env.reset(seed=seed)
         positions, returns = [], []
@@ -131,7 +131,7 @@ class Policy:
         while not done:
             action = np.atleast_1d(self.act(obs)[0]).astype(np.float32)
             obs, _, terminated, truncated, info = env.step(action)
-            positions.append(info["position"])
+            positions.append(info["target"])
             returns.append(info["net_return"])
             done = terminated or truncated
         return np.asarray(positions, dtype=np.float64), np.asarray(returns, dtype=np.float64)
@@ -204,7 +204,7 @@ def switching_rollout(env: TradingEnv, policies: Sequence[Policy], switch_at: Se
             k += 1
         action = np.atleast_1d(policies[k].act(obs)[0]).astype(np.float32)
         obs, _, terminated, truncated, info = env.step(action)
-        positions.append(info["position"])
+        positions.append(info["target"])
         returns.append(info["net_return"])
         step += 1
         done = terminated or truncated

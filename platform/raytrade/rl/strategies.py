@@ -2,9 +2,9 @@
 buy-and-hold, the forecaster signal, each agent, and the ensembles (rolling selection, rolling selection with
 retraining, Sharpe vote) through the risk layer (:func:`raytrade.rl.ensemble.risk_limit`).
 
-Per-bar accounting is the env's (:func:`raytrade_envs.net_returns` / :func:`raytrade_envs.bar_net_return`: fills,
-costs in bps, slippage), so a strategy scores the same here as in the env it was trained in. Used by the agents,
-backtest and pipeline stages.
+Per-bar accounting is the env's book (:func:`raytrade_envs.net_returns` / :func:`raytrade_envs.bar_step`: fills,
+drift, costs in bps on the notional traded, slippage), so a strategy scores the same here as in the env it was
+trained in. Used by the agents, backtest and pipeline stages.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def backtest_strategies(cfg: PipelineConfig, data: AgentData, policies: dict[str
     "table": str, "ensembles": {method: EnsembleResult.to_dict() + members}, "serve_weights": {...},
     "timestamps": (n,)}``.
     """
-    from raytrade_envs import TradingEnv, bar_net_return
+    from raytrade_envs import TradingEnv, bar_step
 
     test = data.arrays["test"]
     positions: dict[str, np.ndarray] = {}
@@ -135,10 +135,11 @@ def backtest_strategies(cfg: PipelineConfig, data: AgentData, policies: dict[str
 
     gap, slip = _frictions(cfg, test, idx)
 
-    def bar_return(t: int, prev: float, new: float) -> float:
-        return bar_net_return(prev, new, float(test["returns"][idx[t]]), cfg.backtest.cost_bps,
-                              gap_return=0.0 if gap is None else float(gap[t]),
-                              slippage=0.0 if slip is None else float(slip[t]))
+    def bar_return(t: int, held: float, new: float) -> tuple[float, float]:
+        step = bar_step(held, new, float(test["returns"][idx[t]]), cfg.backtest.cost_bps,
+                        gap_return=0.0 if gap is None else float(gap[t]),
+                        slippage=0.0 if slip is None else float(slip[t]))
+        return step.net, step.held
 
     def vote() -> EnsembleResult:
         return sharpe_vote(members, member_returns, prior, cfg.ensemble.window_bars, periods_per_year,
