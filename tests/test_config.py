@@ -30,6 +30,8 @@ def test_embargo_is_at_least_horizon_plus_lookback():
         ({"split": {"train": 0.8, "val": 0.15, "test": 0.15}}, "split"),
         ({"labels": {"horizon": "soon"}}, "labels.horizon"),
         ({"backtest": {"cost_bps": -1}}, "backtest.cost_bps"),
+        ({"backtest": {"calendar": "nyse"}}, "backtest.calendar"),
+        ({"backtest": {"periods_per_year": 0}}, "backtest.periods_per_year"),
     ],
 )
 def test_bad_fields_are_named(raw, field):

@@ -143,6 +143,21 @@ def test_cli_train_names_a_bad_model_in_one_line(tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+def test_agents_stage_refuses_a_champion_trained_on_another_split(smoke_run, tmp_path):
+    """``raytrade agents`` on longer data (500 more bars: the train split ends elsewhere) with the champion's
+    feature columns: it stops with ``raytrade backtest``'s one-line error instead of running agents on the
+    champion's outputs for bars it trained on. Reuses the session's smoke run and stops before any training."""
+    from raytrade.errors import ConfigError
+    from raytrade.stages.agents import run_agents
+
+    cfg = smoke_run["cfg"]
+    cfg = cfg.model_copy(update={"output_dir": tmp_path,
+                                 "data": cfg.data.model_copy(update={"max_bars": cfg.data.max_bars + 500})})
+    with pytest.raises(ConfigError, match=r"^split: raytrade-forecaster@champion \(version 1\) was trained on bars "
+                                          r"up to .* but this config's train split ends at "):
+        run_agents(cfg)
+
+
 @pytest.mark.slow  # about 3.5 minutes: eight agents, each retrained per ensemble window (make test-slow; CI runs it)
 def test_cli_agents_trains_rllib_and_sb3_agents_in_parallel_on_the_champion_forecaster(registry):
     """``raytrade agents`` with PPO, SAC and TD3 through RLlib and through stable-baselines3 (+ A2C, DDPG): each

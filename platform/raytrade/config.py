@@ -299,10 +299,20 @@ class EnsembleConfig(_Section):
 
 
 class BacktestConfig(_Section):
-    """Backtest on the test split, after costs."""
+    """Backtest on the test split, after costs.
+
+    Annualised metrics (return, volatility, Sharpe, Sortino, Calmar) need the bars per year of the data's own
+    calendar (see :func:`raytrade.evaluation.metrics.annualisation`): ``calendar`` says how to derive it from the
+    bars' timestamps; ``periods_per_year``, when set, wins (reported as calendar ``override``). Every report
+    states the number and how it was derived.
+    """
 
     cost_bps: float = Field(10.0, ge=0, description="transaction cost per unit of traded notional, bps")
-    periods_per_year: float | None = Field(None, gt=0, description="default: inferred from the bar interval")
+    calendar: Literal["observed", "24/7", "weekdays", "exchange"] = Field(
+        "observed", description="bars per year from the timestamps: observed (bars counted per whole calendar "
+        "week), 24/7 (365.25 days x bars/day), weekdays (260.89 days x bars/day, FX), exchange (252 sessions x "
+        "bars/session)")
+    periods_per_year: float | None = Field(None, gt=0, description="bars per year; set to override `calendar`")
     max_position: float = _risk_field("max_position")
 
 

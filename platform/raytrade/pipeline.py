@@ -27,12 +27,18 @@ from raytrade.config import PipelineConfig
 from raytrade.data.schema import SYMBOL, TIMESTAMP
 from raytrade.dataset.prepare import load_market_data, prepare_data
 from raytrade.dataset.windows import Windows
-from raytrade.evaluation import periods_per_year
 from raytrade.evaluation.html_report import write_html_report
 from raytrade.runtime import Progress, ray_session
 from raytrade.serving.deploy import deploy_ensemble
 from raytrade.stages.agents import rl_stage
-from raytrade.stages.common import FORECASTER_LOADER, POLICY_LOADER, data_summary, new_run_dir, train_forecaster
+from raytrade.stages.common import (
+    FORECASTER_LOADER,
+    POLICY_LOADER,
+    data_summary,
+    new_run_dir,
+    resolve_annualisation,
+    train_forecaster,
+)
 from raytrade.store.publish import publish_latest_windows
 
 log = logging.getLogger(__name__)
@@ -61,9 +67,9 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
         if validation.issues:
             progress.note(f"validation ({cfg.data.policy}): {len(validation.errors())} error(s), "
                           f"{len(validation.warnings())} warning(s); see report.json data.validation")
-        ppy = cfg.backtest.periods_per_year or periods_per_year(bars[TIMESTAMP])
+        annual = resolve_annualisation(cfg, bars[TIMESTAMP])
         progress.note(f"{symbol}: {len(bars)} bars {bars[TIMESTAMP].iloc[0]} -> {bars[TIMESTAMP].iloc[-1]}, "
-                      f"{ppy:.0f} bars/year")
+                      f"{annual}")
 
     with ray_session(cfg):
         with progress.stage("features", "Ray Data: causal features + labels per symbol"):
@@ -78,7 +84,7 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
                 report["store"] = publish_latest_windows(pre, bars, cfg.features, cfg.model.lookback, cfg.store)
                 progress.note(f"{len(report['store']['keys'])} window(s), feature set {report['store']['version']}")
         report["data"] = {
-            **data_summary(market, prepared), "periods_per_year": ppy,
+            **data_summary(market, prepared), **annual.report(),
             "warmup_rows_dropped": pre.warmup_dropped[symbol],
             "unlabelled_tail_rows_dropped": len(pre.frame) - len(prepared.labelled),
             "lookback": lookback, "horizon": horizon, "validation": validation.to_dict(),
@@ -98,7 +104,7 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
                                       f"({cfg.rl.iterations} x {cfg.rl.train_batch_size} env steps each), "
                                       f"then the test-split backtest after {cfg.backtest.cost_bps:g} bps costs"):
             rl = rl_stage(cfg, prepared, bars, forecaster.bundle, run_dir, tracking_uri, progress,
-                          {"forecaster_version": version, "data_sha256": report["data"]["sha256"]}, ppy,
+                          {"forecaster_version": version, "data_sha256": report["data"]["sha256"]}, annual,
                           forecaster_history=forecaster.outcome.history)
             report.update(strategies=rl["strategies"], backtest=rl["backtest"], rl_metrics=rl["rl_metrics"],
                           figures=rl["figures"])

@@ -64,6 +64,13 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+def _annual_text(value: Any) -> str:
+    try:
+        return f"{float(value):,.1f}"
+    except (TypeError, ValueError):
+        return html.escape(str(value))
+
+
 def _figure(name: str, path: Path) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     caption = html.escape(CAPTIONS.get(name, name))
@@ -94,16 +101,22 @@ def write_html_report(report: Mapping[str, Any], figures: Mapping[str, str | Pat
              f'<p class="meta">written {datetime.now(UTC):%Y-%m-%d %H:%M UTC} &middot; run directory '
              f"<code>{html.escape(run_dir)}</code></p>"]
     if data:
-        keys = ("symbol", "path", "bars", "first_timestamp", "last_timestamp", "periods_per_year", "embargo_bars",
-                "split_rows", "split_ranges", "scaler_fit_end", "sha256")
+        keys = ("symbol", "path", "bars", "first_timestamp", "last_timestamp", "periods_per_year", "calendar",
+                "calendar_detail", "embargo_bars", "split_rows", "split_ranges", "scaler_fit_end", "sha256")
         parts += ["<h2>Data</h2>", _pairs({k: data[k] for k in keys if k in data})]
     parts.append("<h2>Strategies on the test split (after costs)</h2>")
     if backtest:
         parts.append(f'<p class="meta">{backtest.get("n_bars", "?")} bars {html.escape(str(backtest.get("first_bar")))}'
                      f' &rarr; {html.escape(str(backtest.get("last_bar")))}; costs {backtest.get("cost_bps", "?")} bps '
                      f'per unit of traded notional; fills {html.escape(str(backtest.get("fill", "?")))}. Returns, '
-                     f"volatility, drawdown and hit rate in %; Sharpe annualised (zero risk-free rate); turnover = "
-                     f"mean fraction of equity traded per bar.</p>")
+                     f"volatility, drawdown and hit rate in %; Sharpe and Sortino annualised (zero risk-free rate), "
+                     f"Calmar = annual return / max drawdown; turnover = mean fraction of equity traded per bar.</p>")
+        if "periods_per_year" in backtest:
+            ppy = backtest["periods_per_year"]
+            parts.append(f'<p class="meta">Annualised with {_annual_text(ppy)} bars/year, calendar '
+                         f'<b>{html.escape(str(backtest.get("calendar", "?")))}</b>'
+                         + (f' ({html.escape(str(backtest["calendar_detail"]))})' if backtest.get("calendar_detail")
+                            else "") + ".</p>")
     parts.append(_table(report.get("strategies", {}), "strategy"))
     ordered = [n for n in CAPTIONS if n in figures] + [n for n in figures if n not in CAPTIONS]
     parts += ["<h2>Figures</h2>", *(_figure(name, Path(figures[name])) for name in ordered)]

@@ -22,6 +22,7 @@ import pandas as pd
 from raytrade.config import PipelineConfig
 from raytrade.data.schema import TIMESTAMP
 from raytrade.dataset.prepare import PreparedData
+from raytrade.evaluation.metrics import Annualisation
 from raytrade.models.bundle import ForecasterBundle
 from raytrade.rl.agents import AgentOutcome, train_agents
 from raytrade.rl.env_inputs import AgentData, agent_data, bundle_windows, env_kwargs
@@ -32,6 +33,8 @@ from raytrade.stages.common import (
     load_and_prepare,
     new_run_dir,
     record_backtest,
+    require_same_train_split,
+    resolve_annualisation,
     train_forecaster,
 )
 
@@ -75,15 +78,17 @@ def train_and_register(cfg: PipelineConfig, data: AgentData, run_dir: Path, trac
 
 
 def rl_stage(cfg: PipelineConfig, prepared: PreparedData, bars: pd.DataFrame, bundle: ForecasterBundle,
-             run_dir: Path, tracking_uri: str, progress: Progress, info: dict[str, Any], periods_per_year: float,
+             run_dir: Path, tracking_uri: str, progress: Progress, info: dict[str, Any], annual: Annualisation,
              forecaster_history: pd.DataFrame | None = None) -> dict[str, Any]:
     """Env inputs, agents trained in parallel and registered, every strategy backtested on TEST, the figures.
 
-    Returns the report blocks: ``strategies``, ``rl_metrics``, ``backtest``, ``model_versions``,
-    ``mlflow_run_ids`` (agents and the backtest run), ``agent_models``, ``figures`` (name -> PNG in
+    ``annual``: the bars per year every annualised metric uses (:func:`raytrade.stages.common.resolve_annualisation`);
+    the ``backtest`` block reports it. Returns the report blocks: ``strategies``, ``rl_metrics``, ``backtest``,
+    ``model_versions``, ``mlflow_run_ids`` (agents and the backtest run), ``agent_models``, ``figures`` (name -> PNG in
     ``run_dir/figures``, also MLflow artifacts of the backtest run), ``forecaster_confusion`` (test split) and,
     for callers, ``results``. ``forecaster_history`` (one row per epoch) adds the forecaster's curves.
     """
+    periods_per_year = annual.periods_per_year
     windows = bundle_windows(prepared, bundle)
     data = agent_data(cfg, prepared, bars, bundle, windows)
     n_inputs = data.arrays["train"]["forecasts"].shape[1]
@@ -94,7 +99,7 @@ def rl_stage(cfg: PipelineConfig, prepared: PreparedData, bars: pd.DataFrame, bu
                                                    periods_per_year)
     bt = backtest_strategies(cfg, data, {n: o.policy for n, o in agents.items()},
                              {n: o.summary()["val_sharpe"] for n, o in agents.items()}, periods_per_year, agents)
-    recorded = record_backtest(cfg, bt, windows, data, run_dir, tracking_uri, progress, periods_per_year,
+    recorded = record_backtest(cfg, bt, windows, data, run_dir, tracking_uri, progress, annual,
                                forecaster_history, {name: o.history for name, o in agents.items()})
     return {**recorded, "rl_metrics": {name: o.summary() for name, o in agents.items()}, "model_versions": versions,
             "mlflow_run_ids": {**run_ids, "backtest": recorded["mlflow_run_ids"]["backtest"]},
@@ -104,13 +109,21 @@ def rl_stage(cfg: PipelineConfig, prepared: PreparedData, bars: pd.DataFrame, bu
 def champion_or_new_forecaster(cfg: PipelineConfig, prepared: PreparedData, run_dir: Path, tracking_uri: str,
                                progress: Progress, info: dict[str, Any]) -> tuple[ForecasterBundle, str]:
     """The registered ``tracking.forecaster_model@alias`` if it was trained on these feature columns;
-    otherwise a forecaster trained now (and registered) with ``model``/``train``. Returns (bundle, version)."""
+    otherwise a forecaster trained now (and registered) with ``model``/``train``. Returns (bundle, version).
+
+    Raises:
+        ConfigError: the registered forecaster has these feature columns but was trained on another train split
+            (other or longer data): its outputs on this config's val/test bars could be in-sample, so the agents
+            would be selected and backtested with look-ahead. The check and the one-line error are those of
+            ``raytrade backtest`` (:func:`raytrade.stages.common.require_same_train_split`).
+    """
     from raytrade import tracking
     from raytrade.errors import ModelNotFoundError
 
     try:
         bundle, version, _ = tracking.load_model_dir(cfg.tracking.forecaster_model, cfg.tracking.alias, tracking_uri)
         if list(bundle.scaler.columns) == prepared.feature_columns:
+            require_same_train_split(cfg, bundle, version, prepared)
             progress.note(f"forecaster: {cfg.tracking.forecaster_model}@{cfg.tracking.alias} (version {version})")
             return bundle, version
         progress.note(f"{cfg.tracking.forecaster_model}@{cfg.tracking.alias} uses other feature columns; training one")
@@ -125,10 +138,11 @@ def run_agents(cfg: PipelineConfig, data_path: str | Path | None = None) -> dict
     or a new one) -> ``rl.agents`` trained in parallel on Ray -> ensemble backtest; writes ``<run dir>/agents.json``.
 
     Raises:
+        ConfigError: the registered forecaster was trained on another train split (see
+            :func:`champion_or_new_forecaster`).
         DataValidationError, ConfigError, InsufficientDataError: as :func:`raytrade.pipeline.run_pipeline`.
     """
     from raytrade import tracking
-    from raytrade.evaluation import periods_per_year
     from raytrade.evaluation.html_report import write_html_report
     from raytrade.runtime import ray_session
 
@@ -136,14 +150,14 @@ def run_agents(cfg: PipelineConfig, data_path: str | Path | None = None) -> dict
     run_dir = new_run_dir(cfg, "agents")
     with ray_session(cfg):
         market, prepared, info = load_and_prepare(cfg, data_path, progress)
-        ppy = cfg.backtest.periods_per_year or periods_per_year(market.bars[TIMESTAMP])
+        annual = resolve_annualisation(cfg, market.bars[TIMESTAMP])
         tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
         with progress.stage("forecaster", "Forecaster for the agents' observation"):
             bundle, version = champion_or_new_forecaster(cfg, prepared, run_dir, tracking_uri, progress, info)
         with progress.stage("agents", f"Agents {', '.join(cfg.rl.agents)} in parallel on Ray, "
                                       f"{cfg.rl.iterations} x {cfg.rl.train_batch_size} env steps each; backtest"):
             rl = rl_stage(cfg, prepared, market.bars, bundle, run_dir, tracking_uri, progress,
-                          {"forecaster_version": version, "data_sha256": info["sha256"]}, ppy)
+                          {"forecaster_version": version, "data_sha256": info["sha256"]}, annual)
     report = {"run_dir": str(run_dir), "data": info, "forecaster_version": version,
               **{k: v for k, v in rl.items() if k != "results"},
               "mlflow": {"tracking_uri": tracking_uri, "agent_models": rl["agent_models"]},

@@ -15,7 +15,7 @@ from typing import Any
 
 from raytrade.config import PipelineConfig
 from raytrade.data.schema import TIMESTAMP
-from raytrade.errors import ConfigError, ModelNotFoundError
+from raytrade.errors import ModelNotFoundError
 from raytrade.runtime import Progress
 
 
@@ -36,13 +36,18 @@ def run_backtest(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
         DataValidationError, ConfigError, InsufficientDataError: as :func:`raytrade.pipeline.run_pipeline`.
     """
     from raytrade import tracking
-    from raytrade.evaluation import periods_per_year
     from raytrade.evaluation.html_report import write_html_report
     from raytrade.rl.ensemble import sharpe_or_zero
     from raytrade.rl.env_inputs import agent_data, bundle_windows, env_kwargs
     from raytrade.rl.strategies import backtest_strategies
     from raytrade.runtime import ray_session
-    from raytrade.stages.common import load_and_prepare, new_run_dir, record_backtest
+    from raytrade.stages.common import (
+        load_and_prepare,
+        new_run_dir,
+        record_backtest,
+        require_same_train_split,
+        resolve_annualisation,
+    )
     from raytrade_envs import TradingEnv
 
     progress = Progress(total=4)
@@ -50,7 +55,8 @@ def run_backtest(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
     alias = cfg.tracking.alias
     with ray_session(cfg):
         market, prepared, info = load_and_prepare(cfg, data_path, progress)
-    ppy = cfg.backtest.periods_per_year or periods_per_year(market.bars[TIMESTAMP])
+    annual = resolve_annualisation(cfg, market.bars[TIMESTAMP])
+    ppy = annual.periods_per_year
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
     with progress.stage("models", f"Registered models @{alias} from {tracking_uri}"):
         bundle, fc_version, _ = tracking.load_model_dir(cfg.tracking.forecaster_model, alias, tracking_uri)
@@ -58,14 +64,9 @@ def run_backtest(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
             raise ModelNotFoundError(
                 f"{cfg.tracking.forecaster_model}@{alias} (version {fc_version}) was trained on other feature "
                 f"columns than this config's features section computes; train one with it (raytrade train)")
-        if bundle.scaler.fit_end != prepared.scaler.fit_end:
-            # another train split means other val/test splits: the "test" bars could be ones the models were
-            # trained or selected on (look-ahead), so refuse rather than report a leaky backtest
-            raise ConfigError(
-                f"split: {cfg.tracking.forecaster_model}@{alias} (version {fc_version}) was trained on bars up to "
-                f"{bundle.scaler.fit_end}, but this config's train split ends at {prepared.scaler.fit_end}; the "
-                f"test split would not be out of sample for the registered models. Backtest with the data, "
-                f"data.max_bars and split the models were trained with (or retrain: raytrade pipeline)")
+        # another train split means other val/test splits: the "test" bars could be ones the models were
+        # trained or selected on (look-ahead), so refuse rather than report a leaky backtest
+        require_same_train_split(cfg, bundle, fc_version, prepared)
         versions, policies = {"forecaster": fc_version}, {}
         for agent in cfg.rl.agents:
             policies[agent], versions[agent], _ = tracking.load_model_dir(cfg.tracking.agent_model(agent), alias,
@@ -82,7 +83,7 @@ def run_backtest(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
             progress.note("ensemble rolling_retrain left out: it retrains the agents (raytrade agents does)")
         cfg = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"methods": methods})})
         bt = backtest_strategies(cfg, data, policies, prior, ppy)
-        recorded = record_backtest(cfg, bt, windows, data, run_dir, tracking_uri, progress, ppy,
+        recorded = record_backtest(cfg, bt, windows, data, run_dir, tracking_uri, progress, annual,
                                    params={"source": "registered models", "alias": alias, "model_versions": versions,
                                            "data_sha256": info["sha256"], "symbol": info["symbol"]})
     report = {"run_dir": str(run_dir), "data": info, **{k: v for k, v in recorded.items() if k != "results"},

@@ -1,6 +1,7 @@
 """Helpers every stage shares (the one module stages import from each other): run directories, loading and
-preparing the data as progress stages, the data summary and its hash, training + registering the forecaster,
-the registered models' loaders, and recording a backtest (table, figures, MLflow run).
+preparing the data as progress stages, the data summary and its hash, the bars per year of the data's calendar,
+training + registering the forecaster, the registered models' loaders and the out-of-sample check on them, and
+recording a backtest (table, figures, MLflow run).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from raytrade.config import PipelineConfig
 from raytrade.data.schema import TIMESTAMP
 from raytrade.dataset.prepare import MarketData, PreparedData, load_market_data, prepare_data
 from raytrade.dataset.windows import Windows
+from raytrade.errors import ConfigError, InsufficientDataError
 from raytrade.evaluation.forecast import forecast_metrics
+from raytrade.evaluation.metrics import Annualisation, annualisation
 from raytrade.models.bundle import ForecasterBundle
 from raytrade.rl.env_inputs import AgentData
 from raytrade.rl.strategies import backtest_report
@@ -131,6 +134,47 @@ def data_summary(market: MarketData, prepared: PreparedData) -> dict[str, Any]:
     }
 
 
+def resolve_annualisation(cfg: PipelineConfig, timestamps: Any) -> Annualisation:
+    """Bars per year for every annualised metric of a run: ``backtest.periods_per_year`` when set (calendar
+    ``"override"``), else derived from the bars' ``timestamps`` with ``backtest.calendar`` (see
+    :func:`raytrade.evaluation.metrics.annualisation`). Reports carry :meth:`Annualisation.report`.
+
+    Raises:
+        InsufficientDataError: fewer than 2 bars (nothing to derive a calendar from).
+        ConfigError: timestamps that are not strictly increasing datetimes (the loader's validation prevents it).
+    """
+    override = cfg.backtest.periods_per_year
+    if override is not None:
+        return Annualisation(float(override), "override",
+                             f"override: backtest.periods_per_year = {override:g} in the config")
+    try:
+        return annualisation(timestamps, cfg.backtest.calendar)
+    except ValueError as exc:
+        kind = InsufficientDataError if "at least 2" in str(exc) else ConfigError
+        raise kind(f"backtest.calendar {cfg.backtest.calendar}: {exc}") from exc
+
+
+def require_same_train_split(cfg: PipelineConfig, bundle: ForecasterBundle, version: str,
+                             prepared: PreparedData) -> None:
+    """Refuse to run a registered forecaster on a split it was not trained on.
+
+    The forecaster's scaler remembers the last timestamp of its training rows (``fit_end``). Another train
+    split (other data, a longer ``data.max_bars``, another ``split``) means other val/test splits: their bars
+    could be ones the forecaster was trained or selected on (look-ahead), so ``raytrade backtest`` and
+    ``raytrade agents`` stop instead of reporting a leaky result.
+
+    Raises:
+        ConfigError: ``split: <model>@<alias> (version v) was trained on bars up to <t>, but this config's train
+            split ends at <t'>; ...`` (one line).
+    """
+    if bundle.scaler.fit_end != prepared.scaler.fit_end:
+        raise ConfigError(
+            f"split: {cfg.tracking.forecaster_model}@{cfg.tracking.alias} (version {version}) was trained on bars "
+            f"up to {bundle.scaler.fit_end}, but this config's train split ends at {prepared.scaler.fit_end}; the "
+            f"test split would not be out of sample for the registered models. Run with the data, data.max_bars "
+            f"and split the models were trained with (or retrain: raytrade pipeline)")
+
+
 def load_and_prepare(cfg: PipelineConfig, data_path: str | Path | None,
                      progress: Progress) -> tuple[MarketData, PreparedData, dict[str, Any]]:
     """The first two steps of the single-stage commands, as progress stages ``load`` (read + validate the bars)
@@ -150,13 +194,14 @@ def load_and_prepare(cfg: PipelineConfig, data_path: str | Path | None,
 
 
 def record_backtest(cfg: PipelineConfig, bt: dict[str, Any], windows: dict[str, Windows], data: AgentData,
-                    run_dir: Path, tracking_uri: str, progress: Progress, periods_per_year: float,
+                    run_dir: Path, tracking_uri: str, progress: Progress, annual: Annualisation,
                     forecaster_history: pd.DataFrame | None = None,
                     agent_histories: dict[str, pd.DataFrame] | None = None,
                     params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Print the table, draw the figures into ``run_dir/figures`` and log both (and ``params``) in an MLflow run
-    ``<name>-backtest``. Returns ``strategies``, ``results``, ``backtest``, ``figures``, ``forecaster_confusion``
-    and ``mlflow_run_ids`` (``{"backtest": run id}``)."""
+    """Print the table and the annualisation used, draw the figures into ``run_dir/figures`` and log both (and
+    ``params``) in an MLflow run ``<name>-backtest``. Returns ``strategies``, ``results``, ``backtest`` (with
+    ``periods_per_year``, ``calendar`` and ``calendar_detail`` of ``annual``), ``figures``,
+    ``forecaster_confusion`` and ``mlflow_run_ids`` (``{"backtest": run id}``)."""
     from sklearn.metrics import confusion_matrix
 
     from raytrade import tracking
@@ -164,6 +209,8 @@ def record_backtest(cfg: PipelineConfig, bt: dict[str, Any], windows: dict[str, 
     from raytrade.evaluation.plots import save_run_figures
 
     print(bt["table"], file=progress.stream, flush=True)
+    progress.note(f"annualised with {annual}")
+    periods_per_year = annual.periods_per_year
     confusion = confusion_matrix(windows["test"].y_class, data.forecasts["test"]["probs"].argmax(axis=1),
                                  labels=list(range(len(CLASS_NAMES))))
     figures = save_run_figures(run_dir / "figures", bt["results"], bt["timestamps"], periods_per_year,
@@ -175,13 +222,14 @@ def record_backtest(cfg: PipelineConfig, bt: dict[str, Any], windows: dict[str, 
     # "ensemble": the served ensemble (Sharpe vote + risk layer), the name the report contract uses
     strategies.setdefault("ensemble", strategies.get("ensemble_vote"))
     with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-backtest") as run_id:
-        tracking.log_params({"cost_bps": cfg.backtest.cost_bps, **(params or {})})
+        tracking.log_params({"cost_bps": cfg.backtest.cost_bps, **annual.report(), **(params or {})})
         for name, m in strategies.items():
             tracking.log_metrics({f"{name}.{k}": v for k, v in m.items()})
         tracking.log_text(bt["table"], "backtest_table.txt")
         for path in figures.values():
             tracking.log_artifact(path, "figures")
-    return {"strategies": strategies, "results": bt["results"], "backtest": backtest_report(cfg, bt, periods_per_year),
+    return {"strategies": strategies, "results": bt["results"],
+            "backtest": {**backtest_report(cfg, bt, periods_per_year), **annual.report()},
             "figures": {name: str(path) for name, path in figures.items()},
             "forecaster_confusion": {"classes": list(CLASS_NAMES), "counts": confusion.tolist(),
                                      "rows": "true class", "columns": "predicted class"},

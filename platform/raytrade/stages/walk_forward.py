@@ -24,7 +24,6 @@ from raytrade.data.schema import TIMESTAMP
 from raytrade.dataset.folds import expanding_folds
 from raytrade.dataset.prepare import labelled_features, load_market_data
 from raytrade.dataset.windows import make_windows
-from raytrade.evaluation.metrics import periods_per_year
 from raytrade.evaluation.walk_forward import (
     FORECAST_METRICS,
     concatenate_folds,
@@ -35,7 +34,7 @@ from raytrade.evaluation.walk_forward import (
 )
 from raytrade.features.scaler import FeatureScaler
 from raytrade.runtime import Progress, ray_session
-from raytrade.stages.common import file_sha256, new_run_dir
+from raytrade.stages.common import file_sha256, new_run_dir, resolve_annualisation
 
 
 def _clean(value: Any) -> Any:
@@ -64,7 +63,9 @@ def run_walk_forward(cfg: PipelineConfig, data_path: str | Path | None = None) -
     run_dir = new_run_dir(cfg, "walkforward")
     with progress.stage("load", "Loading and validating bars"):
         market = load_market_data(cfg, data_path)
-        ppy = cfg.backtest.periods_per_year or periods_per_year(market.bars[TIMESTAMP])
+        annual = resolve_annualisation(cfg, market.bars[TIMESTAMP])
+        ppy = annual.periods_per_year
+        progress.note(f"{market.symbol}: {len(market.bars)} bars; Sharpe annualised with {annual}")
     fold_rows: dict[str, list[dict[str, np.ndarray]]] = {m: [] for m in wf.models}
     fold_market: list[np.ndarray] = []
     per_fold: list[dict[str, Any]] = []
@@ -119,14 +120,16 @@ def run_walk_forward(cfg: PipelineConfig, data_path: str | Path | None = None) -
         fold_tables = {fold["index"]: format_table(walk_forward_table(fold["scores"])) for fold in per_fold}
         level = f"{wf.confidence:.0%}"
         header = (f"Walk-forward ({wf.n_folds} expanding folds, embargo {cfg.embargo} bars, "
-                  f"{sum(len(r) for r in fold_market)} test bars, {cfg.backtest.cost_bps:g} bps costs; "
-                  f"value [{level} stationary-bootstrap CI])")
+                  f"{sum(len(r) for r in fold_market)} test bars, {cfg.backtest.cost_bps:g} bps costs, Sharpe "
+                  f"annualised with {ppy:,.1f} bars/year ({annual.calendar}); value [{level} stationary-bootstrap "
+                  f"CI])")
         document = "\n\n".join([f"# {market.symbol}: {header}", markdown,
                                 *[f"## Fold {k}\n\n{t}" for k, t in fold_tables.items()]])
         (run_dir / "walk_forward.md").write_text(document + "\n")
         tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
         with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-walk-forward") as run_id:
             tracking.log_params({"walk_forward": wf.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
+                                 **annual.report(),
                                  "train": cfg.train.model_dump(mode="json"), "embargo": cfg.embargo,
                                  "data_sha256": file_sha256(market.path), "symbol": market.symbol})
             for model, scores in pooled.items():
@@ -135,7 +138,7 @@ def run_walk_forward(cfg: PipelineConfig, data_path: str | Path | None = None) -
             tracking.log_text(document, "walk_forward.md")
     report = _clean({
         "run_dir": str(run_dir), "symbol": market.symbol, "data_path": str(market.path), "embargo_bars": cfg.embargo,
-        "periods_per_year": ppy, "cost_bps": cfg.backtest.cost_bps, "models": list(wf.models),
+        **annual.report(), "cost_bps": cfg.backtest.cost_bps, "models": list(wf.models),
         "pooled": pooled, "folds": per_fold, "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
         "timings_s": progress.timings,
     })
