@@ -55,10 +55,12 @@ def create_app(tracking_uri: str, forecaster_model: str, agent_models: dict[str,
         feats = feature_rows(bars_frame(req), spec)
         item = {"rows": feats["rows"], "feature_set_version": spec["feature_set_version"]}
         fc = forecast_items(forecaster.obj, forecaster.version, [item])[0]
-        state = {**{k: fc[k] for k in ("window", "columns", "outputs", "return_scale")}, "position": req.position}
-        positions = {name: act_items(a.obj, a.version, [state])[0]["position"] for name, a in agents.items()}
-        decision = combine(combiner, {"forecaster": forecaster_member(fc["forecast"]), **positions}, req.position,
-                           req.drawdown)
+        inputs = {k: fc[k] for k in ("window", "columns", "outputs", "return_scale")}
+        positions = {name: act_items(a.obj, a.version, [{**inputs, **req.agent_account(name).model_dump()}])[0]
+                     ["position"] for name, a in agents.items()}
+        account = req.ensemble_account
+        decision = combine(combiner, {"forecaster": forecaster_member(fc["forecast"]), **positions}, account.position,
+                           account.drawdown)
         return {"symbol": req.symbol, "timestamp": feats["timestamp"].isoformat(), **decision,
                 "confidence": fc["forecast"]["confidence"], "forecast": fc["forecast"], "agents": positions}
 

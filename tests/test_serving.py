@@ -34,6 +34,7 @@ CONFIG = REPO / "serve_configs" / "ensemble.yaml"
 RESPONSE_KEYS = {"symbol", "timestamp", "signal", "target_position", "confidence", "forecast", "agents",
                  "model_versions", "forecaster_variant", "weights", "drawdown_cut", "cached"}
 PORT = free_port()
+ACCOUNT_KEYS = ("position", "unrealised_pnl", "drawdown")  # what an agent observes of its book, as the env's info
 
 
 def _config(report: dict, edit=None) -> dict:  # noqa: ANN001
@@ -176,7 +177,14 @@ def test_predict_contract_and_same_features_as_training(served):
     mc = agent_outputs(bundle, windows, ("probs", "uncertainty"))
     assert body["forecast"]["uncertainty"]["return_std"] == pytest.approx(float(mc["return_std"][0]), rel=1e-4)
     assert body["forecast"]["uncertainty"]["mutual_information"] >= 0
-    # each served agent position is the registered policy acting on the env's observation layout
+    # each served agent position is the registered policy acting on the env's observation layout, with the account
+    # state it is given: the legacy `position` (flat P&L and drawdown), or `account` for every agent and
+    # `agent_accounts` for one (each agent trades its own book in the backtest)
+    account = {"position": -0.4, "unrealised_pnl": -0.03, "drawdown": 0.07}
+    own = {"position": 0.6, "unrealised_pnl": 0.05, "drawdown": 0.02}
+    legacy = {k: v for k, v in payload.items() if k != "position"}
+    accounts = served["client"].post("/predict", json={**legacy, "account": account, "agent_accounts": {"ppo": own}})
+    assert accounts.status_code == 200, accounts.text
     for agent in ("ppo", "sac", "td3"):
         policy, _, _ = tracking.load_model_dir(f"raytrade-agent-{agent}", "champion", uri)
         outputs = agent_outputs(bundle, windows, policy.forecast_inputs)
@@ -184,6 +192,9 @@ def test_predict_contract_and_same_features_as_training(served):
         obs = policy.observation(windows[0], list(bundle.scaler.columns), row, 0.25)
         assert obs.shape == (policy.obs_dim,)
         assert body["agents"][agent] == pytest.approx(float(policy.act(obs)[0]), abs=1e-4), agent
+        state = own if agent == "ppo" else account
+        obs = policy.observation(windows[0], list(bundle.scaler.columns), row, *(state[k] for k in ACCOUNT_KEYS))
+        assert accounts.json()["agents"][agent] == pytest.approx(float(policy.act(obs)[0]), abs=1e-4), agent
     weights = served["report"]["backtest"]["serve_weights"]
     expected = combine_positions({"forecaster": direct["probs"]["buy"] - direct["probs"]["sell"],
                                   **{a: body["agents"][a] for a in ("ppo", "sac", "td3")}}, weights,
@@ -195,10 +206,14 @@ def test_predict_contract_and_same_features_as_training(served):
 
 def test_drawdown_beyond_the_limit_cuts_the_target(served):
     c = served["client"]
-    calm = c.post("/predict", json={**_payload(end=-3), "drawdown": 0.0}).json()
-    deep = c.post("/predict", json={**_payload(end=-3), "drawdown": 0.5}).json()
-    assert calm["drawdown_cut"] is False and deep["drawdown_cut"] is True
+    payload = {k: v for k, v in _payload(end=-3).items() if k != "position"}
+    fresh = {name: {} for name in ("ppo", "sac", "td3")}  # the agents' own books: they vote the same both times
+    calm = c.post("/predict", json={**payload, "account": {"drawdown": 0.0}, "agent_accounts": fresh}).json()
+    deep = c.post("/predict", json={**payload, "account": {"drawdown": 0.5}, "agent_accounts": fresh}).json()
+    assert calm["drawdown_cut"] is False and deep["drawdown_cut"] is True and deep["agents"] == calm["agents"]
     assert deep["target_position"] == pytest.approx(calm["target_position"] * served["cfg"].ensemble.drawdown_cut)
+    legacy = c.post("/predict", json={**payload, "drawdown": 0.5}).json()  # the account every agent observes too
+    assert legacy["drawdown_cut"] is True
 
 
 @pytest.mark.parametrize(
@@ -207,9 +222,15 @@ def test_drawdown_beyond_the_limit_cuts_the_target(served):
         (lambda p: p.update(bars=[]), "bars"),
         (lambda p: p.update(bars="recent"), "bars"),
         (lambda p: p.pop("symbol"), "symbol"),
-        (lambda p: p.update(position=1.5), "position"),
+        (lambda p: p.update(position=2.5), "position"),
         (lambda p: p.update(position="long"), "position"),
         (lambda p: p.update(drawdown=-0.1), "drawdown"),
+        (lambda p: p.update(account={"position": 0.1}), "account"),  # and the legacy `position`
+        (lambda p: (p.pop("position"), p.update(account={"unrealised_pnl": -1.5})), "unrealised_pnl"),
+        (lambda p: (p.pop("position"), p.update(account={"drawdown": 1.5})), "drawdown"),
+        (lambda p: (p.pop("position"), p.update(account={"pnl": 0.1})), "pnl"),
+        (lambda p: p.update(agent_accounts={"ppo": {"position": -3.0}}), "ppo"),
+        (lambda p: p.update(agent_accounts={"dqn": {"position": 0.1}}), "dqn"),
         (lambda p: p["bars"][3].pop("close"), "close"),
         (lambda p: p["bars"][3].update(volume=-1), "volume"),
         (lambda p: p["bars"][3].update(open=0.0), "open"),
@@ -260,6 +281,10 @@ def test_batch_predicts_in_order_and_names_the_bad_item(served):
     bad["bars"][40]["low"] = bad["bars"][40]["high"] * 2
     detail = json.loads(_detail(c.post("/predict/batch", json={"requests": [requests[0], bad]})))
     assert detail[0]["loc"][:4] == ["body", "requests", 1, "bars"] and detail[0]["type"] == "ohlc_relation"
+    unknown = {**requests[2], "agent_accounts": {"ppo": {"position": 0.1}, "a2c": {"position": 0.1}}}
+    detail = json.loads(_detail(c.post("/predict/batch", json={"requests": [requests[0], unknown]})))
+    assert detail == [{"loc": ["body", "requests", 1, "agent_accounts", "a2c"], "type": "unknown_agent",
+                       "msg": "unknown agent 'a2c'; this app serves ['ppo', 'sac', 'td3']"}]
     assert "requests" in _detail(c.post("/predict/batch", json={"requests": []}))
 
 
@@ -522,53 +547,164 @@ def test_serve_configs_are_valid_serve_deploy_files(name):
     assert np.isfinite(float(deployments["Combiner"]["user_config"]["max_drawdown"]))
 
 
-def test_served_decision_equals_the_backtests_for_the_same_bars_and_models(served):
-    """Offline/online parity: at test-split bars, an episode the backtester starts there (flat, no drawdown)
-    and a request carrying every bar the pipeline loaded up to that bar (so every indicator has the same
-    history) give the same forecast, the same agent positions and the same risk-limited ensemble target."""
+def _replay(env, act) -> dict[int, dict[str, float]]:  # noqa: ANN001
+    """One deterministic episode of ``env`` from ``reset(seed=0)``, as :meth:`raytrade.rl.policy.Policy.evaluate`
+    runs it; ``act(obs, t, account)`` gives each step's action. Per bar ``t`` (``info["t"]`` before the step): the
+    account state the observation showed (``info`` before the step: position held, unrealised P&L, drawdown) and
+    the ``target`` the step mapped the action to (``info["target"]``; before the env reported it, the position
+    right after the step, which was the target)."""
+    obs, info = env.reset(seed=0)
+    rows: dict[int, dict[str, float]] = {}
+    done = False
+    while not done:
+        t, account = int(info["t"]), {k: float(info[k]) for k in ACCOUNT_KEYS}
+        obs, _, terminated, truncated, info = env.step(np.atleast_1d(act(obs, t, account)).astype(np.float32))
+        rows[t] = {**account, "target": float(info.get("target", info["position"]))}
+        done = terminated or truncated
+    return rows
+
+
+def test_served_app_replays_the_backtests_test_episode_bar_by_bar(served):
+    """Offline/online parity over the whole TEST-split episode, mid-position and in drawdown.
+
+    In the backtest each agent trades its own book (one env over the test split, :meth:`Policy.evaluate`). At every
+    bar the request carries, per agent (``agent_accounts``), the account state its env showed before that step, and
+    as ``account`` the book of the ensemble that trades the served rule (served weights, then the backtest's risk
+    layer at its own drawdown) in an env with the same accounting. Each agent's served action must be the target
+    its env step took, and the served ensemble target the risk layer's on the members' targets at that drawdown.
+
+    A bar's features reach the app through the online store: the unscaled rows the pipeline computed over the whole
+    history (what the backtest's windows hold) are written as the latest window of symbol ``BTC/USD#<bar>``, so
+    the whole episode goes in a few ``/predict/batch`` calls (a request's own bars would restart the indicators'
+    EMAs). Two bars also go through the request-bars path with the whole history before them, as a client sends it.
+    """
     from raytrade import tracking
     from raytrade.dataset.prepare import load_market_data, prepare_data
     from raytrade.models.bundle import signal_positions
     from raytrade.rl.ensemble import combine_positions, risk_limited_position
-    from raytrade.rl.env import slice_env
     from raytrade.rl.env_inputs import agent_data, bundle_windows, env_kwargs
     from raytrade.runtime import ensure_ray
+    from raytrade.store import OnlineFeatureStore
     from raytrade_envs import TradingEnv
 
-    cfg, uri = served["cfg"], served["report"]["mlflow"]["tracking_uri"]
+    cfg, report, c = served["cfg"], served["report"], served["client"]
+    uri = report["mlflow"]["tracking_uri"]
     ensure_ray(cfg)
     bundle, _, _ = tracking.load_model_dir(cfg.tracking.forecaster_model, cfg.tracking.alias, uri)
     policies = {a: tracking.load_model_dir(m, cfg.tracking.alias, uri)[0]
-                for a, m in served["report"]["mlflow"]["agent_models"].items()}
+                for a, m in report["mlflow"]["agent_models"].items()}
     market = load_market_data(cfg)
     prepared = prepare_data(cfg, market)
     data = agent_data(cfg, prepared, market.bars, bundle, bundle_windows(prepared, bundle))
-    test, stamps = data.arrays["test"], data.timestamps["test"]
-    weights = served["report"]["backtest"]["serve_weights"]
-    max_pos, window = cfg.backtest.max_position, cfg.rl.window
-    for k in (window - 1, len(stamps) // 2, len(stamps) - 3):
-        at = pd.Timestamp(stamps[k])
-        at = at.tz_localize("UTC") if at.tz is None else at
-        # the backtester: every member's first decision of an episode starting flat at bar k
-        members = {"forecaster": float(signal_positions(data.forecasts["test"]["probs"][k : k + 1], max_pos)[0])}
-        for name, policy in policies.items():
-            env = TradingEnv(**slice_env(env_kwargs(cfg, test, train=False), k - window + 1, len(stamps)))
-            obs, _ = env.reset(seed=0)
-            _, _, _, _, info = env.step(np.atleast_1d(policy.act(obs)[0]).astype(np.float32))
-            members[name] = float(info["position"])
-        expected, _ = risk_limited_position(float(combine_positions(members, weights, max_pos)), 0.0, max_pos,
-                                            cfg.ensemble.max_drawdown, cfg.ensemble.drawdown_cut)
-        # the served app, given the same bars
-        upto = market.bars[market.bars["timestamp"] <= at]
-        resp = served["client"].post("/predict", json=request_payload(upto, upto["timestamp"].iloc[-1], len(upto)))
-        assert resp.status_code == 200, resp.text
-        body = resp.json()
-        assert pd.Timestamp(body["timestamp"]) == at
-        probs = data.forecasts["test"]["probs"][k]
-        assert [body["forecast"]["probs"][c] for c in ("sell", "hold", "buy")] == pytest.approx(probs, abs=1e-5)
-        for name in policies:
-            assert body["agents"][name] * max_pos == pytest.approx(members[name], abs=1e-4), (k, name)
-        assert body["target_position"] == pytest.approx(expected, abs=1e-4), k
+    test, stamps = data.arrays["test"], pd.to_datetime(data.timestamps["test"], utc=True)
+    combiner = c.get("/models").json()["ensemble"]  # the weights and risk limits in force
+    limits = {k: combiner[k] for k in ("max_position", "max_drawdown", "drawdown_cut")}
+
+    # the backtest: each agent's own episode, then the ensemble's over the members' targets
+    agents = {name: _replay(TradingEnv(**env_kwargs(cfg, test, train=False)), lambda obs, t, a, p=p: p.act(obs)[0])
+              for name, p in policies.items()}
+    bars = sorted(next(iter(agents.values())))
+    assert all(sorted(rows) == bars for rows in agents.values()) and len(bars) > 100
+    signal = signal_positions(data.forecasts["test"]["probs"], limits["max_position"])
+    expected: dict[int, tuple[float, bool]] = {}
+
+    def ensemble_act(obs, t, account):  # noqa: ANN001, ANN202
+        members = {"forecaster": float(signal[t]), **{name: rows[t]["target"] for name, rows in agents.items()}}
+        raw = float(combine_positions(members, combiner["weights"], limits["max_position"]))
+        expected[t] = risk_limited_position(raw, account["drawdown"], **limits)
+        return expected[t][0] / cfg.backtest.max_position
+
+    ensemble = _replay(TradingEnv(**env_kwargs(cfg, test, train=False)), ensemble_act)
+    for name, rows in {**agents, "ensemble": ensemble}.items():  # the episode leaves the flat, fresh book
+        for key in ACCOUNT_KEYS:
+            assert any(abs(r[key]) > 1e-6 for r in rows.values()), (name, key)
+
+    # the same bars through the served app: each bar's feature window from the online store
+    part = prepared.split.test.reset_index(drop=True)
+    lookback, columns = bundle.lookback, ["timestamp", *bundle.scaler.columns]
+    symbol = str(market.bars["symbol"].iloc[-1])
+    store = OnlineFeatureStore(report["store"]["url"], feature_set_version=bundle.feature_set_version, prefix="e2e")
+    windows = {}
+    for t in bars:
+        rows = part.iloc[t : t + lookback]
+        assert pd.Timestamp(rows["timestamp"].iloc[-1]) == stamps[t]
+        last = market.bars[market.bars["timestamp"] <= stamps[t]].tail(1).assign(symbol=f"{symbol}#{t}")
+        windows[f"{symbol}#{t}"] = (rows[columns], last)
+    store.write_many(windows)
+
+    def request(t: int, **extra: object) -> dict:
+        return {"symbol": f"{symbol}#{t}", "account": {k: ensemble[t][k] for k in ACCOUNT_KEYS},
+                "agent_accounts": {n: {k: rows[t][k] for k in ACCOUNT_KEYS} for n, rows in agents.items()}, **extra}
+
+    def predict(reqs: list[dict]) -> list[dict]:
+        out = []
+        for i in range(0, len(reqs), 256):
+            resp = c.post("/predict/batch", json={"requests": reqs[i : i + 256]})
+            assert resp.status_code == 200, resp.text[:2000]
+            out += resp.json()["predictions"]
+        return out
+
+    try:
+        answers = dict(zip(bars, predict([request(t) for t in bars]), strict=True))
+        # with the agents' P&L and drawdown zeroed (what Serve used to observe), some bar is decided differently
+        deep = sorted(bars, key=lambda t: -sum(abs(r[t]["unrealised_pnl"]) + r[t]["drawdown"]
+                                               for r in agents.values()))[:32]
+        zeroed = predict([{**request(t), "agent_accounts": {n: {"position": rows[t]["position"]}
+                                                            for n, rows in agents.items()}} for t in deep])
+    finally:
+        for name in windows:
+            store.delete(name)
+    for t, body in answers.items():
+        assert pd.Timestamp(body["timestamp"]) == stamps[t]
+        probs = data.forecasts["test"]["probs"][t]
+        assert [body["forecast"]["probs"][k] for k in ("sell", "hold", "buy")] == pytest.approx(probs, abs=1e-5)
+        for name, rows in agents.items():
+            served_target = body["agents"][name] * cfg.backtest.max_position  # the env's action mapping
+            assert served_target == pytest.approx(rows[t]["target"], abs=1e-4), (t, name, rows[t])
+        target, cut = expected[t]
+        assert body["target_position"] == pytest.approx(target, abs=1e-4), (t, ensemble[t])
+        assert body["drawdown_cut"] is cut
+    assert max(abs(z["agents"][n] - answers[t]["agents"][n]) for t, z in zip(deep, zeroed, strict=True)
+               for n in agents) > 1e-4
+
+    # the request-bars path: every bar up to t (so the indicators have the same history) gives the same decision
+    for t in (bars[0], max(bars, key=lambda b: ensemble[b]["drawdown"])):
+        upto = market.bars[market.bars["timestamp"] <= stamps[t]]
+        payload = request_payload(upto, upto["timestamp"].iloc[-1], len(upto))
+        del payload["position"]
+        body = c.post("/predict", json={**payload, **request(t, symbol=symbol)}).json()
+        assert body["agents"] == pytest.approx(answers[t]["agents"], abs=1e-4), t
+        assert body["target_position"] == pytest.approx(answers[t]["target_position"], abs=1e-4), t
+
+
+def test_request_gives_each_agent_the_account_it_observes():
+    """``account`` applies to every agent, ``agent_accounts`` replaces it for one; the legacy ``position`` and
+    ``drawdown`` are an account with flat P&L; both forms at once, or values out of range, are rejected naming
+    the field."""
+    from pydantic import ValidationError
+
+    from raytrade.serving.schemas import Account, PredictRequest
+
+    legacy = PredictRequest.model_validate({"symbol": "BTC/USD", "position": -0.3, "drawdown": 0.1})
+    assert legacy.agent_account("ppo") == legacy.ensemble_account == Account(position=-0.3, drawdown=0.1)
+    assert PredictRequest(symbol="BTC/USD").agent_account("ppo") == Account()  # a flat, fresh book
+    req = PredictRequest.model_validate({"symbol": "BTC/USD",
+                                         "account": {"position": 0.5, "unrealised_pnl": 0.02, "drawdown": 0.05},
+                                         "agent_accounts": {"sac": {"position": -1.04, "unrealised_pnl": -0.01}}})
+    assert req.ensemble_account == req.agent_account("ppo") == Account(position=0.5, unrealised_pnl=0.02, drawdown=0.05)
+    assert req.agent_account("sac") == Account(position=-1.04, unrealised_pnl=-0.01, drawdown=0.0)
+    for body, loc, words in [
+        ({"position": 0.1, "account": {}}, (), "`account` or as the legacy `position`"),
+        ({"account": {"unrealised_pnl": -1.2}}, ("account", "unrealised_pnl"), "greater than or equal to -1"),
+        ({"account": {"unrealised_pnl": 1e300}}, ("account", "unrealised_pnl"), "less than or equal to 1000"),
+        ({"account": {"drawdown": 1.2}}, ("account", "drawdown"), "less than or equal to 1"),
+        ({"agent_accounts": {"ppo": {"position": 2.5}}}, ("agent_accounts", "ppo", "position"), "less than or equal"),
+        ({"agent_accounts": {"ppo": {"position": float("inf")}}}, ("agent_accounts", "ppo", "position"), "finite"),
+    ]:
+        with pytest.raises(ValidationError) as err:
+            PredictRequest.model_validate({"symbol": "BTC/USD", **body})
+        (first,) = err.value.errors()
+        assert first["loc"] == loc and words in first["msg"], (body, first)
 
 
 @pytest.mark.parametrize("max_position", [1.0, 0.5])
@@ -588,7 +724,8 @@ def test_combiner_decides_a_bar_as_the_ensemble_backtest_does(max_position, cras
                  **{m: v * max_position for m, v in votes.items() if m != "forecaster"}}
     returns = {m: rng.normal(0, 0.01, 50) for m in votes}
     res = sharpe_vote(positions, returns, {m: 0.0 for m in votes}, 10, 8760.0, 1.0)
-    limited, cut = risk_limit(res.positions, lambda t, prev, new: -crash if t == 10 else 0.0, max_position, 0.2, 0.5)
+    limited, cut = risk_limit(res.positions, lambda t, held, new: (-crash if t == 10 else 0.0, new), max_position, 0.2,
+                              0.5)
     for t in (0, 10, 25, 49):
         cfg = CombinerConfig(weights=res.weights[t // 10], max_position=max_position, max_drawdown=0.2,
                              drawdown_cut=0.5)

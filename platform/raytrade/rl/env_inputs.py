@@ -77,7 +77,7 @@ def agent_data(cfg: PipelineConfig, prepared: PreparedData, bars: pd.DataFrame, 
     terms = bar_terms(bars)
     arrays, stamps, outs = {}, {}, {}
     for split, w in windows.items():
-        out = agent_outputs(bundle, w.x, cfg.rl.forecast_inputs, seed=cfg.rl.seed)
+        out = agent_outputs(bundle, w.x, cfg.rl.forecast_inputs)  # MC masks: inputs.MC_INPUT_SEED, as served
         t = terms.reindex(pd.DatetimeIndex(pd.to_datetime(w.timestamp, utc=True)))
         arrays[split] = {"features": w.x[:, -1, cols], "forecasts": forecast_inputs(out, scale, cfg.rl.forecast_inputs),
                          "returns": w.next_return, "gap_returns": t["gap_return"].to_numpy(),

@@ -24,7 +24,13 @@ from raytrade.errors import ConfigError
 __all__ = ["agent_outputs", "forecast_inputs"]
 
 
-def agent_outputs(bundle: Any, x: np.ndarray, inputs: Sequence[str], seed: int = 0) -> dict[str, np.ndarray]:
+#: Seed of the MC-dropout masks behind the agents' uncertainty inputs. A constant, not ``rl.seed``: the served app
+#: (:func:`raytrade.serving.steps.forecast_items`) must draw the masks the agents saw in training and the backtest.
+MC_INPUT_SEED: int = 0
+
+
+def agent_outputs(bundle: Any, x: np.ndarray, inputs: Sequence[str],
+                  seed: int = MC_INPUT_SEED) -> dict[str, np.ndarray]:
     """The forecaster outputs ``inputs`` need, for scaled windows ``x (n, lookback, n_features)``.
 
     ``probs``, ``expected_return`` and ``embedding`` come from the deterministic pass (dropout off), the same

@@ -178,7 +178,7 @@ class Forecaster:
 
 @serve.deployment(autoscaling_config=DEFAULT_AUTOSCALING, ray_actor_options={"num_cpus": 0.1})
 class Agent:
-    """An RL policy ``model_name@alias``; :meth:`act` (batched) maps observations to target positions."""
+    """An RL policy ``model_name@alias``; :meth:`act` (batched) maps market inputs and account states to actions."""
 
     def __init__(self, tracking_uri: str, model_name: str, alias: str = "champion", label: str = "agent") -> None:
         self.slot = ModelSlot(tracking_uri, model_name, alias)
@@ -197,10 +197,11 @@ class Agent:
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0, batch_size_fn=_n_items)
     async def act(self, calls: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
-        """Each call is a list of items ``{"window", "columns", "outputs", "return_scale", "position"}`` (a
-        :meth:`Forecaster.forecast` result plus the account's position); concurrent calls are batched. Per item:
-        ``{"position": the policy's action in [-1, 1], "version"}``. The observation is
-        :meth:`raytrade.rl.policy.Policy.observation`, as in training and the backtest."""
+        """Each call is a list of items ``{"window", "columns", "outputs", "return_scale", "position",
+        "unrealised_pnl", "drawdown"}`` (a :meth:`Forecaster.forecast` result plus the account state this agent
+        observes, fractions); concurrent calls are batched. Per item: ``{"position": the policy's action in
+        [-1, 1], "version"}``. The observation is :meth:`raytrade.rl.policy.Policy.observation`, as in training
+        and the backtest (:func:`raytrade.serving.steps.act_items`)."""
         self.slot.poll()
         started = time.perf_counter()
         model = self.slot.current

@@ -2,17 +2,19 @@
 
 ``POST /predict``: bars in the request, or the symbol alone (features from Redis) → ``Features`` →
 ``Forecaster`` (or the A/B challenger) → every ``Agent-<name>`` (in parallel) → ``Combiner`` → decision.
-``POST /predict/batch``: many of those at once. ``GET /health``, ``GET /models``. Decisions are cached in Redis
-under (symbol, bars fingerprint, model versions, position).
+``POST /predict/batch``: many of those at once. ``GET /health``, ``GET /models``. Each request carries the account
+state the agents observe (:class:`~raytrade.serving.schemas.PredictRequest`: ``account`` and per-agent
+``agent_accounts``); the server keeps none. Forecasts and agent actions are cached in Redis under (symbol, bars
+fingerprint, model versions, every agent's account state).
 
 Concurrent requests are decided a batch at a time (``@serve.batch`` on the ingress): one call per downstream
 deployment for the whole batch, whose methods all take a list with an item per request, and the forecaster
 and agents batch again across ingress replicas. On a small machine each Serve call costs milliseconds, so
 this is what lets the app keep up with a single-process server under load (benchmarks/serve_load.py).
 
-Errors: malformed bodies and bad bars are 422 naming the field (``detail[].loc``) and the rule; an
-unreachable Redis (for a symbol-only request) or a lost replica is 503 naming the cause; never a 500 for
-bad input.
+Errors: malformed bodies, bad bars and unknown agent names in ``agent_accounts`` are 422 naming the field
+(``detail[].loc``) and the rule; an unreachable Redis (for a symbol-only request) or a lost replica is 503 naming
+the cause; never a 500 for bad input.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the route signatures' types at runtime
@@ -227,8 +229,21 @@ class Ingress:
 
     # ---- prediction cache (best effort: an unreachable Redis is a miss; redis-py blocks, so off the loop) --
     def _cache_key(self, fingerprint: str, versions: dict[str, str], req: PredictRequest) -> str:
-        raw = json.dumps([fingerprint, versions, repr(float(req.position))], sort_keys=True)
+        """Key of a request's members: the bars, the model versions and the account state each agent observes
+        (``repr`` of each float, so only the same numbers hit)."""
+        accounts = {name: [repr(float(v)) for v in req.agent_account(name).model_dump().values()]
+                    for name in self.agents}
+        raw = json.dumps([fingerprint, versions, accounts], sort_keys=True)
         return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+    def _check_agents(self, reqs: list[PredictRequest], loc: list[Any] | None = None) -> None:
+        """422 (:class:`RequestValidationError`) for ``agent_accounts`` naming an agent this app does not serve;
+        ``loc`` is where the requests are in the body (``None``: the body is the one request)."""
+        errors = [{"loc": ("body", *(() if loc is None else (*loc, i)), "agent_accounts", name),
+                   "msg": f"unknown agent {name!r}; this app serves {sorted(self.agents)}", "type": "unknown_agent"}
+                  for i, req in enumerate(reqs) for name in req.agent_accounts if name not in self.agents]
+        if errors:
+            raise RequestValidationError(errors)
 
     async def _cache_get(self, symbol: str, key: str) -> dict[str, Any] | None:
         if self.cache is None or self.config.cache_ttl_s <= 0:
@@ -292,9 +307,10 @@ class Ingress:
         order = [i for i in idx if i in members]
         if not order:
             return
+        accounts = {i: reqs[i].ensemble_account for i in order}
         decisions = await self.combiner.combine.remote([
             {"members": {"forecaster": forecaster_member(members[i]["forecast"]), **members[i]["agents"]},
-             "position": reqs[i].position, "drawdown": reqs[i].drawdown} for i in order])
+             "position": accounts[i].position, "drawdown": accounts[i].drawdown} for i in order])
         for i, d in zip(order, decisions, strict=True):
             m, req = members[i], reqs[i]
             results[i] = PredictResponse(
@@ -307,7 +323,7 @@ class Ingress:
                        agent_versions: dict[str, str], members: dict[int, dict[str, Any]],
                        results: list[Any]) -> bool:
         """Forecast and agent positions of requests ``todo`` into ``members`` (from the prediction cache when the
-        same bars, versions and position were answered before); per-request errors into ``results``. Returns
+        same bars, versions and account states were answered before); per-request errors into ``results``. Returns
         whether some forecasts were stale (built for the feature set of a model swapped out meanwhile)."""
         frames = {i: bars_frame(reqs[i]) for i in todo if reqs[i].bars is not None}
         fingerprints = {i: bars_fingerprint(f) for i, f in frames.items()}
@@ -343,9 +359,11 @@ class Ingress:
         if any(fc["version"] != spec["version"] for _, fc in fresh):
             self._specs.pop(arm, None)  # the arm moved to another version: re-read its spec next time
         if fresh:
-            state = [{**{k: fc[k] for k in ("window", "columns", "outputs", "return_scale")},
-                      "position": reqs[i].position} for i, fc in fresh]
-            acts = await asyncio.gather(*(h.act.remote(state) for h in self.agents.values()))
+            inputs = [{k: fc[k] for k in ("window", "columns", "outputs", "return_scale")} for _, fc in fresh]
+            acts = await asyncio.gather(*(
+                h.act.remote([{**x, **reqs[i].agent_account(name).model_dump()}
+                              for x, (i, _) in zip(inputs, fresh, strict=True)])
+                for name, h in self.agents.items()))
             by_agent = dict(zip(self.agents, acts, strict=True))
             puts = []
             for j, (i, fc) in enumerate(fresh):
@@ -380,12 +398,14 @@ class Ingress:
 
     @api.post("/predict", response_model=PredictResponse)
     async def predict(self, req: PredictRequest) -> PredictResponse:
+        self._check_agents([req])
         return await self._decide(req)
 
     @api.post("/predict/batch", response_model=BatchPredictResponse)
     async def predict_batch(self, batch: BatchPredictRequest) -> BatchPredictResponse:
         """Every request decided concurrently (batched with each other and with concurrent ``/predict`` calls);
         the first failing item's error is returned with its index in ``loc``."""
+        self._check_agents(batch.requests, ["requests"])
         results = await asyncio.gather(*(self._decide(r) for r in batch.requests), return_exceptions=True)
         for i, r in enumerate(results):
             if isinstance(r, BaseException):

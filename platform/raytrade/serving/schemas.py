@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 #: the range of nanosecond timestamps (pandas ``datetime64[ns]``), where bars are stored and fingerprinted
 TIMESTAMP_MIN = pd.Timestamp.min.ceil("s").to_pydatetime().replace(tzinfo=UTC)
@@ -37,10 +38,46 @@ class BarIn(BaseModel):
         return v
 
 
+#: largest |position| an account may report: a rebalanced book holds at most ``max_position`` (<= 1) of equity, and
+#: until the next rebalance a short drifts past -1 as the price rises; 2 is a full short after a one-bar rise of a
+#: third. Beyond it the number is far more likely percent than a fraction.
+POSITION_LIMIT = 2.0
+#: largest unrealised P&L an account may report: a 1,001-fold equity since the position was opened (the bound also
+#: keeps the observation finite in float32)
+UNREALISED_PNL_MAX = 1000.0
+
+
+class Account(BaseModel):
+    """The account state an RL agent observes with the market (the last values of its observation), as the trading
+    env defines it (:class:`raytrade_envs.TradingEnv`; its ``info`` has the same three keys). All are fractions, not
+    percent; a flat, fresh book is all zeros (the defaults).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    position: float = Field(0.0, ge=-POSITION_LIMIT, le=POSITION_LIMIT, allow_inf_nan=False,
+                            description="the position held now, fraction of equity (negative: short); "
+                                        f"|position| <= {POSITION_LIMIT:g}")
+    unrealised_pnl: float = Field(0.0, ge=-1.0, le=UNREALISED_PNL_MAX, allow_inf_nan=False,
+                                  description="P&L of the open position since it was opened (or flipped), fraction "
+                                              "of the equity then: equity / entry equity - 1, in "
+                                              f"[-1, {UNREALISED_PNL_MAX:g}]; 0 when flat")
+    drawdown: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False,
+                            description="1 - equity / running peak of equity, fraction in [0, 1]")
+
+
 class PredictRequest(BaseModel):
-    """``POST /predict`` body: the most recent bars of one symbol, oldest first, and the current position.
+    """``POST /predict`` body: the most recent bars of one symbol, oldest first, and the account state.
 
     Without ``bars`` the forecaster reads the symbol's latest window from the Redis online store.
+
+    The server keeps no account state: every request carries it (the client's book is the truth, replicas come
+    and go, and a retried request must not move any state). ``account`` is the ensemble's book: its
+    ``position`` sets the signal (``target_position`` vs what is held) and its ``drawdown`` the combiner's drawdown
+    cut; every agent observes it too, unless ``agent_accounts`` gives that agent its own (as the backtest, where each
+    agent trades its own book). The legacy fields ``position`` and ``drawdown`` (no ``account``) mean
+    ``account = {position, unrealised_pnl: 0, drawdown}`` (giving both forms is a 422). Read the state through
+    :attr:`ensemble_account` and :meth:`agent_account`: with ``account`` given, the legacy attributes stay 0.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -48,11 +85,19 @@ class PredictRequest(BaseModel):
     symbol: str = Field(min_length=1, max_length=64)
     bars: list[BarIn] | None = Field(None, min_length=1, max_length=10_000,
                                      description="most recent bars; omit to use the online feature store")
-    position: float = Field(0.0, ge=-1.0, le=1.0, allow_inf_nan=False,
-                            description="current holding, fraction of equity in [-1, 1]")
+    position: float = Field(0.0, ge=-POSITION_LIMIT, le=POSITION_LIMIT, allow_inf_nan=False,
+                            description="legacy form of account.position (not with `account`): position held now, "
+                                        "fraction of equity")
     drawdown: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False,
-                            description="the account's current drawdown from its equity peak, fraction in [0, 1]; "
-                                        "above the combiner's max_drawdown the target position is cut")
+                            description="legacy form of account.drawdown (not with `account`): the account's "
+                                        "drawdown from its equity peak, fraction in [0, 1]; above the combiner's "
+                                        "max_drawdown the target position is cut")
+    account: Account | None = Field(None, description="the ensemble's account state (fractions); every agent "
+                                                      "observes it unless agent_accounts overrides it")
+    agent_accounts: dict[str, Account] = Field(
+        default_factory=dict, max_length=64,
+        description="agent name (as in /models) -> the account state that agent observes instead of `account` "
+                    "(a whole replacement: fields left out are 0); an unknown name is a 422")
 
     @field_validator("symbol")
     @classmethod
@@ -60,6 +105,26 @@ class PredictRequest(BaseModel):
         if not v.strip():
             raise ValueError("symbol must not be blank")
         return v
+
+    @model_validator(mode="after")
+    def _one_account_form(self) -> PredictRequest:
+        legacy = [f for f in ("position", "drawdown") if f in self.model_fields_set]
+        if self.account is not None and legacy:
+            raise PydanticCustomError(
+                "account_conflict", "give the account state either as `account` or as the legacy {fields}, not both",
+                {"fields": " and ".join(f"`{f}`" for f in legacy)})
+        return self
+
+    @property
+    def ensemble_account(self) -> Account:
+        """The ensemble's account: ``account``, or the legacy ``position``/``drawdown`` (0 when absent)."""
+        if self.account is not None:
+            return self.account
+        return Account(position=self.position, drawdown=self.drawdown)
+
+    def agent_account(self, name: str) -> Account:
+        """The account state agent ``name`` observes: its ``agent_accounts`` entry, else :attr:`ensemble_account`."""
+        return self.agent_accounts[name] if name in self.agent_accounts else self.ensemble_account
 
 
 class PredictResponse(BaseModel):

@@ -82,14 +82,16 @@ def forecast_items(bundle: Any, version: str, items: list[dict[str, Any]]) -> li
 
 
 def act_items(policy: Any, version: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Target positions of an RL ``policy`` for items ``{"window", "columns", "outputs", "return_scale",
-    "position"}`` (a :func:`forecast_items` result plus the account's position, fraction of equity):
-    ``{"position": target in [-1, 1], "version"}`` each. The observation is
-    :meth:`raytrade.rl.policy.Policy.observation`, as in training and the backtest."""
+    """Actions of an RL ``policy`` for items ``{"window", "columns", "outputs", "return_scale", "position",
+    "unrealised_pnl", "drawdown"}`` (a :func:`forecast_items` result plus the account state this agent observes:
+    position held, unrealised P&L and drawdown, fractions as the env defines them; the last two default to 0):
+    ``{"position": action in [-1, 1], "version"}`` each. The observation is
+    :meth:`raytrade.rl.policy.Policy.observation`, as in training and the backtest (whose env observes the same
+    account state; a policy trained without it ignores it)."""
     obs = np.stack([
         policy.observation(it["window"], it["columns"],
                            forecast_inputs(it["outputs"], it["return_scale"], policy.forecast_inputs)[0],
-                           it["position"])
+                           it["position"], it.get("unrealised_pnl", 0.0), it.get("drawdown", 0.0))
         for it in items])
     actions = np.asarray(policy.act(obs), dtype=np.float64).reshape(len(items), -1)[:, 0]
     return [{"position": float(a), "version": version} for a in actions]
