@@ -200,8 +200,9 @@ def _unpack(data: bytes, directory: Path) -> Path:
 def _fit_agent_task(name: str, cfg: RLConfig, train_env: dict[str, Any], val_env: dict[str, Any],
                     periods_per_year: float, feature_names: Sequence[str], checkpoint_dir: str | None,
                     threads: int, retrain: RetrainPlan | None, lines: Any) -> dict[str, Any]:
-    """Ray task body: :func:`fit_agent` (log lines to the ``lines`` queue), returning the policies as packed
-    directories (works across nodes)."""
+    """Ray task body: :func:`fit_agent` with ``threads`` torch intra-op threads (Ray reuses worker processes, so
+    without this the count would be whatever the process had), log lines to the ``lines`` queue; returns the
+    policies as packed directories (works across nodes)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -226,6 +227,10 @@ def train_agents(names: Sequence[str], cfg: RLConfig, train_env: dict[str, Any],
     that many env-runner actors. The tasks' per-iteration lines come back through a ``ray.util.queue.Queue``
     and go to ``on_log`` as they arrive (None = dropped); ``on_done`` is called as each agent finishes.
     Returns ``{name: AgentOutcome}`` in the order of ``names``.
+
+    Reproducible on CPU (README "Reproducibility"): each agent is seeded from ``cfg.seed`` and its task pins
+    torch to ``max(1, int(cfg.cpus_per_agent))`` intra-op threads (the thread count changes float reduction
+    order), so the outcomes do not depend on which Ray worker process runs which agent, or in what order.
 
     Raises:
         ValueError: an unknown agent name (before anything starts).

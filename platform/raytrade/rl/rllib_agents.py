@@ -61,14 +61,47 @@ def algo_config(algorithm: str, cfg: RLConfig, env_config: dict[str, Any]):
         config = config.reporting(min_sample_timesteps_per_iteration=cfg.train_batch_size, min_time_s_per_iteration=0)
     else:
         raise ValueError(f"RLlib backend has no algorithm {algorithm!r}; choose ppo, sac or td3")
+    # Reproducible (README "Reproducibility"): `seed` seeds random/numpy/torch in the env runners (seed + runner
+    # index) and the learner, and each env's first reset; samples of remote env runners are waited for (RLlib's
+    # default sample_timeout_s=60 drops late ones, so a slow runner changed the batch), their torch threads pinned.
     return (
         config.environment(env=register_trading_env(), env_config=env_config)
         .framework("torch")
-        .env_runners(num_env_runners=cfg.num_env_runners, num_envs_per_env_runner=1)
+        .env_runners(num_env_runners=cfg.num_env_runners, num_envs_per_env_runner=1, sample_timeout_s=None)
         .learners(num_learners=0)
+        .callbacks(on_environment_created=pin_env_runner_threads)
         .debugging(seed=cfg.seed)
         .reporting(metrics_num_episodes_for_smoothing=5)
     )
+
+
+def pin_env_runner_threads(env_runner: Any = None, **_: Any) -> None:
+    """RLlib ``on_environment_created`` callback: a remote env runner's torch uses ``num_cpus_per_env_runner``
+    intra-op threads (at least 1).
+
+    A Ray worker's torch otherwise keeps the thread count of whatever first initialised torch in that process
+    (Ray reuses worker processes), and the thread count can change float results. The local env runner (index 0)
+    is left alone: it shares the agent's process, whose threads :func:`raytrade.rl.agents.train_agents` sets.
+    """
+    if env_runner is None or not getattr(env_runner, "worker_index", 0):
+        return
+    import torch
+
+    torch.set_num_threads(max(1, int(env_runner.config.num_cpus_per_env_runner)))
+
+
+def seed_replay_buffer(algo: Any, seed: int | None) -> None:
+    """Seed the replay sampling of an off-policy ``algo`` (SAC, TD3; no-op without a replay buffer).
+
+    RLlib's ``EpisodeReplayBuffer`` draws its sample indices from ``np.random.default_rng(seed=None)``, i.e.
+    from OS entropy, whatever ``config.debugging(seed=...)`` says: two SAC runs of one seed replayed different
+    transitions and ended with different policies. (:class:`raytrade.rl.td3.TD3` seeds its buffer the same way.)
+    """
+    import numpy as np
+
+    buffer = getattr(algo, "local_replay_buffer", None)
+    if seed is not None and buffer is not None and hasattr(buffer, "rng"):
+        buffer.rng = np.random.default_rng(seed)
 
 
 class RLlibTrainer:
@@ -79,6 +112,7 @@ class RLlibTrainer:
     def __init__(self, algorithm: str, cfg: RLConfig, env_config: dict[str, Any], policy_meta: dict[str, Any]):
         self.algorithm = algorithm
         self.algo = algo_config(algorithm, cfg, env_config).build_algo()
+        seed_replay_buffer(self.algo, cfg.seed)
         self.obs_dim = int(make_env(env_config).observation_space.shape[0])
         self.policy_meta = policy_meta
 

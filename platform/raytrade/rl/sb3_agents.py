@@ -80,6 +80,9 @@ class SB3Trainer:
 
         self.env = Monitor(make_env(env_config))
         self.model.set_env(self.env, force_reset=True)
+        # set_env wraps the env in a fresh VecEnv whose first reset is unseeded (random start from OS entropy);
+        # seed it as the first env was (SB3 seeds only the env it is built with), as RLlib reseeds a rebuilt env
+        self.model.get_env().seed(self.cfg.seed)
 
     def policy(self) -> Policy:
         """The current policy (a copy of the model, detached from training)."""

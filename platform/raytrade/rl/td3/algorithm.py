@@ -152,7 +152,8 @@ class TD3(SAC):
     """Twin Delayed DDPG (Fujimoto et al., 2018) on RLlib's new API stack; SAC's/DQN's training loop.
 
     Only addition to ``SAC``: with ``config.debugging(seed=...)`` the replay buffer's sampling RNG is seeded
-    too (RLlib leaves it unseeded), so single-process runs (``num_env_runners=0``) are reproducible.
+    too (RLlib leaves it unseeded), so runs are reproducible; with remote env runners also set
+    ``env_runners(sample_timeout_s=None)`` (RLlib drops samples that come later than 60 s by default).
     """
 
     def setup(self, config: AlgorithmConfig) -> None:
