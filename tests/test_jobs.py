@@ -96,6 +96,28 @@ def test_submit_builds_a_quoted_entrypoint_and_the_runtime_env_uploads_this_chec
         assert (REPO / module / "__init__.py").is_file()
 
 
+def _wait_for_the_job_agent(address: str, deadline: float, proc: subprocess.Popen) -> None:
+    """Until the head's job server can reach its node's job agent: the dashboard answers before the agent has
+    registered, and a submission in between gets Ray's "No available agent to submit job, please try again later"
+    (after 10 s; a loaded 2-core machine takes longer). A trivial job is the readiness probe."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    while True:
+        try:
+            job = client.submit_job(entrypoint="true")
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"ray start --head: the job server never reached its agent: {exc}")
+            time.sleep(2)
+    while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        if time.monotonic() > deadline:
+            pytest.fail("ray start --head: the readiness job did not finish")
+        time.sleep(1)
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """A local head node of its own (ports and temp dir), as `ray start --head` on a cluster's head."""
@@ -118,6 +140,7 @@ def ray_head(tmp_path_factory):
             proc.kill()
             pytest.fail(f"ray start --head did not come up (exit {proc.poll()})")
         time.sleep(1)
+    _wait_for_the_job_agent(address, deadline + 120, proc)
     yield address
     proc.send_signal(signal.SIGTERM)
     try:
