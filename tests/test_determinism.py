@@ -16,7 +16,8 @@ import pytest
 from conftest import BUNDLED, REPO
 
 
-@pytest.mark.slow  # about 2 minutes on 2 cores: a linear forecaster, then four agents twice (make test-slow; CI runs it)
+# about 2 minutes on 2 cores: a linear forecaster, then four agents twice (make test-slow; CI runs it)
+@pytest.mark.slow
 def test_agents_stage_twice_gives_byte_identical_strategy_metrics(ray_local, tmp_path):
     from raytrade.config import load_config
     from raytrade.stages.agents import run_agents

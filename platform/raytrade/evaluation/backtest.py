@@ -187,9 +187,9 @@ def metrics_table(results: Mapping[str, BacktestResult]) -> str:
     """Fixed-width plain-text table of the metrics, one row per strategy, for a terminal.
 
     Columns: ``total_ret%``, ``annual_ret%``, ``annual_vol%`` (percent), ``sharpe``, ``sortino``
-    (annualised), ``calmar`` (annual return / max drawdown), ``max_dd%``, ``hit_rate%`` (percent) and ``turnover`` (notional traded per bar,
-    fraction of equity, drift rebalancing included). Rows follow the order of ``results``, labelled by the
-    mapping's keys.
+    (annualised), ``calmar`` (annual return / max drawdown), ``max_dd%``, ``hit_rate%`` (percent) and
+    ``turnover`` (notional traded per bar, fraction of equity, drift rebalancing included). Rows follow the
+    order of ``results``, labelled by the mapping's keys.
 
     Args:
         results: name -> :class:`BacktestResult` (e.g. from :func:`run_backtests`).
