@@ -42,6 +42,14 @@ def shared(name: str) -> Path:
     return path
 
 
+def smoke_config_on_more_bars(smoke_run, tmp_path: Path, extra: int = 500):
+    """The smoke run's config on ``extra`` more bars (another train split) writing under ``tmp_path``: what the
+    out-of-sample checks of ``raytrade backtest`` and ``raytrade agents`` must refuse with the smoke run's models."""
+    cfg = smoke_run["cfg"]
+    return cfg.model_copy(update={"output_dir": tmp_path,
+                                  "data": cfg.data.model_copy(update={"max_bars": cfg.data.max_bars + extra})})
+
+
 @pytest.fixture(scope="session")
 def btc_bars() -> pd.DataFrame:
     from raytrade.data import load_bars

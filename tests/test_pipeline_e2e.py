@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import smoke_config_on_more_bars
 from raytrade.evaluation import SUMMARY_KEYS
 
 STRATEGY_KEYS = {"total_return", "annual_return", "annual_volatility", "sharpe", "max_drawdown", "hit_rate", "turnover"}
@@ -184,12 +185,9 @@ def test_backtest_stage_refuses_a_split_the_registered_models_were_not_trained_o
     from raytrade.errors import ConfigError
     from raytrade.stages.backtest import run_backtest
 
-    cfg = smoke_run["cfg"]
-    cfg = cfg.model_copy(update={"output_dir": tmp_path,
-                                 "data": cfg.data.model_copy(update={"max_bars": cfg.data.max_bars + 500})})
     with pytest.raises(ConfigError, match=r"^split: raytrade-forecaster@champion \(version 1\) was trained on bars "
                                           r"up to .* but this config's train split ends at "):
-        run_backtest(cfg)
+        run_backtest(smoke_config_on_more_bars(smoke_run, tmp_path))
 
 
 def test_deploying_without_registered_models_names_them_before_starting_serve(tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import BUNDLED, REPO
+from conftest import BUNDLED, REPO, smoke_config_on_more_bars
 
 pytestmark = pytest.mark.ray  # every stage here runs as a subprocess CLI/job with its own local Ray
 
@@ -150,12 +150,9 @@ def test_agents_stage_refuses_a_champion_trained_on_another_split(smoke_run, tmp
     from raytrade.errors import ConfigError
     from raytrade.stages.agents import run_agents
 
-    cfg = smoke_run["cfg"]
-    cfg = cfg.model_copy(update={"output_dir": tmp_path,
-                                 "data": cfg.data.model_copy(update={"max_bars": cfg.data.max_bars + 500})})
     with pytest.raises(ConfigError, match=r"^split: raytrade-forecaster@champion \(version 1\) was trained on bars "
                                           r"up to .* but this config's train split ends at "):
-        run_agents(cfg)
+        run_agents(smoke_config_on_more_bars(smoke_run, tmp_path))
 
 
 @pytest.mark.slow  # about 3.5 minutes: eight agents, each retrained per ensemble window (make test-slow; CI runs it)

@@ -162,6 +162,16 @@ def _after_cost_fraction(new: np.ndarray, w: np.ndarray, rate: np.ndarray) -> np
     return x
 
 
+def _intrabar(new: np.ndarray, em_intra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The new book's intrabar return ``b = sum_a new_a * I_a`` ``(...)`` and the positions it holds at the close,
+    ``new * (1 + I) / (1 + b)`` ``(..., A)`` (``new`` itself after a ruinous bar, ``1 + b <= 0``). Costs do not enter:
+    they scale the whole book, not its weights."""
+    b = (new * em_intra).sum(axis=-1)
+    ig = 1.0 + b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return b, np.where((ig > 0.0)[..., None], new * (1.0 + em_intra) / ig[..., None], new)
+
+
 def step_book(
     held: np.ndarray, new: np.ndarray, em_gap: np.ndarray, em_intra: np.ndarray, rate: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -183,11 +193,8 @@ def step_book(
     x = _after_cost_fraction(new, w, rate)
     traded = np.abs(new * x[..., None] - w)
     cost = (rate * traded).sum(axis=-1) * gg
-    b = (new * em_intra).sum(axis=-1)
-    ig = 1.0 + b
-    net = a + b + a * b - cost * ig
-    with np.errstate(divide="ignore", invalid="ignore"):
-        held_next = np.where((ig > 0.0)[..., None], new * (1.0 + em_intra) / ig[..., None], new)
+    b, held_next = _intrabar(new, em_intra)
+    net = a + b + a * b - cost * (1.0 + b)
     return net, cost, traded, held_next
 
 
@@ -350,11 +357,7 @@ def simulate(
     held = np.empty_like(p2)
     if len(p2):
         held[0] = np.broadcast_to(init, (n_assets,))
-        b = (p2 * em_intra).sum(axis=1)
-        ig = 1.0 + b
-        with np.errstate(divide="ignore", invalid="ignore"):
-            drifted = np.where((ig > 0.0)[:, None], p2 * (1.0 + em_intra) / ig[:, None], p2)
-        held[1:] = drifted[:-1]
+        held[1:] = _intrabar(p2[:-1], em_intra[:-1])[1]
     net, cost_paid, traded, held_next = step_book(held, p2, em_gap, em_intra, r2)
     end = held_next[-1] if len(p2) else np.broadcast_to(init, (n_assets,)).copy()
     one = (lambda a: a[:, 0]) if single else (lambda a: a)

@@ -150,7 +150,7 @@ def resolve_annualisation(cfg: PipelineConfig, timestamps: Any) -> Annualisation
     try:
         return annualisation(timestamps, cfg.backtest.calendar)
     except ValueError as exc:
-        kind = InsufficientDataError if "at least 2" in str(exc) else ConfigError
+        kind = InsufficientDataError if len(timestamps) < 2 else ConfigError
         raise kind(f"backtest.calendar {cfg.backtest.calendar}: {exc}") from exc
 
 
