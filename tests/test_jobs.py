@@ -125,7 +125,12 @@ def ray_head(tmp_path_factory):
     dashboard = free_port()
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", f"--dashboard-port={dashboard}",
-         "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}"],
+         "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}",
+         # every port of its own: the session's ray_local node already holds Ray's defaults (the dashboard agent's
+         # 52365 among them), and a head whose agent cannot bind never accepts a job ("No available agent")
+         *(f"--{name}={free_port()}" for name in (
+             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+             "metrics-export-port", "ray-client-server-port", "node-manager-port", "object-manager-port"))],
         env=_env(RAY_USAGE_STATS_ENABLED="0"), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
