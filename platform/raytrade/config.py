@@ -32,6 +32,30 @@ class DataConfig(_Section):
     policy: Literal["fail", "drop", "repair"] = Field("fail", description="what to do with bars that break a rule")
     symbol: str | None = Field(None, description="symbol for single-symbol files without a symbol column")
     max_bars: int | None = Field(None, gt=0, description="keep only the LAST max_bars bars per symbol")
+    symbols: tuple[str, ...] | None = Field(None, description="the universe: these symbols of the input, in this "
+                                            "order; None = every symbol in the input")
+    start: str | None = Field(None, description="first bar timestamp kept (ISO date/time, UTC), e.g. 2012-05-18")
+    end: str | None = Field(None, description="last bar timestamp kept (ISO date/time, UTC, inclusive)")
+    symbol_policy: Literal["fail", "exclude"] = Field(
+        "fail", description="a symbol that fails validation (after `policy`) or has too few bars: fail = stop the "
+                            "run naming it; exclude = go on without it, named in the log and the report")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        import pandas as pd
+
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    pd.Timestamp(value)
+                except (ValueError, TypeError) as exc:
+                    raise ValueError(f"{name}: not a date/time: {value!r}") from exc
+        if self.start is not None and self.end is not None and pd.Timestamp(self.start) > pd.Timestamp(self.end):
+            raise ValueError(f"start {self.start} is after end {self.end}")
+        if self.symbols is not None and (not self.symbols or len(set(self.symbols)) != len(self.symbols)):
+            raise ValueError("symbols must be a non-empty list of distinct symbols")
+        return self
 
 
 class FeatureConfig(_Section):
@@ -316,6 +340,26 @@ class BacktestConfig(_Section):
     max_position: float = _risk_field("max_position")
 
 
+class PortfolioConfig(_Section):
+    """Universe runs: target weights per asset plus cash (fractions of equity), the exposure limits every
+    weight passes through (the env's action mapping, the backtest, the risk layer and Serve share one
+    function), and the portfolio baselines' settings. Bars are bars of the universe's union calendar."""
+
+    long_only: bool = Field(True, description="weights >= 0; false allows shorts (long/short)")
+    max_weight: float = Field(1.0, gt=0, le=1, description="cap on |weight| of each asset (fraction of equity)")
+    max_gross: float = Field(1.0, gt=0, le=2, description="cap on gross exposure sum |w| (fraction of equity)")
+    max_net: float = Field(1.0, ge=0, le=1, description="cap on |net exposure| |sum w| (fraction of equity)")
+    top_k: int = Field(3, gt=0, description="forecaster strategy: long the k best forecasts (long/short: and short "
+                                            "the k worst), equal weights")
+    rebalance_bars: int = Field(21, gt=0, description="equal-weight and minimum-variance baselines rebalance every "
+                                                      "this many bars (weights drift in between)")
+    min_variance_window: int = Field(63, gt=1, description="bars of trailing returns for the minimum-variance "
+                                                           "baseline's covariance")
+    turbulence_window: int = Field(252, gt=1, description="bars of trailing returns for FinRL's turbulence index")
+    turbulence_quantile: float = Field(0.99, gt=0, lt=1, description="turbulence above this quantile of its "
+                                                                     "in-sample (train) values: go to cash")
+
+
 class TrackingConfig(_Section):
     """MLflow tracking and registry."""
 
@@ -375,6 +419,7 @@ class PipelineConfig(_Section):
     rl: RLConfig = RLConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
     backtest: BacktestConfig = BacktestConfig()
+    portfolio: PortfolioConfig = PortfolioConfig()
     tracking: TrackingConfig = TrackingConfig()
     serve: ServeConfig = ServeConfig()
     store: StoreConfig = StoreConfig()
