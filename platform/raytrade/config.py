@@ -67,6 +67,12 @@ class FeatureConfig(_Section):
     cross_asset: bool | None = Field(None, description="cross-asset features; None = on when several symbols")
     reference_symbol: str | None = Field(None, description="reference for cross-asset features; default: first")
     correlation_window: int = Field(72, gt=2)
+    cross_sectional: bool | None = Field(None, description="cross-sectional features (rank and z-score across the "
+                                         "universe at each bar, universe return, beta); None = on when several symbols")
+    cross_sectional_window: int = Field(20, gt=1, description="bars of the recent return, volatility and volume "
+                                                              "that are ranked across the universe")
+    beta_window: int = Field(60, gt=2, description="bars of each symbol's rolling beta and correlation to the "
+                                                   "equal-weight universe return")
 
     @model_validator(mode="after")
     def _check(self) -> FeatureConfig:
