@@ -238,3 +238,47 @@ def test_cli_features_writes_the_contract_columns_and_the_online_store(tmp_path,
                                   written[cols].iloc[-64:].reset_index(drop=True))
     assert len(latest.bars) == warmup_bars(FEATURES) + 64
     assert latest.bars["timestamp"].iloc[-1] == written["timestamp"].iloc[-1]
+
+
+def test_a_universe_is_split_on_one_set_of_cut_times():
+    """Symbols that start on different days share the cut times: no symbol's train row is later than any symbol's
+    first val row (a per-symbol row cut would put FB's train rows inside SPY's test period)."""
+    bars = pd.read_parquet(shared("lean_us_equity_etf_1d.parquet"))
+    bars = bars[bars["symbol"].isin(["SPY", "FB"]) & (bars["timestamp"] >= "2009-01-01")].reset_index(drop=True)
+    split = chronological_split(bars, SplitConfig(), embargo=40)
+    assert split.train["timestamp"].max() < split.val["timestamp"].min()
+    assert split.val["timestamp"].max() < split.test["timestamp"].min()
+    for part in split.parts().values():
+        assert set(part["symbol"]) <= {"SPY", "FB"}
+    fb_first = bars.loc[bars["symbol"] == "FB", "timestamp"].min()
+    # FB lists in 2012, inside SPY's train period: its rows follow the calendar's cuts, not its own row count
+    assert fb_first < split.train["timestamp"].max() and (split.train["symbol"] == "FB").any()
+    calendar = np.unique(bars["timestamp"])
+    gap = np.searchsorted(calendar, split.val["timestamp"].min()) - np.searchsorted(calendar,
+                                                                    split.train["timestamp"].max())
+    assert gap == 40 + 1 and split.purged == {}
+
+
+def test_a_symbol_with_fewer_bars_than_the_calendar_is_purged_to_its_own_embargo():
+    """Weekday equities beside 24/7 crypto (daily BTC resampled from real hourly bars, real daily AAPL bars): 40
+    calendar bars hold about 28 of the equity's own bars, too few to separate
+    a train label (horizon) and a val window (lookback) in AAPL's bars; AAPL's last train rows are purged."""
+    crypto = pd.read_parquet(shared("nfi_binance_btc_eth_usdt_1h.parquet"))
+    btc = crypto[crypto["symbol"] == "BTC/USDT"].set_index("timestamp")
+    daily = btc.resample("1D").agg({"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"})
+    daily = daily.dropna().reset_index().assign(symbol="BTC/USDT")
+    equity = pd.read_parquet(shared("finrl_dow30_1d.parquet"))  # daily, dated at midnight UTC like the resample
+    aapl = equity[(equity["symbol"] == "AAPL") & equity["timestamp"].between(daily["timestamp"].min(),
+                                                                           daily["timestamp"].max())]
+    frame = pd.concat([daily, aapl], ignore_index=True)[["timestamp", "symbol", "open", "high", "low", "close",
+                                                        "volume"]]
+    assert frame["symbol"].value_counts()["AAPL"] > 100
+    split = chronological_split(frame, SplitConfig(), embargo=40)
+    assert split.purged.get("AAPL", 0) > 0 and "BTC/USDT" not in split.purged
+    for earlier, later in (("train", "val"), ("val", "test")):
+        a, b = split.parts()[earlier], split.parts()[later]
+        own = frame[frame["symbol"] == "AAPL"]["timestamp"].reset_index(drop=True)
+        last = own.searchsorted(a.loc[a["symbol"] == "AAPL", "timestamp"].max())
+        first = own.searchsorted(b.loc[b["symbol"] == "AAPL", "timestamp"].min())
+        assert first - last - 1 >= 40  # at least the embargo in AAPL's own bars
+        assert a["timestamp"].max() < b["timestamp"].min()
