@@ -32,6 +32,13 @@ The book
   (piecewise linear and increasing in ``x`` while ``sum_a rate_a |new_a| < 1``; solved exactly
   by Newton's method on its linear pieces, :func:`_after_cost_fraction`).
 
+* **Orders that cannot fill** (``tradable[t, a]`` False in :func:`simulate`: the asset has no bar, or
+  the strategy sends no order): the book keeps its units in that asset. Its target is replaced by
+  its drifted weight at the fill, ``new_a = w_a / x`` (the same units, as a fraction of the equity
+  after costs), so it trades nothing and pays nothing there, and ``x`` solves the cost equation
+  over the tradable assets only; the other assets trade to their targets. :class:`BookPath`
+  ``target`` reports the targets really held (the effective ones).
+
 Per bar ``t`` (``held`` = weights at the close of ``t``, ``G_a = expm1(gap[t, a])``,
 ``I_a = expm1(log_return[t, a] - gap[t, a])``)::
 
@@ -251,6 +258,9 @@ class BookPath:
         traded: ``(T,)`` or ``(T, A)`` traded notional per asset, fraction of the equity at the fill.
         held: ``(T,)`` or ``(T, A)`` position held coming into each bar's trade (drifted), fractions.
         held_end: ``()`` or ``(A,)`` position held at the close of the last bar.
+        target: ``(T,)`` or ``(T, A)`` effective target of each bar's trade (fraction of the equity after
+            costs): the position asked for where the order fills, the drifted holding kept (``w / x``)
+            where it cannot (``tradable`` False).
     """
 
     net: np.ndarray
@@ -258,6 +268,7 @@ class BookPath:
     traded: np.ndarray
     held: np.ndarray
     held_end: np.ndarray
+    target: np.ndarray
 
     @property
     def turnover(self) -> np.ndarray:
@@ -270,6 +281,39 @@ def _check_finite(arr: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
 
 
+def _step_book_masked(
+    held: np.ndarray, new: np.ndarray, em_gap: np.ndarray, em_intra: np.ndarray, rate: np.ndarray, ok: np.ndarray
+) -> tuple[float, float, np.ndarray, np.ndarray, np.ndarray]:
+    """One bar of one book ``(A,)`` where only the assets with ``ok`` trade (no validation).
+
+    As :func:`step_book`, with ``x`` solved over the tradable assets and the effective target ``w / x`` (the units
+    kept) for the others. Newton's method stops once its sign pattern repeats (``x`` is then a fixed point, the
+    same number the fixed ``A + 2`` steps reach). Returns ``(net, cost, traded (A,), held_next (A,), target (A,))``.
+    """
+    a = float((held * em_gap).sum())
+    gg = 1.0 + a
+    w = held * (1.0 + em_gap) / gg if gg > 0.0 else held
+    r_ok = np.where(ok, rate, 0.0)
+    rw = r_ok * w
+    rn = r_ok * new
+    x = 1.0
+    s_prev = None
+    for _ in range(new.shape[-1] + 2):
+        s = new * x - w >= 0.0
+        if s_prev is not None and np.array_equal(s, s_prev):
+            break
+        sign = np.where(s, 1.0, -1.0)
+        x = float((1.0 + (sign * rw).sum()) / (1.0 + (sign * rn).sum()))
+        s_prev = s
+    target = np.where(ok, new, w / x if x > 0.0 else w)
+    traded = np.where(ok, np.abs(new * x - w), 0.0)
+    cost = float((rate * traded).sum()) * gg
+    b, held_next = _intrabar(target, em_intra)
+    b = float(b)
+    net = a + b + a * b - cost * (1.0 + b)
+    return net, cost, traded, held_next, target
+
+
 def simulate(
     positions: Any,
     log_returns: Any,
@@ -277,6 +321,7 @@ def simulate(
     initial_position: Any = 0.0,
     gap_returns: Any | None = None,
     slippage: Any | None = None,
+    tradable: Any | None = None,
 ) -> BookPath:
     """Run a series of target positions through the book, one asset or a portfolio.
 
@@ -288,6 +333,11 @@ def simulate(
         initial_position: position held before the first bar (scalar, or ``(A,)``).
         gap_returns: optional, same shape; ``ln(open[t+1] / close[t])``: fills at the next open.
         slippage: optional scalar or same shape; extra cost fraction of traded notional (>= 0).
+        tradable: optional bool array of the same shape; ``False`` where the order for that asset cannot
+            fill at that bar (no bar, or no order): the book keeps its units there (its ``positions`` entry
+            is ignored, though still validated) and trades the others (module docstring, "Orders that cannot
+            fill"). None or all True: every order fills (the vectorised path, bit-identical to no mask);
+            otherwise the bars run one by one (about 0.2 s for 5000 bars of 30 assets).
 
     Returns:
         :class:`BookPath`, equal bar for bar to stepping :class:`raytrade_envs.TradingEnv` (or
@@ -295,8 +345,9 @@ def simulate(
 
     Raises:
         ValueError: positions not 1-D/2-D, shapes that differ, non-finite values, a position outside
-            ``[-1, 1]`` (tolerance 1e-9), a negative or non-finite ``cost_bps``, negative slippage, or a
-            cost rate so high that ``sum_a rate_a |position_a| >= 1`` (costs would exceed the trade).
+            ``[-1, 1]`` (tolerance 1e-9), a negative or non-finite ``cost_bps``, negative slippage, a
+            ``tradable`` that is not a bool array of the positions' shape, or a cost rate so high that
+            ``sum_a rate_a |position_a| >= 1`` over the tradable assets (costs would exceed the trade).
     """
     pos = np.asarray(positions, dtype=np.float64)
     lr = np.asarray(log_returns, dtype=np.float64)
@@ -341,17 +392,28 @@ def simulate(
         if np.any(slip < 0.0):
             raise ValueError("slippage must be >= 0 (a cost fraction of traded notional)")
         rate = rate + slip
+    mask = None
+    if tradable is not None:
+        mask = np.asarray(tradable)
+        if mask.dtype != np.bool_ or mask.shape != pos.shape:
+            raise ValueError(f"tradable must be a bool array of shape {pos.shape}, got {mask.dtype} {mask.shape}")
+        if mask.all():
+            mask = None
 
     single = pos.ndim == 1
     two = (lambda a: a[:, None]) if single else (lambda a: a)
     p2, r2 = two(pos), two(rate)
     em_gap = np.zeros_like(p2) if gap is None else np.expm1(two(gap))
     em_intra = np.expm1(two(lr) if gap is None else two(lr - gap))
-    heavy = (r2 * np.abs(p2)).sum(axis=1) >= 1.0
+    load = r2 * np.abs(p2) if mask is None else np.where(two(mask), r2 * np.abs(p2), 0.0)
+    heavy = load.sum(axis=1) >= 1.0
     if heavy.any():
         t = int(np.flatnonzero(heavy)[0])
         raise ValueError(f"cost rate too high at bar {t}: sum of rate * |position| = "
-                         f"{float((r2[t] * np.abs(p2[t])).sum())} >= 1 (costs would exceed the trade)")
+                         f"{float(load[t].sum())} >= 1 (costs would exceed the trade)")
+    one = (lambda a: a[:, 0]) if single else (lambda a: a)
+    if mask is not None:
+        return _simulate_masked(p2, em_gap, em_intra, r2, two(mask), init, one, single)
     # The held positions depend on the previous bar's target and move only, not on costs: all bars at once.
     n_assets = p2.shape[1]
     held = np.empty_like(p2)
@@ -360,9 +422,25 @@ def simulate(
         held[1:] = _intrabar(p2[:-1], em_intra[:-1])[1]
     net, cost_paid, traded, held_next = step_book(held, p2, em_gap, em_intra, r2)
     end = held_next[-1] if len(p2) else np.broadcast_to(init, (n_assets,)).copy()
-    one = (lambda a: a[:, 0]) if single else (lambda a: a)
     return BookPath(net=net, cost=cost_paid, traded=one(traded), held=one(held),
-                    held_end=end[0] if single else end)
+                    held_end=end[0] if single else end, target=one(p2.copy()))
+
+
+def _simulate_masked(p2: np.ndarray, em_gap: np.ndarray, em_intra: np.ndarray, r2: np.ndarray, ok: np.ndarray,
+                     init: np.ndarray, one: Any, single: bool) -> BookPath:
+    """:func:`simulate`'s sequential path: bar by bar with :func:`_step_book_masked`, all arrays ``(T, A)``."""
+    n_bars, n_assets = p2.shape
+    net = np.empty(n_bars)
+    cost = np.empty(n_bars)
+    traded = np.empty_like(p2)
+    held = np.empty_like(p2)
+    target = np.empty_like(p2)
+    h = np.broadcast_to(init, (n_assets,)).astype(np.float64)
+    for t in range(n_bars):
+        held[t] = h
+        net[t], cost[t], traded[t], h, target[t] = _step_book_masked(h, p2[t], em_gap[t], em_intra[t], r2[t], ok[t])
+    return BookPath(net=net, cost=cost, traded=one(traded), held=one(held), held_end=h[0] if single else h,
+                    target=one(target))
 
 
 def net_returns(

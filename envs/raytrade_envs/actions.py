@@ -14,6 +14,27 @@ Invalid actions (``invalid_action``):
 * NaN always raises ``ValueError`` (it cannot be clipped to a meaningful position).
 
 A wrongly sized action raises ``ValueError`` in both modes.
+
+Exposure limits (:func:`project_weights`)
+----------------------------------------
+The one mapping from raw weights (any real numbers) to target weights that respect a portfolio's
+limits (``PortfolioConfig``: ``long_only``, ``max_weight``, ``max_gross``, ``max_net``); the portfolio
+env's action mapping, the portfolio backtest, the risk layer and Serve all pass weights through it.
+In this order, each step only ever shrinks weights towards 0 (never grows one, never flips a sign):
+
+1. long-only: ``w = max(w, 0)``;
+2. per asset: ``w = clip(w, -max_weight, max_weight)``;
+3. gross: if ``G = sum |w| > max_gross``: ``w = w / (G / max_gross)`` (all weights scaled down alike);
+4. net: with ``L = sum max(w, 0)``, ``S = sum max(-w, 0)`` and ``N = L - S``: if ``N > max_net`` the longs
+   are scaled by ``(max_net + S) / L``; if ``N < -max_net`` the shorts by ``(max_net + L) / S``; then
+   ``|N| = max_net``. The factor is in ``[0, 1)`` (``N > max_net >= 0`` gives ``L > S + max_net``), so step 4
+   keeps steps 1-3: no weight grows, and the gross falls by the amount cut from the side in excess.
+
+Cash is ``1 - sum w`` (above 1 when net short). Steps 3 and 4 act only on a sum above its limit by more
+than :data:`WEIGHT_TOLERANCE` (1e-12), so the result respects every limit to 1e-12 and projecting it
+again returns it bit for bit (idempotent). :class:`ActionMapper`'s portfolio mode is this mapping with
+``max_weight = max_net = 1`` and ``max_gross = 1`` (then ``* max_position``), except that it rescales
+any gross above 1 exactly (no tolerance band), which is why it keeps its own code.
 """
 
 from __future__ import annotations
@@ -25,10 +46,65 @@ import numpy as np
 
 from raytrade_envs._validate import as_float
 
-__all__ = ["INVALID_ACTION_MODES", "ActionMapper"]
+__all__ = ["INVALID_ACTION_MODES", "WEIGHT_TOLERANCE", "ActionMapper", "project_weights"]
 
 #: Accepted values of ``invalid_action``.
 INVALID_ACTION_MODES: tuple[str, ...] = ("clip", "raise")
+
+#: Absolute slack (fraction of equity) within which :func:`project_weights` treats a sum as inside its limit.
+WEIGHT_TOLERANCE: float = 1e-12
+
+
+def project_weights(raw: Any, *, long_only: bool, max_weight: float, max_gross: float, max_net: float) -> np.ndarray:
+    """Target weights within the exposure limits, from raw weights (see the module docstring, "Exposure limits").
+
+    Args:
+        raw: ``(..., A)`` raw weights, any real numbers (``+-inf`` are clipped like any large value); the
+            last axis is the assets, leading axes (bars, envs, requests) are independent rows.
+        long_only: ``True`` maps negative weights to 0 (no shorts).
+        max_weight: cap on ``|w_a|`` of each asset, fraction of equity, in ``(0, 1]``.
+        max_gross: cap on the gross exposure ``sum_a |w_a|`` (> 0, finite; above 1 allows leverage).
+        max_net: cap on the net exposure ``|sum_a w_a|`` (>= 0, finite).
+
+    Returns:
+        float64 array of ``raw``'s shape with, per row, ``w >= 0`` (long-only), ``|w_a| <= max_weight``,
+        ``sum |w| <= max_gross + 1e-12`` and ``|sum w| <= max_net + 1e-12``; rows already inside the limits
+        come back unchanged, and ``project_weights(project_weights(x)) == project_weights(x)`` exactly.
+        Cash is ``1 - sum w``. Order of the steps: long-only, per-asset clip, gross scaling, net scaling of the
+        side in excess (the limits of ``raytrade.config.PortfolioConfig``; the gross step is the gross
+        rescaling of FinRL's / :class:`ActionMapper`'s portfolio action mapping).
+
+    Raises:
+        ValueError: ``raw`` is 0-d or has NaN (naming the first NaN's index), or a limit is out of its range.
+    """
+    mw = as_float(max_weight, "max_weight", 0.0, 1.0, low_open=True)
+    mg = as_float(max_gross, "max_gross", 0.0, math.inf, low_open=True)
+    mn = as_float(max_net, "max_net", 0.0, math.inf)
+    w = np.array(raw, dtype=np.float64, copy=True)
+    if w.ndim < 1:
+        raise ValueError(f"raw weights must have shape (..., A), got a scalar {raw!r}")
+    nan = np.isnan(w)
+    if nan.any():
+        idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(nan)), w.shape))
+        raise ValueError(f"raw weights contain NaN at index {idx}; a weight must be a number")
+    if long_only:
+        np.maximum(w, 0.0, out=w)
+    np.clip(w, -mw, mw, out=w)
+    gross = np.abs(w).sum(axis=-1, keepdims=True)
+    over = gross > mg + WEIGHT_TOLERANCE
+    if over.any():
+        w = np.where(over, w / np.where(over, gross / mg, 1.0), w)
+    longs = np.where(w > 0.0, w, 0.0).sum(axis=-1, keepdims=True)
+    shorts = np.where(w < 0.0, -w, 0.0).sum(axis=-1, keepdims=True)
+    net = longs - shorts
+    too_long = net > mn + WEIGHT_TOLERANCE  # then longs > shorts + mn >= 0: the factor is in [0, 1)
+    too_short = net < -(mn + WEIGHT_TOLERANCE)
+    if too_long.any() or too_short.any():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k_long = np.where(too_long, (mn + shorts) / longs, 1.0)
+            k_short = np.where(too_short, (mn + longs) / shorts, 1.0)
+        w = np.where(w > 0.0, w * k_long, np.where(w < 0.0, w * k_short, w))
+    return w
 
 
 class ActionMapper:
