@@ -1,4 +1,4 @@
-"""From a config to model-ready data: load + validate one symbol's bars, Ray Data features and labels,
+"""From a config to model-ready data: load + validate a universe's (or one symbol's) bars, Ray Data features and labels,
 chronological split with embargo, train-only scaler, windows.
 
 Used by every stage that trains or evaluates the forecaster (pipeline, ``raytrade train``/``tune``/
@@ -13,10 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from raytrade.config import PipelineConfig
-from raytrade.data.ingest import read_many
-from raytrade.data.readers import keep_last_bars
-from raytrade.data.schema import SYMBOL
-from raytrade.data.validation import ValidationReport, apply_policy
+from raytrade.data.universe import Universe, universe_from_config
+from raytrade.data.validation import ValidationReport
 from raytrade.dataset.preprocess import PreprocessResult, preprocess
 from raytrade.dataset.splits import Split, chronological_split
 from raytrade.dataset.windows import Windows, make_windows
@@ -29,35 +27,56 @@ class MarketData:
     """Validated bars of ONE symbol.
 
     Attributes:
-        bars: OHLCV bars (after the validation policy and ``data.max_bars``), oldest first.
+        bars: OHLCV bars (after the validation policy, ``data.start``/``end`` and ``data.max_bars``), oldest first.
         validation: the validation report of the raw file.
         symbol: the symbol traded.
+        universe: the universe of one it was loaded as.
     """
 
     path: Path
     bars: pd.DataFrame
     validation: ValidationReport
     symbol: str
+    universe: Universe | None = None
+
+
+def load_universe_data(cfg: PipelineConfig, data_path: str | Path | None = None) -> Universe:
+    """Read, validate (``data.policy`` per symbol, ``data.symbol_policy``), window (``data.start``/``end``) and trim
+    (``data.max_bars``) a universe: every symbol of the input, or ``data.symbols``. See :mod:`raytrade.data.universe`.
+
+    Raises:
+        DataValidationError: a rule is broken under policy ``fail`` (``symbol_policy: fail``), or every symbol was
+            excluded. ConfigError: unknown ``data.symbols``, mixed bar intervals, a bad ``data.start``/``end``.
+    """
+    return universe_from_config(cfg.data, Path(data_path or cfg.data.path))
+
+
+def as_market_data(universe: Universe) -> MarketData:
+    """The single-symbol view of a universe of one.
+
+    Raises:
+        ConfigError: the universe holds several symbols (a single-symbol stage was given a universe).
+    """
+    symbols = universe.symbols
+    if len(symbols) != 1:
+        raise ConfigError(
+            f"data.symbol: this stage runs on one symbol; {universe.path} holds {len(symbols)} "
+            f"({', '.join(map(str, symbols[:5]))}{', ...' if len(symbols) > 5 else ''}): set data.symbol, or "
+            f"data.symbols: [ONE], or run the universe with raytrade pipeline"
+        )
+    return MarketData(path=Path(universe.path), bars=universe.bars, validation=universe.validation,
+                      symbol=str(symbols[0]), universe=universe)
 
 
 def load_market_data(cfg: PipelineConfig, data_path: str | Path | None = None) -> MarketData:
-    """Read, validate (``data.policy``) and trim (``data.max_bars``) the bars of one symbol.
+    """Read, validate (``data.policy``), window (``data.start``/``end``) and trim (``data.max_bars``) the bars of
+    one symbol (:func:`load_universe_data` then :func:`as_market_data`).
 
     Raises:
         DataValidationError: a rule is broken under policy ``fail``.
-        ConfigError: the file holds several symbols and ``data.symbol`` is not set.
+        ConfigError: the file holds several symbols and neither ``data.symbol`` nor ``data.symbols`` picks one.
     """
-    path = Path(data_path or cfg.data.path)
-    bars, validation = apply_policy(read_many(path, cfg.data.symbol), cfg.data.policy)
-    if cfg.data.max_bars is not None:
-        bars = keep_last_bars(bars, cfg.data.max_bars)
-    symbols = list(pd.unique(bars[SYMBOL]))
-    if len(symbols) != 1:
-        raise ConfigError(
-            f"data.symbol: one symbol per run; {path} holds {len(symbols)} "
-            f"({', '.join(map(str, symbols[:5]))}{', ...' if len(symbols) > 5 else ''}): set data.symbol"
-        )
-    return MarketData(path=path, bars=bars, validation=validation, symbol=str(symbols[0]))
+    return as_market_data(load_universe_data(cfg, data_path))
 
 
 @dataclass
@@ -91,14 +110,14 @@ class PreparedData:
         return self._windows[lookback]
 
 
-def labelled_features(cfg: PipelineConfig, market: MarketData) -> tuple[PreprocessResult, pd.DataFrame]:
+def labelled_features(cfg: PipelineConfig, market: MarketData | Universe) -> tuple[PreprocessResult, pd.DataFrame]:
     """Ray Data features + labels of ``market``; returns the result and its labelled rows (the last
     ``horizon`` bars, which have no label yet, removed), oldest first. Needs a running Ray instance."""
     pre = preprocess(market.bars, cfg.features, cfg.labels)
     return pre, pre.frame[pre.frame["label_return"].notna()].reset_index(drop=True)
 
 
-def prepare_data(cfg: PipelineConfig, market: MarketData, embargo: int | None = None,
+def prepare_data(cfg: PipelineConfig, market: MarketData | Universe, embargo: int | None = None,
                  min_rows: int | None = None) -> PreparedData:
     """Ray Data features + labels, chronological split (``embargo`` bars, default ``cfg.embargo``) and scaler.
 
