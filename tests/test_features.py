@@ -143,7 +143,7 @@ def test_add_labels_keeps_rows_and_order(btc_bars):
 def test_ray_data_preprocess_matches_per_symbol_computation(ray_local):
     bars = load_bars(shared("freqtrade_binance_altbtc_5m.parquet"))
     bars = bars.groupby("symbol", sort=False).head(600).reset_index(drop=True)
-    result = preprocess(bars, FEATURES, LABELS)
+    result = preprocess(bars, FEATURES.model_copy(update={"cross_sectional": False}), LABELS)
     first = bars["symbol"].iloc[0]
     assert result.reference_symbol == first
     assert {"corr_ref_72", "beta_ref_72", "rel_strength_24"} <= set(result.feature_columns)

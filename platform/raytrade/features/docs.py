@@ -1,4 +1,5 @@
-"""Generate docs/FEATURES.md from the feature registry: ``python -m raytrade.features.docs [OUT]``."""
+"""Generate docs/FEATURES.md from the feature registries (per-symbol and cross-sectional):
+``python -m raytrade.features.docs [OUT]``."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import sys
 from pathlib import Path
 
 from raytrade.config import FeatureConfig
+from raytrade.features.cross_sectional import cross_sectional_specs
 from raytrade.features.technical import feature_specs, warmup_bars
 
 
 def features_markdown(cfg: FeatureConfig | None = None) -> str:
-    """Markdown table of every feature: name, group, lookback (bars), formula / TA-Lib function."""
+    """Markdown tables of every feature: name, group, lookback (bars), formula / TA-Lib function; then the
+    cross-sectional ``xs_`` columns of universe runs."""
     cfg = cfg or FeatureConfig()
     specs = feature_specs(cfg, cross_asset=True)
     lines = [
@@ -29,6 +32,24 @@ def features_markdown(cfg: FeatureConfig | None = None) -> str:
     ]
     for i, s in enumerate(specs, 1):
         lines.append(f"| {i} | `{s.name}` | {s.group} | {s.lookback} | {s.formula.replace('|', '&#124;')} |")
+    xs = cross_sectional_specs(cfg)
+    lines += [
+        "",
+        "## Cross-sectional features (universe runs)",
+        "",
+        f"Generated from `platform/raytrade/features/cross_sectional.py` (its docstring has the full definitions). "
+        f"{len(xs)} `xs_` columns, on when several symbols are present (`features.cross_sectional`; window "
+        f"{cfg.cross_sectional_window} bars, beta window {cfg.beta_window} bars). At timestamp t the cross-section "
+        f"is the symbols with a complete per-symbol row at exactly t: a symbol in its own warm-up, or without a bar "
+        f"at t, does not count. The lookback is counted in the symbol's own bars, or (beta, correlation) in its "
+        f"rows in the cross-section; those rows are left out of training like the warm-up.",
+        "",
+        "| # | name | lookback | formula / source |",
+        "|---:|---|---:|---|",
+    ]
+    for i, s in enumerate(xs, len(specs) + 1):
+        unit = s.counted_in[:-1] if s.lookback == 1 else s.counted_in
+        lines.append(f"| {i} | `{s.name}` | {s.lookback} {unit} | {s.formula.replace('|', '&#124;')} |")
     return "\n".join(lines) + "\n"
 
 
