@@ -25,7 +25,8 @@ import pandas as pd
 
 from raytrade.config import PipelineConfig
 from raytrade.data.schema import SYMBOL, TIMESTAMP
-from raytrade.dataset.prepare import load_market_data, prepare_data
+from raytrade.data.universe import Universe
+from raytrade.dataset.prepare import as_market_data, load_universe_data, prepare_data
 from raytrade.dataset.windows import Windows
 from raytrade.evaluation.html_report import write_html_report
 from raytrade.runtime import Progress, ray_session
@@ -39,6 +40,7 @@ from raytrade.stages.common import (
     resolve_annualisation,
     train_forecaster,
 )
+from raytrade.stages.portfolio import portfolio_stage
 from raytrade.store.publish import publish_latest_windows
 
 log = logging.getLogger(__name__)
@@ -62,14 +64,23 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
     lookback, horizon, embargo = cfg.model.lookback, cfg.labels.horizon, cfg.embargo
 
     with progress.stage("load", f"Loading and validating bars from {data_path}"):
-        market = load_market_data(cfg, data_path)
-        bars, validation, symbol = market.bars, market.validation, market.symbol
-        if validation.issues:
-            progress.note(f"validation ({cfg.data.policy}): {len(validation.errors())} error(s), "
-                          f"{len(validation.warnings())} warning(s); see report.json data.validation")
-        annual = resolve_annualisation(cfg, bars[TIMESTAMP])
-        progress.note(f"{symbol}: {len(bars)} bars {bars[TIMESTAMP].iloc[0]} -> {bars[TIMESTAMP].iloc[-1]}, "
-                      f"{annual}")
+        universe = load_universe_data(cfg, data_path)
+        many = len(universe.symbols) > 1
+        if many:
+            progress.total = 5
+            annual = resolve_annualisation(cfg, universe.panel.timestamps)
+            _describe_universe(universe, annual, progress)
+        else:
+            market = as_market_data(universe)
+            bars, validation, symbol = market.bars, market.validation, market.symbol
+            if validation.issues:
+                progress.note(f"validation ({cfg.data.policy}): {len(validation.errors())} error(s), "
+                              f"{len(validation.warnings())} warning(s); see report.json data.validation")
+            annual = resolve_annualisation(cfg, bars[TIMESTAMP])
+            progress.note(f"{symbol}: {len(bars)} bars {bars[TIMESTAMP].iloc[0]} -> {bars[TIMESTAMP].iloc[-1]}, "
+                          f"{annual}")
+    if many:
+        return _run_universe(cfg, universe, annual, run_dir, progress, report)
 
     with ray_session(cfg):
         with progress.stage("features", "Ray Data: causal features + labels per symbol"):
@@ -130,6 +141,76 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
             progress.note(f"report: {path}")
             progress.note(f"HTML report with figures: {page} (raytrade report {run_dir})")
             progress.note(f"MLflow: {tracking_uri} (mlflow ui --backend-store-uri {tracking_uri})")
+        return report
+
+
+def _describe_universe(universe: Universe, annual: Any, progress: Progress) -> None:
+    validation, panel = universe.validation, universe.panel
+    if validation.issues:
+        progress.note(f"validation ({validation.policy}): {len(validation.errors())} error(s), "
+                      f"{len(validation.warnings())} warning(s); see report.json data.validation")
+    for symbol, reason in universe.excluded.items():
+        progress.note(f"excluded {symbol} (data.symbol_policy exclude): {reason}")
+    progress.note(f"universe of {len(universe.symbols)} symbols ({', '.join(universe.symbols[:8])}"
+                  f"{', ...' if len(universe.symbols) > 8 else ''}): {len(universe.bars)} bars on a union calendar of "
+                  f"{len(panel.timestamps)} bars {panel.timestamps[0]} -> {panel.timestamps[-1]}, {annual}")
+
+
+def _run_universe(cfg: PipelineConfig, universe: Universe, annual: Any, run_dir: Path, progress: Progress,
+                  report: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline on a universe of several symbols: Ray Data features per symbol then across the universe, one
+    pooled forecaster trained on every symbol's windows (Ray Train), and the portfolio backtest of the baselines,
+    the forecaster as a cross-sectional strategy and the risk layer (:mod:`raytrade.stages.portfolio`).
+
+    Portfolio agents, their ensemble, the online store and ``POST /portfolio`` do not run on a universe yet; the
+    report says so under ``not_run``."""
+    from raytrade import tracking
+
+    validation = universe.validation
+    lookback, horizon, embargo = cfg.model.lookback, cfg.labels.horizon, cfg.embargo
+    with ray_session(cfg):
+        with progress.stage("features", "Ray Data: causal features per symbol in parallel, then cross-sectional "
+                                        "features across the universe; labels; split on one calendar"):
+            prepared = prepare_data(cfg, universe)
+            pre, split = prepared.features, prepared.split
+            windows = prepared.windows(lookback)
+            n_xs = sum(c.startswith("xs_") for c in pre.feature_columns)
+            progress.note(f"{len(pre.feature_columns)} features ({n_xs} cross-sectional); rows train/val/test = "
+                          f"{len(split.train)}/{len(split.val)}/"
+                          f"{len(split.test)}; embargo {embargo} bars; pooled windows {len(windows['train'])}/"
+                          f"{len(windows['val'])}/{len(windows['test'])}")
+        report["data"] = {
+            **data_summary(universe, prepared), **annual.report(),
+            "warmup_rows_dropped": pre.warmup_dropped,
+            "unlabelled_tail_rows_dropped": len(pre.frame) - len(prepared.labelled),
+            "lookback": lookback, "horizon": horizon, "validation": validation.to_dict(),
+        }
+        tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
+        with progress.stage("train", f"Ray Train: one {cfg.model.name} forecaster on the windows of every symbol, "
+                                     f"up to {cfg.train.epochs} epochs, {cfg.train.num_workers} worker(s), "
+                                     f"use_gpu={cfg.train.use_gpu}"):
+            forecaster = train_forecaster(cfg, prepared, run_dir, tracking_uri, progress, report["data"])
+            report["forecaster_metrics"] = forecaster.report()
+            report["model_versions"] = {"forecaster": forecaster.version}
+        with progress.stage("portfolio", f"Portfolio backtest of {len(universe.symbols)} symbols on the test split "
+                                         f"after {cfg.backtest.cost_bps:g} bps costs"):
+            bt = portfolio_stage(cfg, universe, prepared, forecaster, annual, run_dir, tracking_uri, progress)
+        report.update(strategies=bt["strategies"], backtest=bt["backtest"], figures=bt["figures"])
+        report["forecaster_metrics"]["cross_sectional"] = bt["cross_sectional"]
+        report["mlflow_run_ids"] = {"forecaster": forecaster.run_id, **bt["mlflow_run_ids"]}
+        report["mlflow"] = {"tracking_uri": tracking_uri, "forecaster_model": cfg.tracking.forecaster_model,
+                            "alias": cfg.tracking.alias}
+        report["not_run"] = {"agents": "portfolio agents and their ensemble do not run on a universe yet",
+                             "serve": "POST /portfolio is not deployed yet", "store": "not for a universe yet"}
+        with progress.stage("report", "Writing report"):
+            report["timings_s"] = progress.timings
+            path = run_dir / "report.json"
+            path.write_text(json.dumps(report, indent=2, default=str))
+            tracking.log_artifact_to_run(tracking_uri, report["mlflow_run_ids"]["backtest"], path)
+            page = write_html_report(report, report["figures"], run_dir / "report.html")
+            tracking.log_artifact_to_run(tracking_uri, report["mlflow_run_ids"]["backtest"], page)
+            progress.note(f"report: {path}")
+            progress.note(f"HTML report with figures: {page} (raytrade report {run_dir})")
         return report
 
 

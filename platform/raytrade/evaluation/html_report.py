@@ -23,6 +23,10 @@ CAPTIONS: dict[str, str] = {
                         "predicted class (arg-max of the mean MC-dropout probabilities); grey: share of the row.",
     "training_curves": "Training curves: forecaster loss per epoch; agents' mean training-episode return and "
                        "validation Sharpe per iteration.",
+    "weights_forecaster_risk_limited": "Target weights over time of the forecaster's cross-sectional strategy through "
+                                       "the risk layer (stacked per asset; cash the black line).",
+    "weights_min_variance": "Target weights over time of the minimum-variance baseline (rebalanced; drifting "
+                            "between rebalances).",
 }
 
 _PERCENT = ("total_return", "annual_return", "annual_volatility", "max_drawdown", "hit_rate")
@@ -101,7 +105,8 @@ def write_html_report(report: Mapping[str, Any], figures: Mapping[str, str | Pat
              f'<p class="meta">written {datetime.now(UTC):%Y-%m-%d %H:%M UTC} &middot; run directory '
              f"<code>{html.escape(run_dir)}</code></p>"]
     if data:
-        keys = ("symbol", "path", "bars", "first_timestamp", "last_timestamp", "periods_per_year", "calendar",
+        keys = ("symbol", "symbols", "excluded", "alignment", "path", "bars",
+                "first_timestamp", "last_timestamp", "periods_per_year", "calendar",
                 "calendar_detail", "embargo_bars", "split_rows", "split_ranges", "scaler_fit_end", "sha256")
         parts += ["<h2>Data</h2>", _pairs({k: data[k] for k in keys if k in data})]
     parts.append("<h2>Strategies on the test split (after costs)</h2>")
@@ -117,12 +122,26 @@ def write_html_report(report: Mapping[str, Any], figures: Mapping[str, str | Pat
                          f'<b>{html.escape(str(backtest.get("calendar", "?")))}</b>'
                          + (f' ({html.escape(str(backtest["calendar_detail"]))})' if backtest.get("calendar_detail")
                             else "") + ".</p>")
-    parts.append(_table(report.get("strategies", {}), "strategy"))
+    strategies = report.get("strategies", {})
+    parts.append(_table({name: {k: v for k, v in m.items() if not isinstance(v, Mapping)}
+                         for name, m in strategies.items() if m}, "strategy"))
+    for key, heading in (("weights", "Last target weights (fraction of equity; cash is the rest)"),
+                         ("contributions", "Contribution of each asset to the return (sum over bars of its P&L as "
+                                           "a fraction of equity, before costs)")):
+        rows = {name: m[key] for name, m in strategies.items() if m and isinstance(m.get(key), Mapping)}
+        if rows:
+            parts += [f"<h3>{html.escape(heading)}</h3>", _table(rows, "strategy")]
     ordered = [n for n in CAPTIONS if n in figures] + [n for n in figures if n not in CAPTIONS]
     parts += ["<h2>Figures</h2>", *(_figure(name, Path(figures[name])) for name in ordered)]
     forecaster = report.get("forecaster_metrics", {})
     if forecaster.get("test"):
         parts += ["<h2>Forecaster (test split)</h2>", _pairs(forecaster["test"])]
+    xs = forecaster.get("cross_sectional")
+    if xs:
+        parts += ["<h3>Cross-sectional (per timestamp across the universe; 95% stationary-bootstrap intervals)</h3>",
+                  _pairs({k: v for k, v in xs.items() if k != "per_symbol"})]
+        if xs.get("per_symbol"):
+            parts.append(_table(xs["per_symbol"], "symbol"))
     if report.get("rl_metrics"):
         rows = {name: {k: v for k, v in m.items() if k not in ("history", "checkpoint", "worker_pid")}
                 for name, m in report["rl_metrics"].items()}

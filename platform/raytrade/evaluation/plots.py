@@ -92,6 +92,37 @@ def plot_rolling_sharpe(results: Mapping[str, BacktestResult], timestamps: np.nd
                            f"Rolling Sharpe: {title}", zero_line=0.0)
 
 
+def plot_weights(weights: np.ndarray, symbols: tuple[str, ...] | list[str], timestamps: np.ndarray,
+                 path: str | Path, title: str = "Target weights, test split") -> Path:
+    """Target weights over time of one portfolio strategy: stacked areas per symbol (longs above zero, shorts
+    below), with the cash weight ``1 - sum w`` as a black line.
+
+    Args:
+        weights: ``(T, A)`` target weights (fractions of equity), NaN read as 0 (no position).
+        symbols: the ``A`` column names; timestamps: ``(T,)`` decision bars.
+        path: PNG file to write.
+
+    Raises:
+        ValueError: shapes that do not match.
+    """
+    w = np.nan_to_num(np.asarray(weights, dtype=np.float64))
+    if w.ndim != 2 or w.shape != (len(timestamps), len(symbols)):
+        raise ValueError(f"weights must have shape ({len(timestamps)}, {len(symbols)}), got {w.shape}")
+    fig = Figure(figsize=(10, 4.5))
+    ax = fig.subplots()
+    colors = [f"C{i % 10}" for i in range(len(symbols))]
+    ax.stackplot(timestamps, np.clip(w, 0.0, None).T, labels=list(symbols), colors=colors, alpha=0.85, lw=0)
+    if (w < 0).any():
+        ax.stackplot(timestamps, np.clip(w, None, 0.0).T, colors=colors, alpha=0.55, lw=0)
+    ax.plot(timestamps, 1.0 - w.sum(axis=1), color="black", lw=1.0, label="cash")
+    ax.axhline(0.0, color="grey", lw=0.6)
+    ax.set_ylabel("weight (fraction of equity)")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=7, ncol=min(len(symbols) + 1, 8))
+    fig.autofmt_xdate()
+    return _save(fig, path)
+
+
 def plot_confusion(confusion: np.ndarray, class_names: tuple[str, ...], path: str | Path,
                    title: str = "Forecaster, test split") -> Path:
     """A (true, predicted) confusion matrix of counts, drawn with scikit-learn's ``ConfusionMatrixDisplay``,

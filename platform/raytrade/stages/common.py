@@ -17,6 +17,7 @@ import pandas as pd
 
 from raytrade.config import PipelineConfig
 from raytrade.data.schema import TIMESTAMP
+from raytrade.data.universe import Universe
 from raytrade.dataset.prepare import MarketData, PreparedData, load_market_data, prepare_data
 from raytrade.dataset.windows import Windows
 from raytrade.errors import ConfigError, InsufficientDataError
@@ -119,18 +120,24 @@ def train_forecaster(cfg: PipelineConfig, prepared: PreparedData, run_dir: Path,
                          run_id=run_id, version=version)
 
 
-def data_summary(market: MarketData, prepared: PreparedData) -> dict[str, Any]:
-    """The ``data`` block of a report: source, hash, range, split and scaler provenance."""
+def data_summary(market: MarketData | Universe, prepared: PreparedData) -> dict[str, Any]:
+    """The ``data`` block of a report: source, hash, range, split and scaler provenance; for a universe also
+    ``symbols`` and :meth:`raytrade.data.universe.Universe.summary` (alignment, per-symbol ranges, exclusions)."""
     bars = market.bars
     parts = prepared.split.parts()
+    universe = market if isinstance(market, Universe) else None
     return {
-        "path": str(market.path), "sha256": file_sha256(market.path), "symbol": market.symbol, "bars": len(bars),
-        "first_timestamp": bars[TIMESTAMP].iloc[0].isoformat(), "last_timestamp": bars[TIMESTAMP].iloc[-1].isoformat(),
+        **(universe.summary() if universe is not None else {}),
+        "path": str(market.path), "sha256": file_sha256(Path(market.path)),
+        **({"symbol": market.symbol} if universe is None else {}), "bars": len(bars),
+        "first_timestamp": bars[TIMESTAMP].min().isoformat(), "last_timestamp": bars[TIMESTAMP].max().isoformat(),
         "feature_columns": prepared.feature_columns, "embargo_bars": prepared.split.embargo,
         "split_rows": {n: len(p) for n, p in parts.items()},
-        "split_ranges": {n: [p[TIMESTAMP].iloc[0].isoformat(), p[TIMESTAMP].iloc[-1].isoformat()]
+        "split_ranges": {n: [p[TIMESTAMP].min().isoformat(), p[TIMESTAMP].max().isoformat()]
                          for n, p in parts.items()},
         "scaler_fit_rows": prepared.scaler.n_fit_rows, "scaler_fit_end": prepared.scaler.fit_end,
+        **({"split_purged_rows": prepared.split.purged, "scaler": "pooled over the universe's train rows"}
+           if universe is not None else {}),
     }
 
 
