@@ -86,3 +86,25 @@ def test_the_risk_layer_keeps_the_exposure_limits_and_cash_in_turbulence(univers
     assert limited["avg_gross_exposure"] <= plain["avg_gross_exposure"] + 1e-12
     if report["backtest"]["turbulent_bars"]:
         assert limited["avg_gross_exposure"] < plain["avg_gross_exposure"]
+
+
+def test_walk_forward_on_a_universe_scores_the_pooled_forecaster_across_symbols(ray_local, tmp_path):
+    """`raytrade walk-forward` on a universe: folds on one calendar, one pooled model per fold, the cross-sectional
+    scores (rank IC, ICIR, long-short) pooled over the folds with intervals."""
+    from raytrade.config import load_config
+    from raytrade.evaluation.walk_forward import UNIVERSE_METRICS
+    from raytrade.stages.walk_forward import run_walk_forward
+
+    cfg = load_config(REPO / "jobs" / "configs" / "universe_smoke.yaml", overrides={
+        "output_dir": str(tmp_path), "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "data": {"path": str(REPO / "data" / "lean_us_equity_etf_1d.parquet")},
+        "walk_forward": {"n_folds": 2, "models": ["linear"], "n_bootstrap": 100}})
+    report = run_walk_forward(cfg)
+    assert report["symbols"] == list(cfg.data.symbols) and len(report["folds"]) == 2
+    pooled = report["pooled"]["linear"]
+    assert set(pooled) == set(UNIVERSE_METRICS)
+    ic = pooled["rank_ic"]
+    assert -1 <= ic["value"] <= 1 and ic["ci_low"] <= ic["value"] <= ic["ci_high"]
+    first, second = (pd.Timestamp(f["test_first"]) for f in report["folds"])
+    assert first < second
+    assert "| linear |" in report["table_markdown"] and "rank_ic" in report["table_markdown"]

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
+from conftest import shared
 from raytrade.dataset.folds import Fold, expanding_folds
 from raytrade.errors import InsufficientDataError
 from raytrade.evaluation.bootstrap import MIN_BOOTSTRAP_ROWS, bootstrap_ci, default_block_length
@@ -324,3 +325,30 @@ def test_walk_forward_pooled_scores_and_table(labelled: dict[str, np.ndarray]) -
     assert md[3].startswith("| buy_and_hold | — |")
     with pytest.raises(ValueError, match="fold 1"):
         concatenate_folds([{"a": np.ones(2)}, {"b": np.ones(2)}])
+
+
+def test_fold_rows_of_a_universe_follow_one_calendar_and_give_each_symbol_its_own_context() -> None:
+    """On a universe, fold positions count calendar bars: every symbol's train rows end before any val row and its
+    val rows before any test row, and each symbol's test rows are preceded by its own lookback - 1 rows (features
+    only), so a late-listing symbol (FB, 2012) windows on its own bars."""
+    from raytrade.dataset.folds import fold_rows
+
+    bars = pd.read_parquet(shared("lean_us_equity_etf_1d.parquet"))
+    frame = bars[bars["symbol"].isin(["SPY", "FB", "IBM"]) & (bars["timestamp"] >= "2010-01-01")]
+    frame = frame.sort_values(["symbol", "timestamp"], kind="stable").reset_index(drop=True)
+    calendar = np.unique(frame["timestamp"].to_numpy())
+    embargo, lookback = 30, 16
+    folds = expanding_folds(len(calendar), 2, 0.3, 0.15, embargo, min_train_rows=100)
+    for fold in folds:
+        train, val, ctx = fold_rows(frame, fold, embargo, lookback)
+        assert train["timestamp"].max() < val["timestamp"].min()
+        test_start = calendar[fold.test.start]
+        assert val["timestamp"].max() < test_start
+        assert (np.searchsorted(calendar, val["timestamp"].min()) - np.searchsorted(calendar, train["timestamp"].max())
+                == embargo + 1)
+        for symbol, rows in ctx.groupby("symbol"):
+            own = frame[frame["symbol"] == symbol].reset_index(drop=True)
+            first_test = own["timestamp"].searchsorted(rows.loc[rows["timestamp"] >= test_start, "timestamp"].min())
+            assert (rows["timestamp"] < test_start).sum() == min(lookback - 1, first_test)
+            assert rows["timestamp"].max() == own.loc[own["timestamp"] < calendar[fold.test.stop - 1]
+                                                      + np.timedelta64(1, "ns"), "timestamp"].max()

@@ -21,10 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
+from raytrade.data.schema import SYMBOL, TIMESTAMP
+from raytrade.dataset.splits import purge_between
 from raytrade.errors import InsufficientDataError
 
-__all__ = ["Fold", "expanding_folds"]
+__all__ = ["Fold", "expanding_folds", "fold_rows"]
 
 
 @dataclass(frozen=True)
@@ -126,3 +129,36 @@ def expanding_folds(
         folds.append(Fold(index=k, train=slice(0, n_train), val=slice(val_start, span),
                           test=slice(test_start, test_stop)))
     return folds
+
+
+def fold_rows(labelled: pd.DataFrame, fold: Fold, embargo: int, lookback: int
+              ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The rows of one fold whose positions count bars of the frame's calendar (its sorted unique timestamps; for
+    one symbol, its rows), as :func:`raytrade.dataset.splits.chronological_split` cuts a universe.
+
+    Args:
+        labelled: labelled rows of one or many symbols, in time order within each symbol.
+        fold: a fold of :func:`expanding_folds` over ``len(calendar)`` bars.
+        embargo: bars between parts; a symbol with fewer own bars than the calendar in the gap has its last
+            train (val) rows purged to keep ``embargo`` of its own rows (see :mod:`raytrade.dataset.splits`).
+        lookback: bars per input window.
+
+    Returns:
+        ``(train, val, test_context)``: the test rows of each symbol preceded by its ``lookback - 1`` previous rows
+        (features only: bars before the test block, never its labels), so the test block has one window per row
+        once a symbol has that many rows before it.
+    """
+    calendar = np.unique(labelled[TIMESTAMP].to_numpy())
+    bar = np.searchsorted(calendar, labelled[TIMESTAMP].to_numpy())
+    part = np.full(len(labelled), -1, dtype=np.int64)
+    for i, span in enumerate((fold.train, fold.val, fold.test)):
+        part[(bar >= span.start) & (bar < span.stop)] = i
+    purge_between(labelled, part, 0, 1, embargo, {})
+    purge_between(labelled, part, 1, 2, embargo, {})
+    context = []
+    for _, idx in labelled.groupby(SYMBOL, sort=False).indices.items():
+        test = np.flatnonzero(part[idx] == 2)
+        if len(test):
+            context.append(idx[max(0, test[0] - lookback + 1): test[-1] + 1])
+    ctx = np.sort(np.concatenate(context)) if context else np.empty(0, dtype=np.int64)
+    return labelled[part == 0], labelled[part == 1], labelled.iloc[ctx]

@@ -49,10 +49,11 @@ class Split:
         return {"train": self.train, "val": self.val, "test": self.test}
 
 
-def _purge(frame: pd.DataFrame, part: np.ndarray, earlier: int, later: int, embargo: int,
+def purge_between(frame: pd.DataFrame, part: np.ndarray, earlier: int, later: int, embargo: int,
            purged: dict[str, int]) -> None:
     """Per symbol, move rows of part ``earlier`` to -1 (left out) until ``embargo`` rows of the symbol lie between
-    its last ``earlier`` row and its first ``later`` row. ``part`` holds each row's part index (-1 = embargo)."""
+    its last ``earlier`` row and its first ``later`` row (in place). ``part`` holds each row's part index (-1 =
+    embargo); ``frame``'s rows are in time order within each symbol; ``purged`` counts the rows moved per symbol."""
     for symbol, idx in frame.groupby(SYMBOL, sort=False).indices.items():
         p = part[idx]
         after = np.flatnonzero(p == later)
@@ -104,7 +105,7 @@ def chronological_split(frame: pd.DataFrame, cfg: SplitConfig, embargo: int, min
     part[(bar >= val_start) & (bar < val_start + n_val)] = 1
     part[bar >= test_start] = 2
     purged: dict[str, int] = {}
-    _purge(frame, part, 0, 1, embargo, purged)
-    _purge(frame, part, 1, 2, embargo, purged)
+    purge_between(frame, part, 0, 1, embargo, purged)
+    purge_between(frame, part, 1, 2, embargo, purged)
     out = {name: frame[part == i].reset_index(drop=True) for i, name in enumerate(PARTS)}
     return Split(train=out["train"], val=out["val"], test=out["test"], embargo=embargo, purged=purged)

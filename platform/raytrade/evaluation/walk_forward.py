@@ -33,11 +33,13 @@ from raytrade.evaluation.metrics import sharpe_ratio
 
 __all__ = [
     "FORECAST_METRICS",
+    "UNIVERSE_METRICS",
     "concatenate_folds",
     "format_table",
     "score_buy_and_hold",
     "score_forecasts",
     "score_positions",
+    "score_universe_forecasts",
     "walk_forward_table",
 ]
 
@@ -46,11 +48,14 @@ FORECAST_METRICS: tuple[str, ...] = (
     "accuracy", "macro_f1", "directional_accuracy", "return_mae", "return_rmse", "ic", "rank_ic", "sharpe",
 )
 
+#: Metrics of :func:`score_universe_forecasts` (a universe's pooled forecaster), in table-column order.
+UNIVERSE_METRICS: tuple[str, ...] = ("accuracy", "macro_f1", "ic", "rank_ic", "icir", "long_short_return")
+
 #: Cell shown for a metric that does not apply (NaN), e.g. buy-and-hold's accuracy.
 MISSING = "—"
 
 # Format of each metric's numbers in the table (return errors are small log-return fractions).
-_FORMATS: dict[str, str] = {"return_mae": "{:.5f}", "return_rmse": "{:.5f}"}
+_FORMATS: dict[str, str] = {"return_mae": "{:.5f}", "return_rmse": "{:.5f}", "long_short_return": "{:.5f}"}
 _DEFAULT_FORMAT = "{:.3f}"
 
 Scores = dict[str, dict[str, float]]
@@ -174,6 +179,59 @@ def score_forecasts(
     return out
 
 
+def score_universe_forecasts(
+    probs: np.ndarray,
+    y_class: np.ndarray,
+    expected_return: np.ndarray,
+    y_return: np.ndarray,
+    next_return: np.ndarray,
+    timestamp: np.ndarray,
+    symbol: np.ndarray,
+    *,
+    horizon: int,
+    k: int,
+    cost_bps: float,
+    periods_per_year: float,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Scores:
+    """The metrics of :data:`UNIVERSE_METRICS` of a pooled forecaster's out-of-sample rows of many symbols.
+
+    ``accuracy``, ``macro_f1`` and ``ic`` are :func:`score_forecasts`' over the rows taken in time order (a row's
+    bootstrap block holds neighbouring timestamps); ``rank_ic``, ``icir`` and ``long_short_return`` are
+    cross-sectional, per timestamp across the symbols (:func:`raytrade.evaluation.cross_section.
+    cross_sectional_metrics`: Spearman IC averaged over time, its mean / std, and the per-bar top-``k`` minus
+    bottom-``k`` return on ``next_return``, or the top and bottom halves with fewer than ``2k`` symbols), each with
+    a stationary-bootstrap interval over timestamps. A universe has no single Sharpe: its strategies are in the
+    portfolio backtest. ``cost_bps`` is accepted for the shared call signature and unused.
+
+    Args:
+        probs, y_class, expected_return, y_return, next_return: as :func:`score_forecasts`, one row per
+            (timestamp, symbol) window.
+        timestamp, symbol: ``(n,)`` each row's bar and symbol.
+        horizon: label horizon (bars); k: legs of the long-short.
+
+    Raises:
+        ValueError: as :func:`score_forecasts` and :func:`~raytrade.evaluation.cross_section.cross_sectional_metrics`.
+    """
+    from raytrade.evaluation.cross_section import cross_sectional_metrics
+
+    del cost_bps
+    order = np.lexsort((np.asarray(symbol).astype(str), np.asarray(timestamp)))
+    pooled = score_forecasts(np.asarray(probs)[order], np.asarray(y_class)[order],
+                             np.asarray(expected_return)[order], np.asarray(y_return)[order],
+                             np.asarray(next_return)[order], cost_bps=0.0, periods_per_year=periods_per_year,
+                             n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+    n_symbols = len(pd.unique(np.asarray(symbol)))
+    legs = {"k": k} if 2 * k <= n_symbols else {"quantile": 0.5}
+    xs = cross_sectional_metrics(timestamp, symbol, expected_return, y_return, next_return, horizon=horizon,
+                                 periods_per_year=periods_per_year, n_bootstrap=n_bootstrap, confidence=confidence,
+                                 seed=seed, **legs)
+    return {"accuracy": pooled["accuracy"], "macro_f1": pooled["macro_f1"], "ic": pooled["ic"],
+            "rank_ic": xs["rank_ic"], "icir": xs["icir"], "long_short_return": xs["long_short_return"]}
+
+
 def score_positions(
     positions: np.ndarray,
     next_return: np.ndarray,
@@ -250,20 +308,22 @@ def _cell(entry: Mapping[str, float] | None, fmt: str) -> str:
     return text
 
 
-def walk_forward_table(per_model: Mapping[str, Mapping[str, Mapping[str, float]]]) -> pd.DataFrame:
+def walk_forward_table(per_model: Mapping[str, Mapping[str, Mapping[str, float]]],
+                       metrics: Sequence[str] = FORECAST_METRICS) -> pd.DataFrame:
     """One row per model (in the mapping's order, e.g. including ``"buy_and_hold"``), one column per
-    metric of :data:`FORECAST_METRICS`; cells ``"0.531 [0.512, 0.550]"`` (value [CI low, CI high]),
-    the value alone when it has no interval, or ``"—"`` when the value is NaN or missing.
+    metric of ``metrics`` (:data:`FORECAST_METRICS`, or :data:`UNIVERSE_METRICS` for a universe); cells
+    ``"0.531 [0.512, 0.550]"`` (value [CI low, CI high]), the value alone when it has no interval, or ``"—"``
+    when the value is NaN or missing.
 
     Args:
         per_model: model name -> the dict returned by :func:`score_forecasts` (or
-            :func:`score_buy_and_hold` / :func:`score_positions`).
+            :func:`score_buy_and_hold` / :func:`score_positions` / :func:`score_universe_forecasts`).
     """
     rows = {
-        str(model): [_cell(scores.get(metric), _FORMATS.get(metric, _DEFAULT_FORMAT)) for metric in FORECAST_METRICS]
+        str(model): [_cell(scores.get(metric), _FORMATS.get(metric, _DEFAULT_FORMAT)) for metric in metrics]
         for model, scores in per_model.items()
     }
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=list(FORECAST_METRICS), dtype=object)
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=list(metrics), dtype=object)
     table.index.name = "model"
     return table
 

@@ -21,15 +21,17 @@ import pandas as pd
 
 from raytrade.config import PipelineConfig
 from raytrade.data.schema import TIMESTAMP
-from raytrade.dataset.folds import expanding_folds
-from raytrade.dataset.prepare import labelled_features, load_market_data
+from raytrade.dataset.folds import expanding_folds, fold_rows
+from raytrade.dataset.prepare import labelled_features, load_universe_data
 from raytrade.dataset.windows import make_windows
 from raytrade.evaluation.walk_forward import (
     FORECAST_METRICS,
+    UNIVERSE_METRICS,
     concatenate_folds,
     format_table,
     score_buy_and_hold,
     score_forecasts,
+    score_universe_forecasts,
     walk_forward_table,
 )
 from raytrade.features.scaler import FeatureScaler
@@ -62,35 +64,44 @@ def run_walk_forward(cfg: PipelineConfig, data_path: str | Path | None = None) -
     progress = Progress(total=2 + wf.n_folds + 1)
     run_dir = new_run_dir(cfg, "walkforward")
     with progress.stage("load", "Loading and validating bars"):
-        market = load_market_data(cfg, data_path)
-        annual = resolve_annualisation(cfg, market.bars[TIMESTAMP])
+        market = load_universe_data(cfg, data_path)
+        many = len(market.symbols) > 1
+        label = f"universe of {len(market.symbols)} symbols" if many else market.symbols[0]
+        annual = resolve_annualisation(cfg, market.panel.timestamps)
         ppy = annual.periods_per_year
-        progress.note(f"{market.symbol}: {len(market.bars)} bars; Sharpe annualised with {annual}")
-    fold_rows: dict[str, list[dict[str, np.ndarray]]] = {m: [] for m in wf.models}
+        progress.note(f"{label}: {len(market.bars)} bars; annualised with {annual}")
+    outputs: dict[str, list[dict[str, np.ndarray]]] = {m: [] for m in wf.models}
     fold_market: list[np.ndarray] = []
     per_fold: list[dict[str, Any]] = []
     score_kw = {"cost_bps": cfg.backtest.cost_bps, "periods_per_year": ppy, "n_bootstrap": wf.n_bootstrap,
                 "confidence": wf.confidence, "seed": cfg.train.seed}
+
+    def score(rows: dict[str, np.ndarray]) -> dict[str, Any]:
+        if not many:
+            return score_forecasts(**rows, max_position=cfg.backtest.max_position, **score_kw)
+        return score_universe_forecasts(**rows, horizon=cfg.labels.horizon, k=cfg.portfolio.top_k, **score_kw)
     with ray_session(cfg):
         with progress.stage("features", "Ray Data: causal features + labels; folds"):
             pre, labelled = labelled_features(cfg, market)
             cols = pre.feature_columns
-            folds = expanding_folds(len(labelled), wf.n_folds, wf.test_fraction, wf.val_fraction, cfg.embargo,
-                                    min_train_rows=lookback + cfg.train.batch_size)
+            calendar = pd.DatetimeIndex(np.unique(labelled[TIMESTAMP].to_numpy()), tz="UTC")
+            folds = expanding_folds(len(calendar), wf.n_folds, wf.test_fraction, wf.val_fraction, cfg.embargo,
+                                    # a calendar bar holds a row of every symbol: one batch of windows
+                                    min_train_rows=lookback + math.ceil(cfg.train.batch_size / len(market.symbols)))
             for f in folds:
-                progress.note(f"fold {f.index}: train rows {f.train.start}-{f.train.stop - 1}, val "
+                progress.note(f"fold {f.index}: train bars {f.train.start}-{f.train.stop - 1}, val "
                               f"{f.val.start}-{f.val.stop - 1}, test {f.test.start}-{f.test.stop - 1} "
-                              f"({labelled[TIMESTAMP].iloc[f.test.start].date()} -> "
-                              f"{labelled[TIMESTAMP].iloc[f.test.stop - 1].date()}); embargo {cfg.embargo} bars")
+                              f"({calendar[f.test.start].date()} -> {calendar[f.test.stop - 1].date()}); "
+                              f"embargo {cfg.embargo} bars")
         for f in folds:
             with progress.stage(f"fold_{f.index}", f"Fold {f.index}: train {', '.join(wf.models)} with Ray Train"):
-                train_rows, val_rows = labelled.iloc[f.train], labelled.iloc[f.val]
+                train_rows, val_rows, test_ctx = fold_rows(labelled, f, cfg.embargo, lookback)
                 scaler = FeatureScaler(cols).fit(train_rows)  # this fold's TRAIN rows only
-                test_ctx = labelled.iloc[max(0, f.test.start - lookback + 1) : f.test.stop]
                 w = {name: make_windows(scaler.transform(rows), cols, lookback)
                      for name, rows in (("train", train_rows), ("val", val_rows), ("test", test_ctx))}
                 test = w["test"]
-                assert len(test) == f.test.stop - f.test.start  # one window per test bar
+                if not many:
+                    assert len(test) == f.test.stop - f.test.start  # one window per test bar
                 fold_market.append(test.next_return)
                 scores: dict[str, Any] = {}
                 for model in wf.models:
@@ -101,29 +112,37 @@ def run_walk_forward(cfg: PipelineConfig, data_path: str | Path | None = None) -
                     fc = outcome.bundle.forecast_windows(test.x)
                     rows = {"probs": fc["probs"], "y_class": test.y_class, "expected_return": fc["expected_return"],
                             "y_return": test.y_return, "next_return": test.next_return}
-                    fold_rows[model].append(rows)
-                    scores[model] = score_forecasts(**rows, max_position=cfg.backtest.max_position, **score_kw)
+                    if many:
+                        rows.update(timestamp=test.timestamp, symbol=test.symbol)
+                    outputs[model].append(rows)
+                    scores[model] = score(rows)
+                    last = (f"rank IC {scores[model]['rank_ic']['value']:.3f} across the universe" if many
+                            else f"Sharpe {scores[model]['sharpe']['value']:.2f}")
                     progress.note(f"{model}: {len(outcome.history)} epochs, accuracy "
                                   f"{scores[model]['accuracy']['value']:.3f}, IC {scores[model]['ic']['value']:.3f}, "
-                                  f"Sharpe {scores[model]['sharpe']['value']:.2f}")
-                scores["buy_and_hold"] = score_buy_and_hold(test.next_return, max_position=cfg.backtest.max_position,
-                                                            **score_kw)
+                                  f"{last}")
+                if not many:
+                    scores["buy_and_hold"] = score_buy_and_hold(test.next_return,
+                                                                max_position=cfg.backtest.max_position, **score_kw)
                 per_fold.append({**f.to_dict(), "test_first": str(test.timestamp[0]),
                                  "test_last": str(test.timestamp[-1]), "scores": scores})
     with progress.stage("aggregate", "Pooled out-of-sample scores with bootstrap confidence intervals"):
-        pooled = {model: score_forecasts(**concatenate_folds(rows), max_position=cfg.backtest.max_position,
-                                         **score_kw) for model, rows in fold_rows.items()}
-        pooled["buy_and_hold"] = score_buy_and_hold(np.concatenate(fold_market),
-                                                    max_position=cfg.backtest.max_position, **score_kw)
-        table = walk_forward_table(pooled)
+        pooled = {model: score(concatenate_folds(rows)) for model, rows in outputs.items()}
+        if not many:
+            pooled["buy_and_hold"] = score_buy_and_hold(np.concatenate(fold_market),
+                                                        max_position=cfg.backtest.max_position, **score_kw)
+        metrics = UNIVERSE_METRICS if many else FORECAST_METRICS
+        table = walk_forward_table(pooled, metrics)
         markdown = format_table(table)
-        fold_tables = {fold["index"]: format_table(walk_forward_table(fold["scores"])) for fold in per_fold}
+        fold_tables = {fold["index"]: format_table(walk_forward_table(fold["scores"], metrics)) for fold in per_fold}
         level = f"{wf.confidence:.0%}"
         header = (f"Walk-forward ({wf.n_folds} expanding folds, embargo {cfg.embargo} bars, "
-                  f"{sum(len(r) for r in fold_market)} test bars, {cfg.backtest.cost_bps:g} bps costs, Sharpe "
-                  f"annualised with {ppy:,.1f} bars/year ({annual.calendar}); value [{level} stationary-bootstrap "
-                  f"CI])")
-        document = "\n\n".join([f"# {market.symbol}: {header}", markdown,
+                  + (f"{sum(len(r) for r in fold_market)} test windows of {len(market.symbols)} symbols; rank IC, "
+                     f"ICIR and the top-minus-bottom return per bar across the universe"
+                     if many else f"{sum(len(r) for r in fold_market)} test bars, {cfg.backtest.cost_bps:g} bps "
+                                  f"costs, Sharpe annualised with {ppy:,.1f} bars/year ({annual.calendar})")
+                  + f"; value [{level} stationary-bootstrap CI])")
+        document = "\n\n".join([f"# {label}: {header}", markdown,
                                 *[f"## Fold {k}\n\n{t}" for k, t in fold_tables.items()]])
         (run_dir / "walk_forward.md").write_text(document + "\n")
         tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
@@ -131,13 +150,14 @@ def run_walk_forward(cfg: PipelineConfig, data_path: str | Path | None = None) -
             tracking.log_params({"walk_forward": wf.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
                                  **annual.report(),
                                  "train": cfg.train.model_dump(mode="json"), "embargo": cfg.embargo,
-                                 "data_sha256": file_sha256(market.path), "symbol": market.symbol})
+                                 "data_sha256": file_sha256(market.path), "symbols": list(market.symbols)})
             for model, scores in pooled.items():
                 tracking.log_metrics({f"{model}.{m}": s["value"] for m, s in scores.items()
                                       if m in FORECAST_METRICS and math.isfinite(s["value"])})
             tracking.log_text(document, "walk_forward.md")
     report = _clean({
-        "run_dir": str(run_dir), "symbol": market.symbol, "data_path": str(market.path), "embargo_bars": cfg.embargo,
+        "run_dir": str(run_dir), **({"symbols": list(market.symbols)} if many else {"symbol": market.symbols[0]}),
+        "data_path": str(market.path), "embargo_bars": cfg.embargo,
         **annual.report(), "cost_bps": cfg.backtest.cost_bps, "models": list(wf.models),
         "pooled": pooled, "folds": per_fold, "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
         "timings_s": progress.timings,
