@@ -67,7 +67,7 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
         universe = load_universe_data(cfg, data_path)
         many = len(universe.symbols) > 1
         if many:
-            progress.total = 5
+            progress.total = 5 + int(cfg.serve.enabled)
             annual = resolve_annualisation(cfg, universe.panel.timestamps)
             _describe_universe(universe, annual, progress)
         else:
@@ -201,7 +201,10 @@ def _run_universe(cfg: PipelineConfig, universe: Universe, annual: Any, run_dir:
         report["mlflow"] = {"tracking_uri": tracking_uri, "forecaster_model": cfg.tracking.forecaster_model,
                             "alias": cfg.tracking.alias}
         report["not_run"] = {"agents": "portfolio agents and their ensemble do not run on a universe yet",
-                             "serve": "POST /portfolio is not deployed yet", "store": "not for a universe yet"}
+                             "store": "the online store is not filled for a universe yet"}
+        if cfg.serve.enabled:
+            with progress.stage("serve", "Ray Serve: deploying the portfolio app and posting POST /portfolio"):
+                report["serve"] = _serve_portfolio(cfg, universe, prepared, forecaster, bt, tracking_uri, progress)
         with progress.stage("report", "Writing report"):
             report["timings_s"] = progress.timings
             path = run_dir / "report.json"
@@ -212,6 +215,62 @@ def _run_universe(cfg: PipelineConfig, universe: Universe, annual: Any, run_dir:
             progress.note(f"report: {path}")
             progress.note(f"HTML report with figures: {page} (raytrade report {run_dir})")
         return report
+
+
+def portfolio_payload(bars: pd.DataFrame, end: pd.Timestamp, n_bars: int, weights: dict[str, float] | None = None,
+                      drawdown: float = 0.0) -> dict[str, Any]:
+    """A ``POST /portfolio`` body: the last ``n_bars`` bars of every symbol up to ``end`` (inclusive), the weights
+    held and the book's drawdown (fraction)."""
+    upto = bars[bars[TIMESTAMP] <= end]
+    return {"bars": {str(symbol): [{"timestamp": r.timestamp.isoformat(), "open": r.open, "high": r.high,
+                                    "low": r.low, "close": r.close, "volume": r.volume}
+                                   for r in rows.tail(n_bars).itertuples()]
+                     for symbol, rows in upto.groupby(SYMBOL, sort=False)},
+            "weights": dict(weights or {}), "drawdown": drawdown}
+
+
+def _serve_portfolio(cfg: PipelineConfig, universe: Universe, prepared: Any, forecaster: Any, bt: dict[str, Any],
+                     tracking_uri: str, progress: Progress) -> dict[str, Any]:
+    """Deploy the portfolio app with this run's forecaster version and risk parameters, post ``serve.n_requests``
+    requests for the last test bars (each with the weights the previous answer gave), and shut the app down when
+    ``serve.shutdown``."""
+    import httpx
+    from ray import serve
+
+    from raytrade.serving.deploy import deploy_portfolio
+    from raytrade.serving.portfolio_app import PORTFOLIO_APP_NAME
+    from raytrade.serving.portfolio_steps import PortfolioParams, min_bars
+    from raytrade.serving.steps import forecaster_spec
+
+    params = PortfolioParams.from_run(cfg, bt["backtest"], prepared.features.reference_symbol, forecaster.version)
+    url = deploy_portfolio(cfg, tracking_uri, params)
+    out: dict[str, Any] = {"url": url, "params": params.model_dump(mode="json"), "responses": []}
+    try:
+        n_bars = max(min_bars(forecaster_spec(forecaster.bundle, forecaster.version)),
+                     cfg.portfolio.turbulence_window + 2) + 16
+        ends = pd.DatetimeIndex(universe.panel.timestamps)
+        ends = ends[(ends >= pd.Timestamp(bt["backtest"]["first_bar"]))
+                    & (ends <= pd.Timestamp(bt["backtest"]["last_bar"]))][-cfg.serve.n_requests:]
+        with httpx.Client(base_url=url, timeout=120) as client:
+            out["health"] = client.get("/health").json()
+            weights: dict[str, float] = {}
+            for end in ends if cfg.serve.n_requests else []:
+                started = time.perf_counter()
+                resp = client.post("/portfolio", json=portfolio_payload(universe.bars, end, n_bars, weights))
+                resp.raise_for_status()
+                body = resp.json()
+                body["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
+                out["responses"].append(body)
+                weights = body["weights"]
+        if out["responses"]:
+            last = out["responses"][-1]
+            progress.note(f"POST /portfolio at {last['timestamp']}: gross {last['gross_exposure']:.2f}, weights "
+                          + ", ".join(f"{s} {w:.2f}" for s, w in last["weights"].items() if abs(w) > 1e-9)
+                          + f" ({last['latency_ms']} ms)")
+    finally:
+        if cfg.serve.shutdown:
+            serve.delete(PORTFOLIO_APP_NAME)
+    return out
 
 
 def request_payload(bars: pd.DataFrame, end: pd.Timestamp, n_bars: int, position: float = 0.0) -> dict[str, Any]:

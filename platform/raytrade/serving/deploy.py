@@ -6,7 +6,9 @@ pipeline and the notebooks deploy through.
 * :func:`serve_locally`: a Serve config file on a local Ray instance until interrupted (``raytrade serve``, like
   ``serve run``);
 * :func:`deploy_to_cluster`: a Serve config file onto a running cluster through Ray's REST API
-  (``raytrade serve --deploy``, like ``serve deploy``).
+  (``raytrade serve --deploy``, like ``serve deploy``);
+* :func:`deploy_portfolio`: the portfolio app of a universe run (``POST /portfolio``,
+  :mod:`raytrade.serving.portfolio_app`) with the parameters the run backtested with.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from raytrade.config import PipelineConfig
 from raytrade.errors import ConfigError
 
-__all__ = ["deploy_ensemble", "deploy_to_cluster", "serve_locally"]
+if TYPE_CHECKING:
+    from raytrade.serving.portfolio_steps import PortfolioParams
+
+__all__ = ["deploy_ensemble", "deploy_portfolio", "deploy_to_cluster", "serve_locally"]
 
 
 def deploy_ensemble(cfg: PipelineConfig, tracking_uri: str | None = None,
@@ -106,3 +112,44 @@ def deploy_to_cluster(config: str | Path, address: str, tracking_uri: str | None
         application.setdefault("args", {})["tracking_uri"] = tracking_uri
     ServeSubmissionClient(address).deploy_applications(raw)
     return [a.get("name", "?") for a in applications]
+
+
+def deploy_portfolio(cfg: PipelineConfig, tracking_uri: str | None, params: PortfolioParams | dict[str, Any],
+                     route_prefix: str = "/", options: dict[str, dict[str, Any]] | None = None) -> str:
+    """Deploy the portfolio app (:mod:`raytrade.serving.portfolio_app`, ``POST /portfolio``) of a universe run on the
+    connected Ray cluster and return its URL (``http://serve.host:serve.port`` + ``route_prefix``) once every
+    deployment is running; the app outlives the calling driver.
+
+    The forecaster is ``tracking.forecaster_model`` pinned to ``params.forecaster_version`` (else
+    ``@tracking.alias``) from this config's registry; ``params`` (the run's universe, ``portfolio.*`` limits,
+    ``ensemble.max_drawdown``/``drawdown_cut`` and the turbulence threshold of its TRAIN bars:
+    :meth:`raytrade.serving.portfolio_steps.PortfolioParams.from_run`) become the ingress's ``user_config``, stored
+    with the deployment. The store (``store.enabled``) answers ``{"symbols": [...]}`` requests. ``options``:
+    deployment options by name (``PortfolioIngress``, ``Features``, ``Forecaster``), default small CPU ones.
+
+    Raises:
+        ConfigError: invalid ``params``.
+        ModelNotFoundError: the forecaster (version or alias) is not registered.
+    """
+    from ray import serve
+
+    from raytrade import tracking
+    from raytrade.errors import ModelNotFoundError
+    from raytrade.serving.portfolio_app import PORTFOLIO_APP_NAME, PortfolioAppArgs, portfolio_app
+    from raytrade.serving.portfolio_steps import PortfolioParams
+
+    uri = tracking_uri or tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
+    try:
+        p = PortfolioParams.model_validate(params) if isinstance(params, dict) else params
+    except ValueError as exc:
+        raise ConfigError(f"portfolio params: {exc}") from None
+    name, alias = cfg.tracking.forecaster_model, cfg.tracking.alias
+    if p.forecaster_version is None and tracking.aliased_version(uri, name, alias) is None:
+        raise ModelNotFoundError(f"not in the MLflow registry at {uri}: {name}@{alias}; train it first "
+                                 "(raytrade pipeline on a universe)")
+    args = PortfolioAppArgs(tracking_uri=uri, forecaster_model=name, alias=alias, params=p,
+                            redis_url=cfg.store.url if cfg.store.enabled else None, store_prefix=cfg.store.prefix)
+    app = portfolio_app(args, options)  # a pinned version that is not registered fails the Forecaster's start
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(app, name=PORTFOLIO_APP_NAME, route_prefix=route_prefix, blocking=False)
+    return f"http://{cfg.serve.host}:{cfg.serve.port}{route_prefix.rstrip('/')}"

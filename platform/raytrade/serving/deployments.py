@@ -87,6 +87,35 @@ class Features:
         record_model("features", _ms(started), batch_size=len(symbols))
         return out
 
+    def universe_from_bars(self, frames: dict[str, pd.DataFrame], spec: dict[str, Any],
+                           reference_symbol: str | None, turbulence_window: int) -> dict[str, Any] | RaytradeError:
+        """``POST /portfolio``: a universe forecaster's input rows at the last bar of every symbol's bars (features
+        per symbol, then across the request's symbols) and FinRL's turbulence index there
+        (:func:`raytrade.serving.portfolio_steps.universe_features`); or the error the bars raised, returned."""
+        from raytrade.serving.portfolio_steps import universe_features
+
+        started = time.perf_counter()
+        out = _or_error(universe_features, frames, spec, reference_symbol, turbulence_window)
+        record_model("features", _ms(started), batch_size=len(frames))
+        return out
+
+    def universe_from_store(self, symbols: list[str], spec: dict[str, Any],
+                            turbulence_window: int) -> dict[str, Any] | RaytradeError:
+        """``POST /portfolio`` with ``symbols``: the same from each symbol's latest window of the online store
+        (:func:`raytrade.serving.portfolio_steps.universe_features_from_store`); or ``FeaturesNotFoundError`` (no
+        store configured, no unexpired window of a symbol), ``StoreUnavailableError`` or ``InsufficientDataError``,
+        returned."""
+        from raytrade.serving.portfolio_steps import universe_features_from_store
+
+        started = time.perf_counter()
+        try:
+            windows = {s: self._store(spec["feature_set_version"], s).read_latest(s) for s in symbols}
+            out = universe_features_from_store(windows, spec, turbulence_window)
+        except RaytradeError as exc:
+            out = exc
+        record_model("features", _ms(started), batch_size=len(symbols))
+        return out
+
     def _latest(self, symbol: str, spec: dict[str, Any]) -> dict[str, Any]:
         latest = self._store(spec["feature_set_version"], symbol).read_latest(symbol)
         rows = latest.features.iloc[-spec["lookback"]:].reset_index(drop=True)

@@ -41,7 +41,8 @@ from raytrade.evaluation.portfolio_baselines import (
     minimum_variance,
     top_k_weights,
 )
-from raytrade.rl.portfolio_risk import risk_limit_weights, turbulence_index, turbulence_threshold
+from raytrade.rl.portfolio_decision import portfolio_decisions
+from raytrade.rl.portfolio_risk import turbulence_index, turbulence_threshold
 from raytrade.runtime import Progress
 from raytrade_envs.accounting import simulate
 from raytrade_envs.actions import project_weights
@@ -124,10 +125,10 @@ def portfolio_stage(cfg: PipelineConfig, universe: Universe, prepared: PreparedD
                         slippage=None if slippage is None else slippage[t][None], tradable=tradable[t][None])
         return float(book.net[0]), book.held_end
 
-    wanted = np.where(tradable, forecaster_w, np.nan)
-    limited, _ = risk_limit_weights(wanted, step, turbulence=turbulence[bars], threshold=threshold,
-                                    max_drawdown=cfg.ensemble.max_drawdown, drawdown_cut=cfg.ensemble.drawdown_cut,
-                                    **limits)
+    # the served decision (rl.portfolio_decision), walked bar by bar on the limited book's own equity
+    limited, _ = portfolio_decisions(scores, tradable, step, turbulence=turbulence[bars], threshold=threshold,
+                                     top_k=pcfg.top_k, max_drawdown=cfg.ensemble.max_drawdown,
+                                     drawdown_cut=cfg.ensemble.drawdown_cut, **limits)
     strategies = {
         "buy_and_hold": equal_weight_buy_and_hold(tradable),
         "equal_weight": equal_weight_rebalanced(tradable, pcfg.rebalance_bars),

@@ -1,0 +1,278 @@
+"""The work of ``POST /portfolio`` as plain functions, with no Serve in them (the portfolio deployments call them,
+and so can tests and notebooks, which then compute the served decision).
+
+A decision is :func:`universe_features` (every symbol's bars -> per-symbol features, then the cross-sectional
+``xs_`` columns across the request's symbols, and FinRL's turbulence index at the last bar) -> the forecaster
+(:func:`raytrade.serving.steps.forecast_items`: one batched pass, the bundle's scaler, MC dropout with
+:data:`raytrade.rl.inputs.MC_INPUT_SEED`) -> :func:`decide` (:func:`raytrade.rl.portfolio_decision.portfolio_decision`
+with the :class:`PortfolioParams` the universe run was backtested with).
+
+Served == backtest: a request that carries, for every symbol of the universe, the bars the pipeline had (from
+``data.start``) up to a test bar ``t`` gets the weights the backtest's ``forecaster_risk_limited`` targeted at ``t``
+when it also carries the book's held weights and drawdown at ``t``. Fewer bars give the same formulas on less
+history: the indicators' EMAs restart, the cross-section and the universe return of the early rows have fewer
+members, so the numbers differ from the backtest's (as for ``/predict``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from raytrade.config import FeatureConfig, PipelineConfig
+from raytrade.data.schema import SYMBOL, TIMESTAMP
+from raytrade.data.universe import Panel
+from raytrade.data.validation import validate_bars
+from raytrade.errors import DataValidationError, InsufficientDataError
+from raytrade.features.cross_sectional import add_cross_sectional, cross_sectional_warmup
+from raytrade.features.technical import compute_features, feature_columns, warmup_bars
+from raytrade.rl.portfolio_decision import past_log_returns, portfolio_decision
+from raytrade.rl.portfolio_risk import turbulence_index
+
+__all__ = ["PortfolioParams", "SymbolDataError", "decide", "min_bars", "universe_features",
+           "universe_features_from_store"]
+
+
+class SymbolDataError(InsufficientDataError):
+    """Too few bars (or no complete feature window) of one ``symbol`` of a request; picklable with the symbol (the
+    Features replica returns it to the ingress, which answers 422 at ``["body", "bars", symbol]``)."""
+
+    def __init__(self, symbol: str, message: str) -> None:
+        self.symbol = symbol
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.symbol, self.args[0]))
+
+
+class PortfolioParams(BaseModel):
+    """What a universe run backtested ``forecaster_risk_limited`` with: the ``user_config`` of the portfolio app's
+    ingress (stored with the deployment; changing it reconfigures the replicas without a restart). Weights and
+    limits are fractions of equity; windows are bars of the universe's calendar.
+
+    Attributes:
+        symbols: the universe the forecaster was trained on, in the backtest's column order (``top_k`` breaks ties
+            by this order); a request may hold any of them, no other.
+        reference_symbol: the symbol the cross-asset features are measured against (the pipeline's
+            ``PreprocessResult.reference_symbol``); None when the forecaster has no cross-asset features.
+        top_k, long_only, max_weight, max_gross, max_net, turbulence_window: ``portfolio.*`` of the run.
+        max_drawdown, drawdown_cut: ``ensemble.*`` of the run.
+        turbulence_threshold: the ``portfolio.turbulence_quantile`` of the turbulence index over the run's TRAIN
+            bars (``report.json``'s ``backtest.turbulence_threshold``); None: the turbulence rule is off.
+        forecaster_version: the registered forecaster version the run trained and backtested (pinned by the app,
+            so the threshold and the model that goes with it never part); None: follow the alias.
+        fill: ``rl.fill`` of the backtest (informational: an order decided at the close of ``t`` fills at the next
+            open or at the close; Serve cannot know whether the asset trades at ``t + 1``, so a symbol with a bar
+            at ``t`` counts as tradable).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    symbols: tuple[str, ...] = Field(min_length=1)
+    reference_symbol: str | None = None
+    top_k: int = Field(3, gt=0)
+    long_only: bool = True
+    max_weight: float = Field(1.0, gt=0, le=1)
+    max_gross: float = Field(1.0, gt=0, le=2)
+    max_net: float = Field(1.0, ge=0, le=1)
+    max_drawdown: float = Field(0.2, gt=0, le=1)
+    drawdown_cut: float = Field(0.5, ge=0, le=1)
+    turbulence_window: int = Field(252, gt=1)
+    turbulence_threshold: float | None = Field(None, allow_inf_nan=False)
+    forecaster_version: str | None = None
+    fill: Literal["next_open", "close"] = "next_open"
+
+    @classmethod
+    def from_run(cls, cfg: PipelineConfig, backtest: Mapping[str, Any], reference_symbol: str | None,
+                 forecaster_version: str | None) -> PortfolioParams:
+        """The params of a universe run: ``cfg.portfolio``/``cfg.ensemble``/``cfg.rl.fill``, and from the portfolio
+        stage's ``backtest`` block its ``symbols`` and ``turbulence_threshold`` (NaN -> None)."""
+        p = cfg.portfolio
+        threshold = backtest.get("turbulence_threshold")
+        threshold = None if threshold is None or not math.isfinite(float(threshold)) else float(threshold)
+        return cls(symbols=tuple(backtest["symbols"]), reference_symbol=reference_symbol, top_k=p.top_k,
+                   long_only=p.long_only, max_weight=p.max_weight, max_gross=p.max_gross, max_net=p.max_net,
+                   max_drawdown=cfg.ensemble.max_drawdown, drawdown_cut=cfg.ensemble.drawdown_cut,
+                   turbulence_window=p.turbulence_window, turbulence_threshold=threshold,
+                   forecaster_version=forecaster_version, fill=cfg.rl.fill)
+
+    def decision_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`raytrade.rl.portfolio_decision.portfolio_decision` (but the bar's inputs)."""
+        return {"top_k": self.top_k, "long_only": self.long_only, "max_weight": self.max_weight,
+                "max_gross": self.max_gross, "max_net": self.max_net, "max_drawdown": self.max_drawdown,
+                "drawdown_cut": self.drawdown_cut,
+                "threshold": float("nan") if self.turbulence_threshold is None else self.turbulence_threshold}
+
+
+def _layout(spec: Mapping[str, Any]) -> tuple[FeatureConfig, bool, bool, list[str]]:
+    """(feature config, cross-asset on, cross-sectional on, per-symbol feature columns) of a forecaster spec."""
+    cfg = FeatureConfig.model_validate(spec["features"])
+    columns = set(spec["columns"])
+    own = set(feature_columns(cfg, cross_asset=False))
+    cross_asset = bool((set(feature_columns(cfg, cross_asset=True)) - own) & columns)
+    cross_sectional = any(c.startswith("xs_") for c in columns)
+    return cfg, cross_asset, cross_sectional, feature_columns(cfg, cross_asset=cross_asset)
+
+
+def min_bars(spec: Mapping[str, Any]) -> int:
+    """Fewest bars of a symbol that give one full window of a universe forecaster (``spec``:
+    :func:`raytrade.serving.steps.forecaster_spec`): the per-symbol warm-up (with the cross-asset features when the
+    model has them), then the cross-sectional warm-up (:func:`raytrade.features.cross_sectional.cross_sectional_warmup`)
+    when it has ``xs_`` columns, plus ``lookback``."""
+    cfg, cross_asset, cross_sectional, _ = _layout(spec)
+    warm = warmup_bars(cfg, cross_asset=cross_asset)
+    return (cross_sectional_warmup(cfg, warm) if cross_sectional else warm) + int(spec["lookback"])
+
+
+def _turbulence(bars: pd.DataFrame, symbols: list[str], window: int) -> tuple[float, int, pd.Timestamp]:
+    """FinRL's turbulence index at the last bar of the union calendar of ``bars`` (every symbol), the number of
+    assets in it, and that bar's time. NaN (0 assets) with fewer than ``window + 2`` bars of any symbol."""
+    panel = Panel.from_bars(bars, symbols)
+    past = past_log_returns(panel.close)[-(window + 1):]
+    t = panel.timestamps[-1]
+    if len(past) < window + 1:
+        return float("nan"), 0, t
+    value = float(turbulence_index(past, window, symbols=panel.symbols, index=panel.timestamps[-(window + 1):])[-1])
+    n_assets = int(np.isfinite(past).all(axis=0).sum())
+    return value, n_assets, t
+
+
+def universe_features(frames: Mapping[str, pd.DataFrame], spec: Mapping[str, Any], reference_symbol: str | None,
+                      turbulence_window: int) -> dict[str, Any]:
+    """A universe forecaster's input at the last bar of a request, from every symbol's bars.
+
+    Per symbol (oldest first): validation (:func:`raytrade.data.validation.validate_bars`), the per-symbol features
+    (:func:`raytrade.features.technical.compute_features`, against ``reference_symbol``'s close when the model has
+    cross-asset features), then :func:`raytrade.features.cross_sectional.add_cross_sectional` across the request's
+    symbols: the pipeline's features on the same bars. The decision bar ``t`` is the latest timestamp of any symbol.
+    A symbol is tradable at ``t`` when it has a bar at ``t`` whose features are all defined (the backtest's
+    feature row at ``t``); it has a forecast input when its last ``lookback`` complete rows end at ``t``.
+
+    Args:
+        frames: symbol -> OHLCV bars with ``timestamp`` (UTC) and ``symbol``, in the universe's order.
+        spec: :func:`raytrade.serving.steps.forecaster_spec` of the forecaster.
+        reference_symbol: see :class:`PortfolioParams`.
+        turbulence_window: ``portfolio.turbulence_window`` (bars).
+
+    Returns:
+        ``{"timestamp": t, "rows": {symbol: DataFrame (lookback, 1 + n_features) unscaled, oldest first} (symbols
+        with a window at t), "tradable": {symbol: bool}, "turbulence": float (NaN: fewer than turbulence_window + 2
+        bars), "turbulence_assets": int, "n_bars": {symbol: int}}``.
+
+    Raises:
+        DataValidationError: a symbol's bars break a validation rule (names rule, column, symbol, timestamp), or the
+            model's reference symbol is not in the request (rule ``reference_symbol``).
+        SymbolDataError: (an ``InsufficientDataError``) a symbol has fewer than :func:`min_bars` bars, or no
+            complete window at its last bar (names the symbol).
+    """
+    cfg, cross_asset, cross_sectional, own_columns = _layout(spec)
+    columns, lookback = list(spec["columns"]), int(spec["lookback"])
+    need = min_bars(spec)
+    for symbol, frame in frames.items():
+        validate_bars(frame)
+        if len(frame) < need:
+            raise SymbolDataError(symbol,
+                f"symbol {symbol}: need at least {need} bars (feature warm-up, cross-sectional warm-up and lookback "
+                f"{lookback}), got {len(frame)}")
+    reference = None
+    if cross_asset:
+        if reference_symbol not in frames:
+            raise DataValidationError(
+                "reference_symbol", f"the forecaster's cross-asset features are measured against {reference_symbol}; "
+                f"send its bars too", column=None, symbol=reference_symbol)
+        ref = frames[reference_symbol]
+        reference = pd.Series(ref["close"].to_numpy(dtype=np.float64), index=pd.DatetimeIndex(ref[TIMESTAMP]))
+    parts = [compute_features(frame.reset_index(drop=True), cfg, reference=reference) for frame in frames.values()]
+    frame = pd.concat(parts, ignore_index=True)
+    if cross_sectional:
+        frame = add_cross_sectional(frame, cfg, columns=own_columns)
+    bars = pd.concat(list(frames.values()), ignore_index=True)
+    turbulence, n_assets, t = _turbulence(bars, list(frames), turbulence_window)
+    rows: dict[str, pd.DataFrame] = {}
+    tradable: dict[str, bool] = {}
+    for symbol, part in frame.groupby(SYMBOL, sort=False):
+        complete = part[part[columns].notna().all(axis=1)]
+        last = pd.Timestamp(part[TIMESTAMP].iloc[-1])
+        if complete.empty or pd.Timestamp(complete[TIMESTAMP].iloc[-1]) != last or len(complete) < lookback:
+            raise SymbolDataError(str(symbol),
+                f"symbol {symbol}: no complete feature window of {lookback} rows at its last bar {last.isoformat()} "
+                f"({len(complete)} complete rows of {len(part)} bars): send more bars")
+        tradable[str(symbol)] = bool(last == t)
+        if last == t:
+            rows[str(symbol)] = complete.iloc[-lookback:][[TIMESTAMP, *columns]].reset_index(drop=True)
+    return {"timestamp": t.to_pydatetime(), "rows": rows, "tradable": tradable, "turbulence": turbulence,
+            "turbulence_assets": n_assets, "n_bars": {s: len(f) for s, f in frames.items()}}
+
+
+def universe_features_from_store(windows: Mapping[str, Any], spec: Mapping[str, Any],
+                                 turbulence_window: int) -> dict[str, Any]:
+    """As :func:`universe_features`, from each symbol's latest window of the online store
+    (:class:`raytrade.store.LatestWindow`: the unscaled feature rows the pipeline wrote, and its raw bars). The
+    decision bar is the latest last row of any symbol; a symbol whose window ends earlier is not tradable. The
+    turbulence index comes from the stored bars (NaN with fewer than ``turbulence_window + 2`` of them).
+
+    Raises:
+        SymbolDataError: a stored window has fewer than ``lookback`` complete rows (names the symbol).
+    """
+    columns, lookback = list(spec["columns"]), int(spec["lookback"])
+    last: dict[str, pd.Timestamp] = {}
+    rows: dict[str, pd.DataFrame] = {}
+    for symbol, window in windows.items():
+        feats = window.features
+        missing = [c for c in columns if c not in feats]
+        if missing or len(feats) < lookback or feats[columns].iloc[-lookback:].isna().any().any():
+            raise SymbolDataError(symbol, f"symbol {symbol}: the stored window has no {lookback} complete rows of the "
+                                        f"forecaster's features (missing columns {missing[:5]})")
+        rows[symbol] = feats.iloc[-lookback:][[TIMESTAMP, *columns]].reset_index(drop=True)
+        last[symbol] = pd.Timestamp(rows[symbol][TIMESTAMP].iloc[-1])
+    t = max(last.values())
+    bars = pd.concat([w.bars.assign(**{SYMBOL: s}) for s, w in windows.items()], ignore_index=True)
+    bars = bars[pd.DatetimeIndex(bars[TIMESTAMP]) <= t]
+    turbulence, n_assets, _ = _turbulence(bars, list(windows), turbulence_window)
+    return {"timestamp": t.to_pydatetime(), "rows": {s: r for s, r in rows.items() if last[s] == t},
+            "tradable": {s: bool(last[s] == t) for s in windows}, "turbulence": turbulence,
+            "turbulence_assets": n_assets, "n_bars": {s: len(w.bars) for s, w in windows.items()}}
+
+
+def decide(params: PortfolioParams, symbols: list[str], expected_return: Mapping[str, float],
+           tradable: Mapping[str, bool], held: Mapping[str, float], drawdown: float,
+           turbulence: float) -> dict[str, Any]:
+    """The target weights of the request's ``symbols`` (universe order) with
+    :func:`raytrade.rl.portfolio_decision.portfolio_decision` and ``params``.
+
+    Args:
+        expected_return: symbol -> the forecaster's expected log return at the decision bar (absent: no forecast).
+        tradable: symbol -> the order can fill; held: symbol -> weight held now (absent: 0).
+        drawdown: the book's drawdown (fraction); turbulence: the index at the bar (NaN: rule off).
+
+    Returns:
+        ``{"weights": {symbol: w}, "cash", "gross_exposure", "net_exposure", "risk": {...}}`` (fractions of equity).
+    """
+    er = np.array([expected_return.get(s, np.nan) for s in symbols], dtype=np.float64)
+    mask = np.array([bool(tradable.get(s, False)) for s in symbols])
+    kept = np.array([float(held.get(s, 0.0)) for s in symbols])
+    kwargs = params.decision_kwargs()
+    w = portfolio_decision(er, mask, held=kept, drawdown=drawdown, turbulence=turbulence, **kwargs)
+    threshold = params.turbulence_threshold
+    if threshold is None:
+        rule = "off: the run has no turbulence threshold"
+    elif not math.isfinite(turbulence):
+        rule = (f"off: needs portfolio.turbulence_window + 2 = {params.turbulence_window + 2} bars of a symbol "
+                "(returns over the window and the bar)")
+    else:
+        rule = "on"
+    turbulent = rule == "on" and turbulence > threshold
+    return {
+        "weights": {s: float(x) for s, x in zip(symbols, w, strict=True)},
+        "cash": float(1.0 - w.sum()), "gross_exposure": float(np.abs(w).sum()), "net_exposure": float(w.sum()),
+        "risk": {"drawdown": float(drawdown), "max_drawdown": params.max_drawdown,
+                 "drawdown_cut": bool(drawdown > params.max_drawdown and not turbulent),
+                 "turbulence": float(turbulence) if math.isfinite(turbulence) else None,
+                 "turbulence_threshold": threshold, "turbulent": bool(turbulent), "turbulence_rule": rule},
+    }
+
