@@ -80,6 +80,15 @@ def test_decision_walked_bar_by_bar_is_the_stages_forecaster_risk_limited(dow, l
                                       **risk, **limits)
     np.testing.assert_array_equal(walked, expected)
     np.testing.assert_array_equal(net, expected_net)
+    # rebalancing every 5 bars: the top k on those bars only, the units kept (NaN) in between, the risk layer always
+    every5 = np.arange(len(scores)) % 5 == 0
+    sparse, sparse_net = risk_limit_weights(np.where(tradable & every5[:, None], forecaster_w, np.nan), step,
+                                            turbulence=turb, threshold=dow["threshold"], **risk, **limits)
+    walked5, net5 = portfolio_decisions(scores, tradable, step, turbulence=turb, threshold=dow["threshold"], top_k=2,
+                                        rebalance=every5, **risk, **limits)
+    np.testing.assert_array_equal(walked5, sparse)
+    np.testing.assert_array_equal(net5, sparse_net)
+    assert not np.array_equal(walked5, walked)
 
     # one bar at a time, with the state a client keeps: the held (drifted) weights and the drawdown of its book
     held, equity, peak = np.zeros(scores.shape[1]), 1.0, 1.0
@@ -222,62 +231,25 @@ UNIVERSE = ["SPY", "QQQ", "IWM", "AAPL", "IBM"]
 
 def _stage_replay(cfg, report: dict) -> dict:  # noqa: ANN001
     """The portfolio stage's ``forecaster_risk_limited`` rebuilt from the run's data and registered forecaster with
-    the functions the stage uses (:func:`raytrade.stages.portfolio.portfolio_stage`), keeping what a client's book
-    holds at each bar: the held (drifted) weights coming into the bar and the drawdown of the limited book."""
+    the stage's own functions (:func:`raytrade.stages.portfolio.portfolio_bars`, :func:`forecaster_decisions`),
+    keeping what a client's book holds at each bar: the held (drifted) weights coming into the bar, the drawdown of
+    the limited book and whether the bar is a rebalance bar."""
     from raytrade import tracking
-    from raytrade.data.schema import SYMBOL, TIMESTAMP
     from raytrade.dataset.prepare import load_universe_data, prepare_data
-    from raytrade.stages.portfolio import VOL_WINDOW, _pivot
-    from raytrade.stages.portfolio import past_log_returns as stage_past_log_returns
+    from raytrade.stages.portfolio import forecaster_decisions, portfolio_bars
 
-    pcfg = cfg.portfolio
     universe = load_universe_data(cfg)
     prepared = prepare_data(cfg, universe)
     uri = report["mlflow"]["tracking_uri"]
     bundle, version, _ = tracking.load_model_dir(cfg.tracking.forecaster_model, cfg.tracking.alias, uri)
     test = prepared.windows(cfg.model.lookback)["test"]
-    expected = bundle.forecast_windows(test.x)["expected_return"]
-    panel, symbols = universe.panel, universe.panel.symbols
-    rows = panel.index_of(pd.DatetimeIndex(np.unique(test.timestamp)))
-    bars = np.arange(rows.min(), rows.max() + 1)
-    stamps = panel.timestamps[bars]
-    scores = _pivot(test.timestamp, test.symbol, expected, stamps, symbols)
-    frame = prepared.features.frame
-    warm = _pivot(frame[TIMESTAMP].to_numpy(), frame[SYMBOL].to_numpy(), np.ones(len(frame)), stamps, symbols, 0.0)
-    tradable = panel.fillable(cfg.rl.fill)[bars] & (warm > 0)
-    nlr = panel.next_log_returns()[bars]
-    gap = panel.next_gap_returns()[bars] if cfg.rl.fill == "next_open" else None
-    past = stage_past_log_returns(universe)
-    np.testing.assert_array_equal(past, past_log_returns(panel.close))  # the served returns are the stage's
-    slippage = None
-    if cfg.rl.slippage_vol_mult > 0:
-        vol = pd.DataFrame(past).rolling(VOL_WINDOW, min_periods=2).std(ddof=0).to_numpy()
-        slippage = cfg.rl.slippage_vol_mult * np.nan_to_num(vol[bars])
-    limits = {"long_only": pcfg.long_only, "max_weight": pcfg.max_weight, "max_gross": pcfg.max_gross,
-              "max_net": pcfg.max_net}
-    forecaster_w = project_weights(top_k_weights(scores, tradable & np.isfinite(scores), pcfg.top_k,
-                                                 long_short=not pcfg.long_only), **limits)
-    turbulence = turbulence_index(past, pcfg.turbulence_window, symbols=symbols, index=panel.timestamps)
-    train_rows = panel.index_of(pd.DatetimeIndex(np.unique(prepared.split.train[TIMESTAMP])))
-    threshold = turbulence_threshold(turbulence[train_rows], pcfg.turbulence_quantile)
-    held_in = np.zeros((len(bars), len(symbols)))
-
-    def step(t: int, held: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
-        held_in[t] = held
-        book = simulate(target[None], nlr[t][None], cfg.backtest.cost_bps, initial_position=held,
-                        gap_returns=None if gap is None else gap[t][None],
-                        slippage=None if slippage is None else slippage[t][None], tradable=tradable[t][None])
-        return float(book.net[0]), book.held_end
-
-    limited, net = risk_limit_weights(np.where(tradable, forecaster_w, np.nan), step,
-                                      turbulence=turbulence[bars], threshold=threshold,
-                                      max_drawdown=cfg.ensemble.max_drawdown, drawdown_cut=cfg.ensemble.drawdown_cut,
-                                      **limits)
-    equity = np.concatenate([[1.0], np.cumprod(1.0 + net)])
-    drawdown = 1.0 - equity[:-1] / np.maximum.accumulate(equity)[:-1]
-    return {"universe": universe, "prepared": prepared, "bars": bars, "stamps": stamps, "scores": scores,
-            "tradable": tradable, "turbulence": turbulence, "threshold": threshold, "limited": limited,
-            "held": held_in, "drawdown": drawdown, "version": version, "train_rows": train_rows}
+    pb = portfolio_bars(cfg, universe, prepared, test, bundle.forecast_windows(test.x)["expected_return"])
+    np.testing.assert_array_equal(pb.past, past_log_returns(universe.panel.close))  # the served returns are these
+    walk = forecaster_decisions(cfg, pb)
+    return {"universe": universe, "prepared": prepared, "bars": pb.bars, "stamps": pb.stamps, "scores": pb.scores,
+            "tradable": pb.tradable, "turbulence": pb.turbulence, "threshold": pb.threshold,
+            "limited": walk["targets"], "held": walk["held"], "drawdown": walk["drawdown"],
+            "rebalance": pb.rebalance, "version": version, "train_rows": pb.train_rows}
 
 
 @pytest.fixture(scope="module")
@@ -359,7 +331,7 @@ def test_served_weights_are_the_backtests_at_test_bars(portfolio_served):
         stamp = rep["stamps"][t]
         held = {s: float(w) for s, w in zip(UNIVERSE, rep["held"][t], strict=True) if w != 0.0}
         resp = c.post("/portfolio", json={"bars": _bars_payload(rep["universe"], stamp), "weights": held,
-                                          "drawdown": float(dd[t])})
+                                          "drawdown": float(dd[t]), "rebalance": bool(rep["rebalance"][t])})
         assert resp.status_code == 200, resp.text[:2000]
         body = resp.json()
         assert pd.Timestamp(body["timestamp"]) == stamp
@@ -477,7 +449,8 @@ def test_symbols_from_the_online_store_get_the_backtests_weights(portfolio_serve
     store.write_many(windows)
     held = {s: float(w) for s, w in zip(UNIVERSE, rep["held"][t], strict=True)}
     try:
-        resp = c.post("/portfolio", json={"symbols": UNIVERSE, "weights": held, "drawdown": float(rep["drawdown"][t])})
+        resp = c.post("/portfolio", json={"symbols": UNIVERSE, "weights": held, "drawdown": float(rep["drawdown"][t]),
+                                          "rebalance": bool(rep["rebalance"][t])})
         assert resp.status_code == 200, resp.text[:2000]
         body = resp.json()
         assert pd.Timestamp(body["timestamp"]) == stamp

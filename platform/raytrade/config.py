@@ -357,6 +357,9 @@ class PortfolioConfig(_Section):
     max_net: float = Field(1.0, ge=0, le=1, description="cap on |net exposure| |sum w| (fraction of equity)")
     top_k: int = Field(3, gt=0, description="forecaster strategy: long the k best forecasts (long/short: and short "
                                             "the k worst), equal weights")
+    forecaster_rebalance_bars: int | None = Field(
+        None, gt=0, description="the forecaster strategy trades its top k every this many bars and holds in "
+                                "between (the risk layer still acts every bar); None = labels.horizon")
     rebalance_bars: int = Field(21, gt=0, description="equal-weight and minimum-variance baselines rebalance every "
                                                       "this many bars (weights drift in between)")
     min_variance_window: int = Field(63, gt=1, description="bars of trailing returns for the minimum-variance "

@@ -41,6 +41,7 @@ def portfolio_decision(
     expected_return: Any, tradable: Any, *, held: Any, drawdown: float = 0.0, turbulence: float = float("nan"),
     threshold: float = float("nan"), top_k: int, long_only: bool = True, max_weight: float = 1.0,
     max_gross: float = 1.0, max_net: float = 1.0, max_drawdown: float = 0.2, drawdown_cut: float = 0.5,
+    rebalance: bool = True,
 ) -> np.ndarray:
     """Target weights of one bar of ``forecaster_risk_limited``, in this order:
 
@@ -54,7 +55,9 @@ def portfolio_decision(
        ``drawdown_cut`` while ``drawdown > max_drawdown``, all cash while ``turbulence > threshold`` (FinRL's
        turbulence rule, Yang et al. 2020; NaN turbulence or threshold: the rule is off).
 
-    A tradable asset without a forecast (NaN) is never picked, so it is sold to 0 (as in the backtest).
+    A tradable asset without a forecast (NaN) is never picked, so it is sold to 0 (as in the backtest). On a bar that
+    is not a rebalance bar (``rebalance`` False) steps 1-3 are skipped: the book keeps its ``held`` weights, and only
+    the risk layer acts on them.
 
     Args:
         expected_return: ``(A,)`` the forecaster's expected log return per asset at this bar; NaN = no forecast.
@@ -66,6 +69,7 @@ def portfolio_decision(
         top_k, long_only, max_weight, max_gross, max_net: ``portfolio.*`` (weights are fractions of equity).
         max_drawdown, drawdown_cut: ``ensemble.max_drawdown`` (fraction) and ``ensemble.drawdown_cut``
             (exposure multiplier).
+        rebalance: this bar is one of the strategy's rebalance bars (``portfolio.forecaster_rebalance_bars``).
 
     Returns:
         ``(A,)`` float64 target weights (cash = ``1 - sum``).
@@ -83,10 +87,13 @@ def portfolio_decision(
     kept = _vector(held, "held", n)
     if not np.isfinite(kept).all():
         raise ValueError(f"held weights must be finite, got {kept.tolist()}")
-    candidates = (mask & np.isfinite(scores))[None]
-    wanted = project_weights(top_k_weights(scores[None], candidates, top_k, long_short=not long_only)[0],
-                             long_only=long_only, max_weight=max_weight, max_gross=max_gross, max_net=max_net)
-    desired = np.where(mask, wanted, kept)
+    if rebalance:
+        candidates = (mask & np.isfinite(scores))[None]
+        wanted = project_weights(top_k_weights(scores[None], candidates, top_k, long_short=not long_only)[0],
+                                 long_only=long_only, max_weight=max_weight, max_gross=max_gross, max_net=max_net)
+        desired = np.where(mask, wanted, kept)
+    else:
+        desired = kept
     return risk_limited_weights(desired, drawdown=float(drawdown), turbulence=float(turbulence),
                                 threshold=float(threshold), long_only=long_only, max_weight=max_weight,
                                 max_gross=max_gross, max_net=max_net, max_drawdown=max_drawdown,
@@ -96,7 +103,7 @@ def portfolio_decision(
 def portfolio_decisions(
     expected_returns: Any, tradable: Any, step: StepFn, *, turbulence: Any = None, threshold: float = float("nan"),
     top_k: int, long_only: bool = True, max_weight: float = 1.0, max_gross: float = 1.0, max_net: float = 1.0,
-    max_drawdown: float = 0.2, drawdown_cut: float = 0.5,
+    max_drawdown: float = 0.2, drawdown_cut: float = 0.5, rebalance: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`portfolio_decision` walked over ``T`` bars on the limited book's own equity (the portfolio backtest's
     ``forecaster_risk_limited``; same numbers as ``top_k_weights`` -> ``project_weights`` ->
@@ -112,6 +119,7 @@ def portfolio_decisions(
         step: ``(t, held (A,), target (A,)) -> (simple net return of bar t, weights held after it (A,))``.
         turbulence: ``(T,)`` turbulence index (None: no turbulence rule); threshold: as :func:`portfolio_decision`.
         top_k, long_only, max_weight, max_gross, max_net, max_drawdown, drawdown_cut: as :func:`portfolio_decision`.
+        rebalance: ``(T,)`` bool, the rebalance bars (None: every bar).
 
     Returns:
         ``(targets (T, A), net (T,))``: the targets traded and each bar's simple net return (fractions).
@@ -132,6 +140,9 @@ def portfolio_decisions(
         raise ConfigError(f"ensemble.max_drawdown must be in (0, 1], got {max_drawdown!r}")
     if not 0.0 <= drawdown_cut <= 1.0:
         raise ConfigError(f"ensemble.drawdown_cut must be in [0, 1], got {drawdown_cut!r}")
+    reb = np.ones(n_bars, dtype=bool) if rebalance is None else np.asarray(rebalance, dtype=bool)
+    if reb.shape != (n_bars,):
+        raise ValueError(f"rebalance must have shape ({n_bars},), got {reb.shape}")
     targets = np.empty((n_bars, n_assets))
     net = np.empty(n_bars)
     held = np.zeros(n_assets)
@@ -140,7 +151,7 @@ def portfolio_decisions(
         targets[t] = portfolio_decision(
             scores[t], mask[t], held=held, drawdown=1.0 - equity / peak, turbulence=float(turb[t]),
             threshold=threshold, top_k=top_k, long_only=long_only, max_weight=max_weight, max_gross=max_gross,
-            max_net=max_net, max_drawdown=max_drawdown, drawdown_cut=drawdown_cut)
+            max_net=max_net, max_drawdown=max_drawdown, drawdown_cut=drawdown_cut, rebalance=bool(reb[t]))
         r, held = step(t, held.copy(), targets[t].copy())
         held = np.asarray(held, dtype=np.float64)
         net[t] = r

@@ -220,7 +220,7 @@ class PortfolioIngress:
         if versions != {spec["version"]}:
             self._spec = None  # re-read the spec next time
         decision = decide(params, symbols, {s: fc["forecast"]["expected_return"] for s, fc in by_symbol.items()},
-                          feats["tradable"], req.weights, req.drawdown, float(feats["turbulence"]))
+                          feats["tradable"], req.weights, req.drawdown, float(feats["turbulence"]), req.rebalance)
         return PortfolioResponse(
             timestamp=feats["timestamp"], forecasts={s: fc["forecast"] for s, fc in by_symbol.items()}, agents={},
             model_versions={"forecaster": sorted(versions)[0]}, tradable=feats["tradable"], **decision)

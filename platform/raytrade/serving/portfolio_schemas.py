@@ -41,6 +41,9 @@ class PortfolioRequest(BaseModel):
         description=f"symbol -> weight held now, fraction of equity, |w| <= {POSITION_LIMIT:g}; absent: 0")
     drawdown: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False,
                             description="the book's drawdown from its equity peak, fraction in [0, 1]")
+    rebalance: bool = Field(True, description="a rebalance bar of the strategy (every "
+                                              "portfolio.forecaster_rebalance_bars bars): trade to the forecaster's "
+                                              "top k; false: keep the held weights, only the risk layer acts")
 
     @model_validator(mode="after")
     def _one_source(self) -> PortfolioRequest:

@@ -82,6 +82,8 @@ class PortfolioParams(BaseModel):
     max_net: float = Field(1.0, ge=0, le=1)
     max_drawdown: float = Field(0.2, gt=0, le=1)
     drawdown_cut: float = Field(0.5, ge=0, le=1)
+    rebalance_bars: int | None = Field(None, gt=0, description="the strategy's rebalance interval (bars): a client "
+                                                               "sends rebalance=true on those bars")
     turbulence_window: int = Field(252, gt=1)
     turbulence_threshold: float | None = Field(None, allow_inf_nan=False)
     forecaster_version: str | None = None
@@ -99,7 +101,8 @@ class PortfolioParams(BaseModel):
                    long_only=p.long_only, max_weight=p.max_weight, max_gross=p.max_gross, max_net=p.max_net,
                    max_drawdown=cfg.ensemble.max_drawdown, drawdown_cut=cfg.ensemble.drawdown_cut,
                    turbulence_window=p.turbulence_window, turbulence_threshold=threshold,
-                   forecaster_version=forecaster_version, fill=cfg.rl.fill)
+                   forecaster_version=forecaster_version, fill=cfg.rl.fill,
+                   rebalance_bars=backtest.get("forecaster_rebalance_bars"))
 
     def decision_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`raytrade.rl.portfolio_decision.portfolio_decision` (but the bar's inputs)."""
@@ -241,7 +244,7 @@ def universe_features_from_store(windows: Mapping[str, Any], spec: Mapping[str, 
 
 def decide(params: PortfolioParams, symbols: list[str], expected_return: Mapping[str, float],
            tradable: Mapping[str, bool], held: Mapping[str, float], drawdown: float,
-           turbulence: float) -> dict[str, Any]:
+           turbulence: float, rebalance: bool = True) -> dict[str, Any]:
     """The target weights of the request's ``symbols`` (universe order) with
     :func:`raytrade.rl.portfolio_decision.portfolio_decision` and ``params``.
 
@@ -249,6 +252,7 @@ def decide(params: PortfolioParams, symbols: list[str], expected_return: Mapping
         expected_return: symbol -> the forecaster's expected log return at the decision bar (absent: no forecast).
         tradable: symbol -> the order can fill; held: symbol -> weight held now (absent: 0).
         drawdown: the book's drawdown (fraction); turbulence: the index at the bar (NaN: rule off).
+        rebalance: a rebalance bar (False: keep ``held``, only the risk layer acts).
 
     Returns:
         ``{"weights": {symbol: w}, "cash", "gross_exposure", "net_exposure", "risk": {...}}`` (fractions of equity).
@@ -257,7 +261,8 @@ def decide(params: PortfolioParams, symbols: list[str], expected_return: Mapping
     mask = np.array([bool(tradable.get(s, False)) for s in symbols])
     kept = np.array([float(held.get(s, 0.0)) for s in symbols])
     kwargs = params.decision_kwargs()
-    w = portfolio_decision(er, mask, held=kept, drawdown=drawdown, turbulence=turbulence, **kwargs)
+    w = portfolio_decision(er, mask, held=kept, drawdown=drawdown, turbulence=turbulence, rebalance=rebalance,
+                           **kwargs)
     threshold = params.turbulence_threshold
     if threshold is None:
         rule = "off: the run has no turbulence threshold"

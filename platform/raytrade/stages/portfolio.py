@@ -14,7 +14,8 @@ is the rest):
 - ``min_variance``: PyPortfolioOpt minimum variance on ``portfolio.min_variance_window`` trailing bars, rebalanced
   every ``portfolio.rebalance_bars`` bars (FinRL's baseline);
 - ``forecaster``: long the ``portfolio.top_k`` highest expected returns (long/short when ``portfolio.long_only`` is
-  false: and short the ``top_k`` lowest), equal weights, every bar, within the exposure limits;
+  false: and short the ``top_k`` lowest), equal weights, within the exposure limits, rebalanced every
+  ``portfolio.forecaster_rebalance_bars`` bars (default: the label horizon, the forecast's own) and held between;
 - ``forecaster_risk_limited``: ``forecaster`` through the risk layer (exposure limits, drawdown cut of
   ``ensemble.max_drawdown``/``drawdown_cut``, FinRL's turbulence rule with its threshold the
   ``portfolio.turbulence_quantile`` of the index over the TRAIN bars).
@@ -22,6 +23,7 @@ is the rest):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,117 @@ def past_log_returns(universe: Universe) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class PortfolioBars:
+    """The test split's decision bars of a universe run and every input the portfolio strategies take there.
+
+    Attributes:
+        bars: ``(T,)`` the decision bars' rows in the universe's panel; stamps: their timestamps.
+        symbols: the ``A`` symbols (panel order).
+        scores: ``(T, A)`` the forecaster's expected log return at each bar (NaN: no window).
+        tradable: ``(T, A)`` the order can fill (panel ``fillable`` for ``rl.fill``) and the asset has a feature row.
+        next_log_returns, gap_returns (None: fills at the close), slippage (None: none): ``(T, A)`` for the book.
+        past: ``(T_panel, A)`` :func:`past_log_returns` of the whole panel (windows reach back before the test).
+        turbulence: ``(T_panel,)`` FinRL's index; threshold: its ``portfolio.turbulence_quantile`` over TRAIN bars.
+        rebalance: ``(T,)`` bool, the forecaster strategy's rebalance bars (every ``forecaster_rebalance_bars``).
+        train_rows: panel rows of the TRAIN bars.
+    """
+
+    bars: np.ndarray
+    stamps: pd.DatetimeIndex
+    symbols: tuple[str, ...]
+    scores: np.ndarray
+    tradable: np.ndarray
+    next_log_returns: np.ndarray
+    gap_returns: np.ndarray | None
+    slippage: np.ndarray | None
+    past: np.ndarray
+    turbulence: np.ndarray
+    threshold: float
+    rebalance: np.ndarray
+    train_rows: np.ndarray
+
+    def step(self, cost_bps: float):
+        """The book of one bar, ``(t, held (A,), target (A,)) -> (net, held after)``: :func:`simulate` on bar ``t``
+        with its fills, costs and tradable mask (what the risk layer walks)."""
+        def step(t: int, held: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
+            book = simulate(target[None], self.next_log_returns[t][None], cost_bps, initial_position=held,
+                            gap_returns=None if self.gap_returns is None else self.gap_returns[t][None],
+                            slippage=None if self.slippage is None else self.slippage[t][None],
+                            tradable=self.tradable[t][None])
+            return float(book.net[0]), book.held_end
+        return step
+
+
+def forecaster_rebalance_bars(cfg: PipelineConfig) -> int:
+    """Bars between the forecaster strategy's rebalances: ``portfolio.forecaster_rebalance_bars``, by default the
+    label horizon (the forecast's own horizon)."""
+    return cfg.portfolio.forecaster_rebalance_bars or cfg.labels.horizon
+
+
+def portfolio_bars(cfg: PipelineConfig, universe: Universe, prepared: PreparedData, windows: Any,
+                   expected_return: np.ndarray) -> PortfolioBars:
+    """The decision bars of the test split and the strategies' inputs there (see :class:`PortfolioBars`).
+
+    Args:
+        windows: the test :class:`~raytrade.dataset.windows.Windows` of the pooled forecaster;
+            expected_return: ``(n,)`` its expected log return of each window.
+    """
+    pcfg, panel = cfg.portfolio, universe.panel
+    symbols = panel.symbols
+    rows = panel.index_of(pd.DatetimeIndex(np.unique(windows.timestamp)))
+    bars = np.arange(rows.min(), rows.max() + 1)
+    stamps = panel.timestamps[bars]
+    scores = _pivot(windows.timestamp, windows.symbol, expected_return, stamps, symbols)
+    frame = prepared.features.frame
+    warm = _pivot(frame[TIMESTAMP].to_numpy(), frame[SYMBOL].to_numpy(), np.ones(len(frame)), stamps, symbols, 0.0)
+    past = past_log_returns(universe)
+    slippage = None
+    if cfg.rl.slippage_vol_mult > 0:
+        vol = pd.DataFrame(past).rolling(VOL_WINDOW, min_periods=2).std(ddof=0).to_numpy()
+        slippage = cfg.rl.slippage_vol_mult * np.nan_to_num(vol[bars])
+    # the risk layer: FinRL's turbulence rule with its threshold from the TRAIN bars
+    turbulence = turbulence_index(past, pcfg.turbulence_window, symbols=symbols, index=panel.timestamps)
+    train_rows = panel.index_of(pd.DatetimeIndex(np.unique(prepared.split.train[TIMESTAMP])))
+    return PortfolioBars(
+        bars=bars, stamps=stamps, symbols=symbols, scores=scores,
+        tradable=panel.fillable(cfg.rl.fill)[bars] & (warm > 0), next_log_returns=panel.next_log_returns()[bars],
+        gap_returns=panel.next_gap_returns()[bars] if cfg.rl.fill == "next_open" else None, slippage=slippage,
+        past=past, turbulence=turbulence,
+        threshold=turbulence_threshold(turbulence[train_rows], pcfg.turbulence_quantile),
+        rebalance=np.arange(len(bars)) % forecaster_rebalance_bars(cfg) == 0, train_rows=train_rows)
+
+
+def exposure_limits(cfg: PipelineConfig) -> dict[str, Any]:
+    """``portfolio``'s exposure limits as the keyword arguments of :func:`raytrade_envs.actions.project_weights`."""
+    p = cfg.portfolio
+    return {"long_only": p.long_only, "max_weight": p.max_weight, "max_gross": p.max_gross, "max_net": p.max_net}
+
+
+def forecaster_decisions(cfg: PipelineConfig, pb: PortfolioBars) -> dict[str, np.ndarray]:
+    """``forecaster_risk_limited``: the served decision (:func:`raytrade.rl.portfolio_decision.portfolio_decision`)
+    walked bar by bar on the limited book's own equity, rebalancing on ``pb.rebalance`` bars.
+
+    Returns:
+        ``{"targets" (T, A), "net" (T,), "held" (T, A) weights held coming into each bar, "drawdown" (T,) of the
+        limited book at each bar's close}``: the state a client's book sends with ``POST /portfolio``.
+    """
+    held_in = np.zeros((len(pb.bars), len(pb.symbols)))
+    book = pb.step(cfg.backtest.cost_bps)
+
+    def step(t: int, held: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
+        held_in[t] = held
+        return book(t, held, target)
+
+    targets, net = portfolio_decisions(pb.scores, pb.tradable, step, turbulence=pb.turbulence[pb.bars],
+                                       threshold=pb.threshold, top_k=cfg.portfolio.top_k, rebalance=pb.rebalance,
+                                       max_drawdown=cfg.ensemble.max_drawdown,
+                                       drawdown_cut=cfg.ensemble.drawdown_cut, **exposure_limits(cfg))
+    equity = np.concatenate([[1.0], np.cumprod(1.0 + net)])
+    drawdown = 1.0 - equity[:-1] / np.maximum.accumulate(equity)[:-1]
+    return {"targets": targets, "net": net, "held": held_in, "drawdown": drawdown}
+
+
 def portfolio_stage(cfg: PipelineConfig, universe: Universe, prepared: PreparedData, forecaster: Any,
                     annual: Annualisation, run_dir: Path, tracking_uri: str, progress: Progress) -> dict[str, Any]:
     """Backtest every portfolio strategy on the test split and record it (table, figures, MLflow run).
@@ -87,22 +200,11 @@ def portfolio_stage(cfg: PipelineConfig, universe: Universe, prepared: PreparedD
     symbols = panel.symbols
     test = forecaster.windows["test"]
     expected = forecaster.forecasts["test"]["expected_return"]
-    rows = panel.index_of(pd.DatetimeIndex(np.unique(test.timestamp)))
-    bars = np.arange(rows.min(), rows.max() + 1)
-    stamps = panel.timestamps[bars]
-    scores = _pivot(test.timestamp, test.symbol, expected, stamps, symbols)
-    frame = prepared.features.frame
-    warm = _pivot(frame[TIMESTAMP].to_numpy(), frame[SYMBOL].to_numpy(), np.ones(len(frame)), stamps, symbols, 0.0)
-    tradable = panel.fillable(cfg.rl.fill)[bars] & (warm > 0)
-    nlr = panel.next_log_returns()[bars]
-    gap = panel.next_gap_returns()[bars] if cfg.rl.fill == "next_open" else None
-    past = past_log_returns(universe)
-    slippage = None
-    if cfg.rl.slippage_vol_mult > 0:
-        vol = pd.DataFrame(past).rolling(VOL_WINDOW, min_periods=2).std(ddof=0).to_numpy()
-        slippage = cfg.rl.slippage_vol_mult * np.nan_to_num(vol[bars])
-    limits = {"long_only": pcfg.long_only, "max_weight": pcfg.max_weight, "max_gross": pcfg.max_gross,
-              "max_net": pcfg.max_net}
+    pb = portfolio_bars(cfg, universe, prepared, test, expected)
+    bars, stamps, tradable, past = pb.bars, pb.stamps, pb.tradable, pb.past
+    nlr, gap, slippage, threshold, turbulence = (pb.next_log_returns, pb.gap_returns, pb.slippage, pb.threshold,
+                                                 pb.turbulence)
+    limits = exposure_limits(cfg)
 
     # minimum variance: its trailing window reaches back before the test bars (returns realised by then)
     h0 = max(0, int(bars[0]) - pcfg.min_variance_window)
@@ -111,24 +213,11 @@ def portfolio_stage(cfg: PipelineConfig, universe: Universe, prepared: PreparedD
                                pcfg.min_variance_window, pcfg.rebalance_bars, pcfg.long_only, pcfg.max_weight,
                                max_gross=None if pcfg.long_only else max(1.0, pcfg.max_gross), symbols=symbols,
                                index=panel.timestamps[h0:bars[-1] + 1])[bars[0] - h0:]
-    forecaster_w = project_weights(top_k_weights(scores, tradable & np.isfinite(scores), pcfg.top_k,
+    # the forecaster's top k on its rebalance bars, held (NaN: keep the units) in between
+    forecaster_w = project_weights(top_k_weights(pb.scores, tradable & np.isfinite(pb.scores), pcfg.top_k,
                                                  long_short=not pcfg.long_only), **limits)
-
-    # the risk layer: FinRL's turbulence rule with its threshold from the TRAIN bars
-    turbulence = turbulence_index(past, pcfg.turbulence_window, symbols=symbols, index=panel.timestamps)
-    train_rows = panel.index_of(pd.DatetimeIndex(np.unique(prepared.split.train[TIMESTAMP])))
-    threshold = turbulence_threshold(turbulence[train_rows], pcfg.turbulence_quantile)
-
-    def step(t: int, held: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
-        book = simulate(target[None], nlr[t][None], cfg.backtest.cost_bps, initial_position=held,
-                        gap_returns=None if gap is None else gap[t][None],
-                        slippage=None if slippage is None else slippage[t][None], tradable=tradable[t][None])
-        return float(book.net[0]), book.held_end
-
-    # the served decision (rl.portfolio_decision), walked bar by bar on the limited book's own equity
-    limited, _ = portfolio_decisions(scores, tradable, step, turbulence=turbulence[bars], threshold=threshold,
-                                     top_k=pcfg.top_k, max_drawdown=cfg.ensemble.max_drawdown,
-                                     drawdown_cut=cfg.ensemble.drawdown_cut, **limits)
+    forecaster_w[~pb.rebalance] = np.nan
+    limited = forecaster_decisions(cfg, pb)["targets"]
     strategies = {
         "buy_and_hold": equal_weight_buy_and_hold(tradable),
         "equal_weight": equal_weight_rebalanced(tradable, pcfg.rebalance_bars),
@@ -167,7 +256,8 @@ def portfolio_stage(cfg: PipelineConfig, universe: Universe, prepared: PreparedD
         "table": table, "cost_bps": cfg.backtest.cost_bps, "fill": cfg.rl.fill, "n_bars": len(bars),
         "first_bar": stamps[0].isoformat(), "last_bar": stamps[-1].isoformat(), "symbols": list(symbols),
         "turbulence_threshold": threshold, "turbulent_bars": int(np.sum(turbulence[bars] > threshold)),
-        "tradable_fraction": float(tradable.mean()), **annual.report(),
+        "tradable_fraction": float(tradable.mean()), "forecaster_rebalance_bars": forecaster_rebalance_bars(cfg),
+        **annual.report(),
     }
     with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-backtest") as run_id:
         tracking.log_params({"cost_bps": cfg.backtest.cost_bps, "portfolio": pcfg.model_dump(mode="json"),
