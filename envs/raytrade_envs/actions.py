@@ -5,6 +5,11 @@
 * **Portfolio** (``A >= 1`` assets): clip each ``a_i`` to ``[-1, 1]``; long-only: ``max(., 0)``;
   if the gross exposure ``sum_i |w_i| > 1`` rescale ``w <- w / sum_i |w_i|`` (gross 1); then
   ``positions = w * max_position``, so ``sum_i |positions_i| <= max_position``.
+* **Portfolio with exposure limits** (``weight_limits`` given, the env's field of that name): THE mapping
+  of a portfolio agent's action to target weights is ``project_weights(clip(a, -1, 1), **weight_limits)``
+  (:func:`project_weights` below: long-only, per-asset cap, gross, net), the same function the portfolio
+  backtest, the risk layer and Serve use; ``max_position`` and ``allow_short`` play no part (they must stay
+  at 1.0 and True). Cash is ``1 - sum w``.
 
 Invalid actions (``invalid_action``):
 
@@ -40,19 +45,54 @@ any gross above 1 exactly (no tolerance band), which is why it keeps its own cod
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from raytrade_envs._validate import as_float
 
-__all__ = ["INVALID_ACTION_MODES", "WEIGHT_TOLERANCE", "ActionMapper", "project_weights"]
+__all__ = ["INVALID_ACTION_MODES", "WEIGHT_LIMIT_KEYS", "WEIGHT_TOLERANCE", "ActionMapper", "check_weight_limits",
+           "project_weights"]
 
 #: Accepted values of ``invalid_action``.
 INVALID_ACTION_MODES: tuple[str, ...] = ("clip", "raise")
 
 #: Absolute slack (fraction of equity) within which :func:`project_weights` treats a sum as inside its limit.
 WEIGHT_TOLERANCE: float = 1e-12
+
+#: The keys of an env's ``weight_limits`` (the keyword arguments of :func:`project_weights` after ``raw``).
+WEIGHT_LIMIT_KEYS: tuple[str, ...] = ("long_only", "max_weight", "max_gross", "max_net")
+
+
+def check_weight_limits(limits: Any, n_assets: int = 1) -> dict[str, Any]:
+    """Validate exposure limits for :func:`project_weights`; returns a fresh dict of the four keys.
+
+    Args:
+        limits: a mapping with exactly the keys :data:`WEIGHT_LIMIT_KEYS`.
+        n_assets: ``A``, only to run one projection of ``A`` zeros (which checks every range).
+
+    Raises:
+        ValueError: ``limits`` is not a mapping, misses or adds a key (named), ``long_only`` is not a bool, or a
+            limit is out of its range (named, by :func:`project_weights`).
+    """
+    if not isinstance(limits, Mapping):
+        raise ValueError(f"weight_limits must be a mapping of {list(WEIGHT_LIMIT_KEYS)}, got {limits!r}")
+    missing = [k for k in WEIGHT_LIMIT_KEYS if k not in limits]
+    extra = [k for k in limits if k not in WEIGHT_LIMIT_KEYS]
+    if missing or extra:
+        raise ValueError(f"weight_limits must have exactly the keys {list(WEIGHT_LIMIT_KEYS)}; "
+                         f"missing {missing}, unknown {extra}")
+    if not isinstance(limits["long_only"], (bool, np.bool_)):
+        raise ValueError(f"weight_limits['long_only'] must be a bool, got {limits['long_only']!r}")
+    out = {"long_only": bool(limits["long_only"])}
+    for key in WEIGHT_LIMIT_KEYS[1:]:
+        if isinstance(limits[key], (bool, np.bool_)):
+            raise ValueError(f"weight_limits[{key!r}] must be a number, got {limits[key]!r}")
+        out[key] = limits[key]
+    project_weights(np.zeros(max(1, int(n_assets))), **out)  # ValueError naming a limit out of its range
+    out.update({key: float(out[key]) for key in WEIGHT_LIMIT_KEYS[1:]})
+    return out
 
 
 def project_weights(raw: Any, *, long_only: bool, max_weight: float, max_gross: float, max_net: float) -> np.ndarray:
@@ -118,9 +158,13 @@ class ActionMapper:
         invalid_action: ``"clip"`` or ``"raise"`` (see the module docstring).
         portfolio: use the portfolio mapping (gross rescaling) even for ``A = 1``; the env sets it
             for 2-D returns. For ``A = 1`` both mappings give the same numbers.
+        weight_limits: optional ``{"long_only", "max_weight", "max_gross", "max_net"}``: map with
+            ``project_weights(clip(a, -1, 1), **weight_limits)`` instead (module docstring).
 
     Raises:
-        ValueError: for a bad ``max_position`` or ``invalid_action``.
+        ValueError: for a bad ``max_position`` or ``invalid_action``; ``weight_limits`` that is not a mapping
+            of exactly those four keys, has a limit out of its range (named), or comes with ``max_position``
+            other than 1 or ``allow_short=False``.
     """
 
     def __init__(
@@ -130,6 +174,7 @@ class ActionMapper:
         allow_short: bool = True,
         invalid_action: str = "clip",
         portfolio: bool = False,
+        weight_limits: Mapping[str, Any] | None = None,
     ) -> None:
         if invalid_action not in INVALID_ACTION_MODES:
             raise ValueError(f"invalid_action must be one of {INVALID_ACTION_MODES}, got {invalid_action!r}")
@@ -141,6 +186,13 @@ class ActionMapper:
         self.invalid_action = invalid_action
         self._raise = invalid_action == "raise"
         self.portfolio = bool(portfolio) or self.n_assets > 1
+        self.weight_limits = None if weight_limits is None else check_weight_limits(weight_limits, self.n_assets)
+        if self.weight_limits is not None and (self.max_position != 1.0 or not self.allow_short):
+            raise ValueError(
+                "weight_limits replaces max_position and allow_short (the mapping is project_weights(clip(action, "
+                f"-1, 1), **weight_limits)); leave them at 1.0 and True, got max_position={self.max_position!r}, "
+                f"allow_short={self.allow_short!r} (use weight_limits' max_gross / long_only instead)"
+            )
 
     # ----------------------------------------------------------- errors
     def _bad_value(self, a: np.ndarray) -> None:
@@ -187,6 +239,8 @@ class ActionMapper:
                     "(invalid_action='raise'; use invalid_action='clip' to clip it)"
                 )
             a = 1.0 if a > 1.0 else -1.0
+        if self.weight_limits is not None:
+            return float(project_weights(np.array([a]), **self.weight_limits)[0])
         if a < 0.0 and not self.allow_short:
             a = 0.0
         return a * self.max_position
@@ -219,6 +273,8 @@ class ActionMapper:
         w = np.clip(a, lo, 1.0)
         if not (w == a).all():  # something was clipped, or NaN: check the originals
             self._bad_value(a)
+        if self.weight_limits is not None:
+            return project_weights(w, **self.weight_limits)
         if self.portfolio and self.n_assets > 1:
             gross = np.abs(w).sum(axis=1)
             over = gross > 1.0

@@ -62,6 +62,19 @@ class TradingEnvConfig:
         account_observation: append unrealised P&L and drawdown to the observation. Default ``True``.
         obs_cache_max_bytes: precompute the static part of all observations when the ``(T, dim)``
             float32 table fits in this many bytes (default 256 MiB); otherwise build per step.
+        tradable: optional bool array of the shape of ``returns``; ``False`` where the order for an asset
+            decided at the close of ``t`` cannot fill (no bar, not yet listed, past its warm-up ...): the book
+            keeps its units in that asset at that bar and trades the others, exactly as
+            :func:`raytrade_envs.accounting.simulate` with ``tradable=`` (module docstring there, "Orders that
+            cannot fill"); ``info["target"]`` then shows the effective targets (the drifted weight kept where the
+            order could not fill) and ``info["order"]`` the targets asked for. ``None`` (default): every order
+            fills, and the env behaves exactly as without the field (no ``"order"`` key in ``info``).
+        weight_limits: optional portfolio exposure limits ``{"long_only", "max_weight", "max_gross",
+            "max_net"}`` (all four keys; the fields of ``raytrade.config.PortfolioConfig``). Given, the
+            action -> target mapping is ``project_weights(clip(action, -1, 1), **weight_limits)``
+            (:func:`raytrade_envs.actions.project_weights`, THE mapping to exposure limits), replacing the
+            ``max_position`` / ``allow_short`` mapping, which must then stay at their defaults (1.0, True).
+            ``None`` (default): the ``max_position`` / ``allow_short`` mapping of :mod:`raytrade_envs.actions`.
 
     Invalid values raise ``ValueError`` naming the field when an environment is built from the
     config (not here); the config keeps the caller's objects as given.
@@ -85,6 +98,8 @@ class TradingEnvConfig:
     invalid_action: str = "clip"
     account_observation: bool = True
     obs_cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
+    tradable: Any | None = None
+    weight_limits: dict[str, Any] | None = None
 
     def __repr__(self) -> str:  # arrays as their shapes, not their values
         parts = []

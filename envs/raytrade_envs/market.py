@@ -18,6 +18,11 @@ from the drifted holdings to the target.
   i.e. proportional to the volatility known at ``t`` (e.g. the rolling std of 1-bar log
   returns); no slippage without ``volatility`` or with ``slippage_vol_mult = 0``.
 
+* **Orders that cannot fill** (``tradable[t, a]`` False): the book keeps its units in that asset at that bar and
+  trades the others (:func:`raytrade_envs.accounting.simulate` with ``tradable=``, whose kernels
+  :meth:`MarketSimulator.step_tradable` and :meth:`MarketSimulator.step_batch_tradable` run, so the env and the
+  backtest keep one book); the effective target of such an asset is its drifted weight.
+
 Position limits and the long-only switch are applied to the *targets* by
 :class:`raytrade_envs.actions.ActionMapper` before they reach the simulator.
 
@@ -33,7 +38,17 @@ from typing import Any
 import numpy as np
 
 from raytrade_envs._validate import as_finite_array, as_float
-from raytrade_envs.accounting import BPS, BarStep, BookPath, simulate, step_book, step_book_single
+from raytrade_envs.accounting import (  # the masked-book kernels are the accounting's own (one book)
+    BPS,
+    BarStep,
+    BookPath,
+    _after_cost_fraction,
+    _intrabar,
+    _step_book_masked,
+    simulate,
+    step_book,
+    step_book_single,
+)
 
 __all__ = ["MarketSimulator", "ohlcv_arrays"]
 
@@ -50,15 +65,19 @@ class MarketSimulator:
         cost_bps: transaction cost in basis points of traded notional, >= 0.
         slippage_vol_mult: slippage cost fraction per unit traded = ``slippage_vol_mult *
             volatility[t]``; >= 0.
+        tradable: optional bool array of the shape of ``returns``; False where the order for an asset at bar
+            ``t`` cannot fill (the book keeps its units there). ``None``: every order fills.
 
     Attributes:
         n_bars: ``T``; n_assets: ``A`` (1 for 1-D returns); single: True for 1-D returns.
         returns, gap_returns, volatility: the validated float64 arrays, shape ``(T, A)``
             (``gap_returns``/``volatility`` may be ``None``); read-only.
+        tradable: ``(T, A)`` read-only bool array, or ``None`` when not given.
 
     Raises:
         ValueError: naming the argument for wrong shapes, non-finite values, negative
-            volatility, or negative/non-finite ``cost_bps`` / ``slippage_vol_mult``.
+            volatility, negative/non-finite ``cost_bps`` / ``slippage_vol_mult``, or a ``tradable`` that is not
+            a bool array of the shape of ``returns``.
     """
 
     def __init__(
@@ -68,6 +87,7 @@ class MarketSimulator:
         volatility: Any | None = None,
         cost_bps: float = 10.0,
         slippage_vol_mult: float = 0.0,
+        tradable: Any | None = None,
     ) -> None:
         rets = as_finite_array(returns, "returns", (1, 2), np.float64)
         self.single = rets.ndim == 1
@@ -90,9 +110,18 @@ class MarketSimulator:
                 bad = tuple(int(i) for i in np.argwhere(vol < 0.0)[0])
                 raise ValueError(f"volatility must be >= 0, first negative value at index {bad}")
             vol = vol.reshape(rets2.shape)
+        ok = None
+        if tradable is not None:
+            ok = np.asarray(tradable)
+            if ok.dtype != np.bool_ or ok.shape != rets.shape:
+                raise ValueError(f"tradable must be a bool array of the shape of returns {rets.shape}, "
+                                 f"got {ok.dtype} {ok.shape}")
+            ok = np.array(ok.reshape(rets2.shape), dtype=bool, order="C", copy=True)
+            ok.setflags(write=False)
         self.returns = rets2
         self.gap_returns = gap
         self.volatility = vol
+        self.tradable = ok
         self._build()
 
     # ----------------------------------------------------------- caches
@@ -118,7 +147,8 @@ class MarketSimulator:
             self._rate_list = self._rate[:, 0].tolist()
 
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("single", "n_bars", "n_assets", "cost_bps", "slippage_vol_mult", "returns", "gap_returns", "volatility")
+        keep = ("single", "n_bars", "n_assets", "cost_bps", "slippage_vol_mult", "returns", "gap_returns", "volatility",
+                "tradable")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -168,6 +198,49 @@ class MarketSimulator:
         net, cost, traded, held_next = step_book(held, new, self._em_gap[t], self._em_intra[t], self._rate[t])
         return net, cost, traded.sum(axis=1), held_next
 
+    def step_tradable(
+        self, t: int, held: np.ndarray, new: np.ndarray
+    ) -> tuple[float, float, float, np.ndarray, np.ndarray]:
+        """One bar of a portfolio (``held``/``new`` ``(A,)``) where only the assets with ``tradable[t]`` trade.
+
+        The bar of :func:`raytrade_envs.accounting.simulate` with ``tradable=`` (its sequential kernel), for any
+        ``tradable`` row, all True included; needs :attr:`tradable`.
+
+        Returns:
+            ``(net, cost, traded, held_next, target)``: floats (traded summed over assets), the ``(A,)`` positions
+            held at the close of ``t + 1`` and the ``(A,)`` effective targets (``new`` where the order fills, the
+            drifted holding kept, as a fraction of the equity after costs, where it cannot).
+        """
+        net, cost, traded, held_next, target = _step_book_masked(
+            held, new, self._em_gap[t], self._em_intra[t], self._rate[t], self.tradable[t])
+        return float(net), float(cost), float(traded.sum()), held_next, target
+
+    def step_batch_tradable(
+        self, t: np.ndarray, held: np.ndarray, new: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`step_tradable` for ``N`` independent books at once (``t`` ``(N,)``, ``held``/``new`` ``(N, A)``).
+
+        The same formulas as the sequential kernel, vectorised: ``x`` solves the cost equation over the tradable
+        assets only (``A + 2`` Newton steps, which reach the fixed point the sequential kernel stops at), the
+        untradable assets keep their units (effective target ``w / x``), trade nothing and pay nothing.
+
+        Returns:
+            ``(net (N,), cost (N,), traded (N,), held_next (N, A), target (N, A))``.
+        """
+        ok = self.tradable[t]
+        em_gap, em_intra, rate = self._em_gap[t], self._em_intra[t], self._rate[t]
+        a = (held * em_gap).sum(axis=-1)
+        gg = 1.0 + a
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w = np.where((gg > 0.0)[:, None], held * (1.0 + em_gap) / gg[:, None], held)
+            x = _after_cost_fraction(new, w, np.where(ok, rate, 0.0))
+            target = np.where(ok, new, np.where((x > 0.0)[:, None], w / x[:, None], w))
+        traded = np.where(ok, np.abs(new * x[:, None] - w), 0.0)
+        cost = (rate * traded).sum(axis=-1) * gg
+        b, held_next = _intrabar(target, em_intra)
+        net = a + b + a * b - cost * (1.0 + b)
+        return net, cost, traded.sum(axis=1), held_next, target
+
     def simulate(self, positions: Any, start: int, initial_position: Any = 0.0) -> BookPath:
         """A target series entered at bar ``start`` through the book (validated, via :func:`accounting.simulate`).
 
@@ -177,7 +250,8 @@ class MarketSimulator:
             initial_position: position held before the first bar.
 
         Returns:
-            :class:`~raytrade_envs.accounting.BookPath`, the same numbers the env produces.
+            :class:`~raytrade_envs.accounting.BookPath`, the same numbers the env produces (with :attr:`tradable`'s
+            rows of those bars as ``simulate``'s ``tradable``).
         """
         pos = np.asarray(positions, dtype=np.float64)
         n = pos.shape[0]
@@ -190,6 +264,7 @@ class MarketSimulator:
             initial_position=initial_position,
             gap_returns=None if self.gap_returns is None else squeeze(self.gap_returns[sl]),
             slippage=None if self._slip is None else squeeze(self._slip[sl]),
+            tradable=None if self.tradable is None else squeeze(self.tradable[sl]),
         )
 
     def net_returns(self, positions: Any, start: int, initial_position: Any = 0.0) -> np.ndarray:

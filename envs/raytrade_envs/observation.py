@@ -12,6 +12,22 @@ the single definition of the layout)::
 Nothing at an index ``> t`` is read. ``unrealised_pnl`` and ``drawdown`` are fractions (see
 :class:`raytrade_envs.trading_env.TradingEnv` for their exact definitions).
 
+Portfolio layout
+----------------
+A portfolio of ``A`` assets with ``F_asset`` features and ``K_asset`` forecaster outputs per asset passes its
+per-asset columns **asset-major**: ``features[t] = [f(asset 0), f(asset 1), ..., f(asset A-1)]`` with
+``F = A * F_asset`` (column ``a * F_asset + j`` is feature ``j`` of asset ``a``), ``forecasts[t]`` the same with
+``K = A * K_asset``. The observation is then, with the layout above::
+
+    [ for each of the window's bars, oldest first: for each asset: its F_asset features
+      for each asset: its K_asset forecaster outputs at t
+      positions held per asset (A, the current weights, drifted since the last trade)
+      unrealised_pnl, drawdown ]
+
+so ``obs[features_slice].reshape(window, A, F_asset)`` and ``obs[forecasts_slice].reshape(A, K_asset)`` recover
+the per-asset blocks. An asset without data at ``t`` (not listed yet, warming up) has zeros there and should be
+marked not tradable. ``raytrade.rl.portfolio_inputs`` builds these arrays from a universe.
+
 :class:`ObservationBuilder` produces that vector for an environment from its stored arrays. When
 the table fits in ``cache_max_bytes`` it precomputes the static part (window + forecasts) of every
 bar once, so a step is one row copy plus ``A + 2`` scalar writes, and a batch of ``N`` envs is one

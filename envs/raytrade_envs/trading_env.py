@@ -9,7 +9,8 @@ of four seams:
 * :class:`raytrade_envs.observation.ObservationBuilder`: feature window, forecaster outputs,
   positions, unrealised P&L and drawdown;
 * :class:`raytrade_envs.actions.ActionMapper`: ``Box(-1, 1, (A,))`` actions to positions
-  (position limit, long-only, gross rescaling, invalid-action policy);
+  (position limit, long-only, gross rescaling, invalid-action policy; with ``weight_limits``, THE portfolio
+  mapping ``project_weights(clip(action, -1, 1), **weight_limits)``);
 * :mod:`raytrade_envs.rewards`: the reward scheme selected by name.
 
 The constructor's data and settings are the fields of :class:`raytrade_envs.env_config.TradingEnvConfig`.
@@ -49,13 +50,14 @@ class EnvCore:
         market, observations, actions: the seams; reward_name, reward_params: the reward config;
         n_bars (T), n_features (F), n_forecasts (K), n_assets (A), single (1-D returns);
         first_start (``window - 1``), last_index (``T - 1``), last_start (the last admissible
-        episode start); episode_length, random_start, ruin_equity, window.
+        episode start); episode_length, random_start, ruin_equity, window; has_tradable (a ``tradable``
+        mask was given: orders go through the masked book and ``info`` has ``"order"``).
     """
 
     def __init__(self, config: TradingEnvConfig) -> None:
         feats = as_finite_array(config.features, "features", (2,), np.float32)
         market = MarketSimulator(config.returns, config.gap_returns, config.volatility, config.cost_bps,
-                                 config.slippage_vol_mult)
+                                 config.slippage_vol_mult, config.tradable)
         n_bars, n_features = feats.shape
         if market.n_bars != n_bars:
             raise ValueError(f"returns length {market.n_bars} does not match features length {n_bars}")
@@ -75,7 +77,8 @@ class EnvCore:
             episode_length = as_int(episode_length, "episode_length", 1)
         self.ruin_equity = as_float(config.ruin_equity, "ruin_equity", 0.0, 1.0, high_open=True)
         self.actions = ActionMapper(market.n_assets, config.max_position, config.allow_short, config.invalid_action,
-                                    portfolio=not market.single)
+                                    portfolio=not market.single, weight_limits=config.weight_limits)
+        self.has_tradable = market.tradable is not None
         self.reward_name = config.reward
         self.reward_params = dict(config.reward_params or {})
         make_reward(config.reward, config.reward_params)  # validate now; each env owns its instance
@@ -127,11 +130,20 @@ class TradingEnv(gymnasium.Env):
 
     Spaces:
         * action: ``Box(-1, 1, (A,), float32)`` (``A = 1`` for 1-D returns): target positions as
-          fractions of ``max_position`` (see :mod:`raytrade_envs.actions` for the mapping).
+          fractions of ``max_position`` (see :mod:`raytrade_envs.actions` for the mapping); with
+          ``weight_limits`` the targets are ``project_weights(clip(action, -1, 1), **weight_limits)``.
         * observation: ``Box(-inf, inf, (window * F + K + A + 2 * account_observation,), float32)``
           laid out as ``features[t - window + 1 : t + 1].ravel()`` (oldest row first),
           ``forecasts[t]``, positions (``A``), unrealised P&L, drawdown; see
           :func:`raytrade_envs.observation.observation_vector`. Nothing at an index ``> t`` is read.
+          A portfolio lays its per-asset columns out asset-major (``F = A * F_asset``, ``K = A * K_asset``;
+          :mod:`raytrade_envs.observation`, "Portfolio layout").
+
+    Orders that cannot fill (``tradable`` given): at a bar where ``tradable[t, a]`` is False the book keeps
+    its units in asset ``a`` and trades the others (the masked book of :func:`raytrade_envs.accounting.simulate`,
+    the backtest's), so ``info["target"]`` is the effective target (the drifted weight kept there) and
+    ``info["order"]`` the target the action asked for; ``simulate(orders, ..., tradable=tradable)`` and
+    :func:`raytrade.evaluation.portfolio.portfolio_backtest` with the same mask reproduce the env's equity.
 
     Dynamics of ``step(action)`` at index ``t`` (the close of bar ``t``):
         1. ``new = ActionMapper(action)``: the target positions (fractions of equity after costs);
@@ -160,9 +172,11 @@ class TradingEnv(gymnasium.Env):
 
     ``info`` (reset and step): ``t`` (bar index of the observation), ``position`` (the position held
     now, drifted since the last trade, as the observation shows it: float for one asset; ``(A,)`` array
-    for a portfolio, which also has ``positions``), ``target`` (the target the last step traded to; 0 at
-    reset), ``equity`` (relative to 1.0 at reset), ``net_return`` (simple, this bar), ``cost`` (this bar,
-    fraction of equity), ``traded`` (notional traded this bar, fraction of equity, summed over assets),
+    for a portfolio, which also has ``positions``), ``target`` (the target the last step traded to, the effective
+    one where an order could not fill; 0 at reset), ``order`` (only with ``tradable``: the target the last action
+    asked for, before untradable assets kept their units; 0 at reset), ``equity`` (relative to 1.0 at reset),
+    ``net_return`` (simple, this bar), ``cost`` (this bar, fraction of equity), ``traded`` (notional traded this
+    bar, fraction of equity, summed over assets),
     ``costs_paid`` (cumulative sum of ``cost``), ``drawdown``, ``unrealised_pnl``.
 
     Determinism: given ``reset(seed=...)`` and the same actions, everything is reproducible; the
@@ -214,6 +228,8 @@ class TradingEnv(gymnasium.Env):
         self._steps = 0
         self._position: Any = 0.0 if self._single else np.zeros(self.n_assets)
         self._target: Any = 0.0 if self._single else np.zeros(self.n_assets)
+        self._tradable = core.has_tradable
+        self._order: Any = self._target
         self._equity = 1.0
         self._peak = 1.0
         self._entry_equity = 1.0
@@ -267,6 +283,8 @@ class TradingEnv(gymnasium.Env):
         }
         if not self._single:
             info["positions"] = self._position.copy()
+        if self._tradable:
+            info["order"] = self._order if self._single else self._order.copy()
         return info
 
     # -------------------------------------------------------------------- API
@@ -296,6 +314,7 @@ class TradingEnv(gymnasium.Env):
         self._steps = 0
         self._position = 0.0 if self._single else np.zeros(self.n_assets)
         self._target = 0.0 if self._single else np.zeros(self.n_assets)
+        self._order = self._target
         self._equity = 1.0
         self._peak = 1.0
         self._entry_equity = 1.0
@@ -329,7 +348,20 @@ class TradingEnv(gymnasium.Env):
             raise RuntimeError("step() called on a finished or un-reset episode; call reset() first")
         t = self._t
         prev = self._position
-        if self._single:
+        order = None
+        if self._tradable:  # the masked book: untradable assets keep their units, `new` is the effective target
+            if self._single:
+                order = self._mapper.map_single(action)
+                net, cost, traded, held_a, new_a = self._market.step_tradable(t, np.array([prev]), np.array([order]))
+                held, new = float(held_a[0]), float(new_a[0])
+                opened = prev == 0.0 or (new > 0.0) != (prev > 0.0)
+                flat = new == 0.0
+            else:
+                order = self._mapper.map(action)
+                net, cost, traded, held, new = self._market.step_tradable(t, prev, order)
+                opened = bool((np.sign(new) != np.sign(prev)).any())
+                flat = not new.any()
+        elif self._single:
             new = self._mapper.map_single(action)
             net, cost, traded, held = self._market.step_single(t, prev, new)
             opened = prev == 0.0 or (new > 0.0) != (prev > 0.0)
@@ -362,6 +394,8 @@ class TradingEnv(gymnasium.Env):
         self._equity = equity
         self._position = held
         self._target = new
+        if order is not None:
+            self._order = order
         self._drawdown = drawdown
         self._unrealised = unrealised
         self._last_net = net

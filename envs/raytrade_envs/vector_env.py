@@ -59,7 +59,9 @@ class VecTradingEnv(VectorEnv):
     ``position`` and ``target`` -- ``(N,)`` for one asset, ``(N, A)`` for a portfolio, which also has
     ``positions`` -- ``equity``, ``net_return``, ``cost``, ``traded``, ``costs_paid``, ``drawdown``,
     ``unrealised_pnl``) to an array over envs, plus the gymnasium mask ``"_<key>"`` (all True; one
-    shared array per call). Arrays are fresh copies, safe to keep.
+    shared array per call). Arrays are fresh copies, safe to keep. With ``tradable``, ``target`` holds the
+    effective targets (units kept where an order cannot fill) and ``order`` the targets asked for, as in
+    ``TradingEnv``; with ``weight_limits`` the actions map through ``project_weights`` (the same mapping).
 
     Raises:
         TypeError: for an unknown keyword (the message names it) or a missing ``features``/``returns``.
@@ -95,6 +97,8 @@ class VecTradingEnv(VectorEnv):
         self._steps = np.zeros(n, dtype=np.int64)
         self._pos = np.zeros((n, a))
         self._target = np.zeros((n, a))
+        self._tradable = core.has_tradable
+        self._order = np.zeros((n, a))
         self._equity = np.ones(n)
         self._peak = np.ones(n)
         self._entry = np.ones(n)
@@ -121,6 +125,7 @@ class VecTradingEnv(VectorEnv):
         self._steps[mask] = 0
         self._pos[mask] = 0.0
         self._target[mask] = 0.0
+        self._order[mask] = 0.0
         self._equity[mask] = 1.0
         self._peak[mask] = 1.0
         self._entry[mask] = 1.0
@@ -150,6 +155,8 @@ class VecTradingEnv(VectorEnv):
         }
         if not self._core.single:
             infos["positions"] = self._pos.copy()
+        if self._tradable:
+            infos["order"] = self._order[:, 0].copy() if self._core.single else self._order.copy()
         mask = np.ones(n, dtype=bool)
         for key in list(infos):
             infos["_" + key] = mask
@@ -217,7 +224,12 @@ class VecTradingEnv(VectorEnv):
         new = self._mapper.map_batch(act)
         t = self._t
         prev = self._pos
-        net, cost, traded, held = self._market.step_batch(t, prev, new)
+        if self._tradable:  # untradable assets keep their units; `new` becomes the effective targets
+            order = new
+            net, cost, traded, held, new = self._market.step_batch_tradable(t, prev, order)
+            self._order = order
+        else:
+            net, cost, traded, held = self._market.step_batch(t, prev, new)
         growth = 1.0 + net
         ruinous = growth <= MIN_GROWTH
         if ruinous.any():

@@ -6,19 +6,31 @@ from typing import Any
 
 import numpy as np
 
-from raytrade_envs import TradingEnv
+from raytrade_envs import TradingEnv, VecTradingEnv
 
 RLLIB_ENV_NAME = "raytrade_trading"
 
 
-def make_env(env_config: dict[str, Any]) -> TradingEnv:
+def make_env(env_config: dict[str, Any]) -> TradingEnv | VecTradingEnv:
     """RLlib/SB3 env creator: ``env_config`` holds TradingEnv's keyword arguments (the fields of
-    :class:`raytrade_envs.TradingEnvConfig`, arrays included)."""
-    return TradingEnv(**dict(env_config))
+    :class:`raytrade_envs.TradingEnvConfig`, arrays included).
+
+    With a ``num_envs`` key (what RLlib's env runners add under ``gym_env_vectorize_mode="vector_entry_point"``,
+    :func:`register_trading_env`) it returns a :class:`raytrade_envs.VecTradingEnv` of that many envs over the
+    same data, stepped with numpy; otherwise one :class:`TradingEnv`."""
+    config = dict(env_config)
+    num_envs = config.pop("num_envs", None)
+    if num_envs is not None:
+        return VecTradingEnv(int(num_envs), **config)
+    return TradingEnv(**config)
 
 
 def register_trading_env() -> str:
-    """Register the env creator under :data:`RLLIB_ENV_NAME` (idempotent) and return that name."""
+    """Register the env creator under :data:`RLLIB_ENV_NAME` (idempotent) and return that name.
+
+    RLlib's env runners register it with gymnasium both as the entry point (one env) and as the vector entry
+    point (``num_envs`` added to the config), so ``num_envs_per_env_runner > 1`` with
+    ``gym_env_vectorize_mode="vector_entry_point"`` steps a :class:`raytrade_envs.VecTradingEnv`."""
     from ray.tune.registry import register_env
 
     register_env(RLLIB_ENV_NAME, make_env)
@@ -56,8 +68,11 @@ def env_config(
     }
 
 
-#: TradingEnv arguments that hold one row per bar.
+#: TradingEnv arguments that hold one row per bar (one asset's env inputs; see also :data:`SLICED_KEYS`).
 PER_BAR_KEYS = ("features", "returns", "forecasts", "gap_returns", "volatility")
+
+#: Every TradingEnv argument with one row per bar, the portfolio env's ``tradable`` mask included.
+SLICED_KEYS = (*PER_BAR_KEYS, "tradable")
 
 
 def slice_env(env_kwargs: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
@@ -68,7 +83,7 @@ def slice_env(env_kwargs: dict[str, Any], start: int, stop: int) -> dict[str, An
         ValueError: fewer than ``window + 1`` bars in the slice.
     """
     out = dict(env_kwargs)
-    for key in PER_BAR_KEYS:
+    for key in SLICED_KEYS:
         if out.get(key) is not None:
             out[key] = out[key][start:stop]
     n, window = len(out["returns"]), int(out["window"])

@@ -21,16 +21,37 @@ from raytrade.rl.policy import Policy
 
 OFF_POLICY_FRAGMENT = 8  # env steps sampled per off-policy training step
 
+#: Envs each RLlib env runner steps at once on a PORTFOLIO env (2-D returns): one
+#: :class:`raytrade_envs.VecTradingEnv` per runner (numpy-stepped, one batched forward pass per step for all of
+#: them). One-asset envs keep one env per runner (their seeded results are pinned by tests/test_determinism.py).
+PORTFOLIO_ENVS_PER_RUNNER = 8
 
-def algo_config(algorithm: str, cfg: RLConfig, env_config: dict[str, Any]):
+
+def envs_per_runner(env_config: dict[str, Any]) -> int:
+    """Envs per RLlib env runner for ``env_config``: :data:`PORTFOLIO_ENVS_PER_RUNNER` for a portfolio (2-D
+    ``returns``), 1 for one asset."""
+    import numpy as np
+
+    return PORTFOLIO_ENVS_PER_RUNNER if np.ndim(env_config["returns"]) == 2 else 1
+
+
+def algo_config(algorithm: str, cfg: RLConfig, env_config: dict[str, Any], num_envs_per_env_runner: int | None = None):
     """The RLlib ``AlgorithmConfig`` of ``algorithm`` (``ppo`` | ``sac`` | ``td3``) for ``cfg`` (torch, new stack).
 
     One training iteration samples about ``cfg.train_batch_size`` env steps; off-policy agents make
     ``cfg.updates_per_step`` updates per sampled step from a replay buffer of ``cfg.buffer_size`` steps with
     batches of ``cfg.minibatch_size``.
+
+    ``num_envs_per_env_runner`` (default :func:`envs_per_runner`: 8 for a portfolio env, 1 for one asset): above
+    1, each env runner steps one :class:`raytrade_envs.VecTradingEnv` of that many envs (gymnasium's
+    ``vector_entry_point`` mode, :func:`raytrade.rl.env.make_env`), so the policy runs one batched forward pass
+    per step for all of them.
     """
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
+    n_envs = envs_per_runner(env_config) if num_envs_per_env_runner is None else int(num_envs_per_env_runner)
+    if n_envs < 1:
+        raise ValueError(f"num_envs_per_env_runner must be >= 1, got {num_envs_per_env_runner!r}")
     hidden = list(cfg.hidden)
     if algorithm == "ppo":
         from ray.rllib.algorithms.ppo import PPOConfig
@@ -64,10 +85,12 @@ def algo_config(algorithm: str, cfg: RLConfig, env_config: dict[str, Any]):
     # Reproducible (README "Reproducibility"): `seed` seeds random/numpy/torch in the env runners (seed + runner
     # index) and the learner, and each env's first reset; samples of remote env runners are waited for (RLlib's
     # default sample_timeout_s=60 drops late ones, so a slow runner changed the batch), their torch threads pinned.
+    if n_envs > 1:
+        config = config.env_runners(gym_env_vectorize_mode="vector_entry_point")
     return (
         config.environment(env=register_trading_env(), env_config=env_config)
         .framework("torch")
-        .env_runners(num_env_runners=cfg.num_env_runners, num_envs_per_env_runner=1, sample_timeout_s=None)
+        .env_runners(num_env_runners=cfg.num_env_runners, num_envs_per_env_runner=n_envs, sample_timeout_s=None)
         .learners(num_learners=0)
         .callbacks(on_environment_created=pin_env_runner_threads)
         .debugging(seed=cfg.seed)
