@@ -37,7 +37,9 @@ def test_universe_report_contract(universe_run):
     assert on_disk["data"]["symbols"] == report["data"]["symbols"] == symbols
     assert report["data"]["alignment"] == "union_calendar" and report["data"]["excluded"] == {}
     assert set(report["strategies"]) >= {"buy_and_hold", "equal_weight", "min_variance", "forecaster",
-                                         "forecaster_risk_limited"}
+                                         "forecaster_risk_limited", *cfg.rl.agents,
+                                         *(f"ensemble_{m}" for m in cfg.ensemble.methods)}
+    assert set(report["rl_metrics"]) == set(cfg.rl.agents) <= set(report["model_versions"])
     for name, entry in report["strategies"].items():
         assert set(SUMMARY_KEYS) <= set(entry), name
         assert all(np.isfinite(entry[k]) for k in SUMMARY_KEYS), name
@@ -86,6 +88,33 @@ def test_the_risk_layer_keeps_the_exposure_limits_and_cash_in_turbulence(univers
     assert limited["avg_gross_exposure"] <= plain["avg_gross_exposure"] + 1e-12
     if report["backtest"]["turbulent_bars"]:
         assert limited["avg_gross_exposure"] < plain["avg_gross_exposure"]
+
+
+def test_portfolio_agents_and_their_ensembles_trade_within_the_limits(universe_run):
+    """Each agent's test targets and each ensemble (through the risk layer) keep every exposure limit at every bar;
+    the rolling selection trades, in each window, exactly the targets of one member."""
+    import mlflow
+
+    report, cfg = universe_run["report"], universe_run["cfg"]
+    limits = cfg.portfolio
+    for name in (*cfg.rl.agents, *(f"ensemble_{m}" for m in cfg.ensemble.methods)):
+        entry = report["strategies"][name]
+        assert entry["avg_gross_exposure"] <= limits.max_gross + 1e-9, name
+        w = np.array(list(entry["weights"].values()))
+        assert (np.abs(w) <= limits.max_weight + 1e-9).all() and abs(w.sum()) <= limits.max_net + 1e-9, name
+    rolling = report["backtest"]["ensembles"]["rolling"]
+    members = rolling["members"]
+    assert members == ["forecaster", *cfg.rl.agents]
+    for weights in rolling["weights"]:
+        assert sorted(weights.values()) == [0.0] * (len(members) - 1) + [1.0]
+    assert rolling["window_starts"][:2] == [0, cfg.ensemble.window_bars]
+    vote = report["backtest"]["ensembles"]["vote"]
+    for weights in vote["weights"]:
+        assert sum(weights.values()) == pytest.approx(1.0)
+    # every agent is registered in MLflow under its model name
+    client = mlflow.MlflowClient(report["mlflow"]["tracking_uri"])
+    for agent, model in report["mlflow"]["agent_models"].items():
+        assert client.get_model_version(model, report["model_versions"][agent]).status == "READY"
 
 
 def test_walk_forward_on_a_universe_scores_the_pooled_forecaster_across_symbols(ray_local, tmp_path):

@@ -41,6 +41,7 @@ from raytrade.stages.common import (
     train_forecaster,
 )
 from raytrade.stages.portfolio import portfolio_stage
+from raytrade.stages.portfolio_agents import portfolio_agents_stage
 from raytrade.store.publish import publish_latest_windows
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
         universe = load_universe_data(cfg, data_path)
         many = len(universe.symbols) > 1
         if many:
-            progress.total = 5 + int(cfg.serve.enabled)
+            progress.total = 6 + int(cfg.serve.enabled)
             annual = resolve_annualisation(cfg, universe.panel.timestamps)
             _describe_universe(universe, annual, progress)
         else:
@@ -159,11 +160,13 @@ def _describe_universe(universe: Universe, annual: Any, progress: Progress) -> N
 def _run_universe(cfg: PipelineConfig, universe: Universe, annual: Any, run_dir: Path, progress: Progress,
                   report: dict[str, Any]) -> dict[str, Any]:
     """The pipeline on a universe of several symbols: Ray Data features per symbol then across the universe, one
-    pooled forecaster trained on every symbol's windows (Ray Train), and the portfolio backtest of the baselines,
-    the forecaster as a cross-sectional strategy and the risk layer (:mod:`raytrade.stages.portfolio`).
+    pooled forecaster trained on every symbol's windows (Ray Train), the portfolio agents trained on the portfolio
+    env (:mod:`raytrade.stages.portfolio_agents`), the portfolio backtest of the baselines, the forecaster as a
+    cross-sectional strategy, the agents and their ensembles through the risk layer
+    (:mod:`raytrade.stages.portfolio`), and ``POST /portfolio`` on Ray Serve.
 
-    Portfolio agents, their ensemble, the online store and ``POST /portfolio`` do not run on a universe yet; the
-    report says so under ``not_run``."""
+    The online store is not filled for a universe and the served decision is the forecaster's (agents are not
+    deployed yet); the report says so under ``not_run``."""
     from raytrade import tracking
 
     validation = universe.validation
@@ -192,16 +195,26 @@ def _run_universe(cfg: PipelineConfig, universe: Universe, annual: Any, run_dir:
             forecaster = train_forecaster(cfg, prepared, run_dir, tracking_uri, progress, report["data"])
             report["forecaster_metrics"] = forecaster.report()
             report["model_versions"] = {"forecaster": forecaster.version}
+        with progress.stage("agents", f"Portfolio agents {', '.join(cfg.rl.agents)} in parallel on Ray "
+                                      f"({cfg.rl.iterations} x {cfg.rl.train_batch_size} env steps each) on the "
+                                      f"{len(universe.symbols)}-asset portfolio env"):
+            agents = portfolio_agents_stage(cfg, universe, prepared, forecaster, run_dir, tracking_uri, progress,
+                                            {"forecaster_version": forecaster.version,
+                                             "data_sha256": report["data"]["sha256"]}, annual)
         with progress.stage("portfolio", f"Portfolio backtest of {len(universe.symbols)} symbols on the test split "
-                                         f"after {cfg.backtest.cost_bps:g} bps costs"):
-            bt = portfolio_stage(cfg, universe, prepared, forecaster, annual, run_dir, tracking_uri, progress)
-        report.update(strategies=bt["strategies"], backtest=bt["backtest"], figures=bt["figures"])
+                                         f"after {cfg.backtest.cost_bps:g} bps costs: baselines, the forecaster, "
+                                         f"the agents and their ensembles through the risk layer"):
+            bt = portfolio_stage(cfg, universe, prepared, forecaster, annual, run_dir, tracking_uri, progress, agents)
+        report.update(strategies=bt["strategies"], backtest=bt["backtest"], figures=bt["figures"],
+                      rl_metrics=agents.rl_metrics)
+        report["model_versions"].update(agents.model_versions)
         report["forecaster_metrics"]["cross_sectional"] = bt["cross_sectional"]
-        report["mlflow_run_ids"] = {"forecaster": forecaster.run_id, **bt["mlflow_run_ids"]}
+        report["mlflow_run_ids"] = {"forecaster": forecaster.run_id, **agents.mlflow_run_ids, **bt["mlflow_run_ids"]}
         report["mlflow"] = {"tracking_uri": tracking_uri, "forecaster_model": cfg.tracking.forecaster_model,
-                            "alias": cfg.tracking.alias}
-        report["not_run"] = {"agents": "portfolio agents and their ensemble do not run on a universe yet",
-                             "store": "the online store is not filled for a universe yet"}
+                            "agent_models": agents.agent_models, "alias": cfg.tracking.alias}
+        report["not_run"] = {"store": "the online store is not filled for a universe yet",
+                             "serve_agents": "POST /portfolio serves the forecaster's decision; the portfolio "
+                                             "agents are backtested and registered but not deployed yet"}
         if cfg.serve.enabled:
             with progress.stage("serve", "Ray Serve: deploying the portfolio app and posting POST /portfolio"):
                 report["serve"] = _serve_portfolio(cfg, universe, prepared, forecaster, bt, tracking_uri, progress)

@@ -53,7 +53,8 @@ def combine_positions(
 
 @dataclass
 class EnsembleResult:
-    """Positions ``(n,)`` of an ensemble and, per window, its start bar and member weights (sum to 1)."""
+    """Positions ``(n,)`` (or target weights ``(n, A)``) of an ensemble and, per window, its start bar and member
+    weights (sum to 1)."""
 
     positions: np.ndarray
     window_starts: list[int]
@@ -91,7 +92,7 @@ def _windowed(
             raise ValueError(f"member {name!r}: positions and returns must all have length {n}")
     if window_bars < 1:
         raise ValueError(f"window_bars must be >= 1, got {window_bars}")
-    positions = np.zeros(n, dtype=np.float64)
+    positions = np.zeros(np.shape(member_positions[names[0]]), dtype=np.float64)  # (n,) or (n, A) weights
     starts, weights = [], []
     scores = {name: float(prior_sharpe.get(name, 0.0)) for name in names}
     for start in range(0, n, window_bars):
@@ -119,7 +120,9 @@ def rolling_selection(
         prior_sharpe: name -> Sharpe used to pick the member of the first window.
         window_bars: bars per window (> 0); periods_per_year: to annualise the Sharpe.
 
-    Ties go to the member listed first. Raises ValueError on mismatched lengths or no members.
+    Members may also be portfolios: ``(n, A)`` target weights per member (the universe pipeline's agents), combined
+    row by row the same way. Ties go to the member listed first. Raises ValueError on mismatched lengths or no
+    members.
     """
     return _windowed(member_positions, member_returns, prior_sharpe, window_bars, periods_per_year, best_member)
 
@@ -135,7 +138,8 @@ def sharpe_vote(
     prior_sharpe: Mapping[str, float], window_bars: int, periods_per_year: float, temperature: float = 1.0,
 ) -> EnsembleResult:
     """Weighted vote: each window, ``w = softmax(Sharpe / temperature)`` over the previous window's Sharpe
-    (``prior_sharpe`` for the first), target = ``sum_i w_i * position_i``. Arguments as :func:`rolling_selection`.
+    (``prior_sharpe`` for the first), target = ``sum_i w_i * position_i`` (or ``(n, A)`` weights, row by row).
+    Arguments as :func:`rolling_selection`.
 
     Raises ValueError on a non-positive temperature, mismatched lengths or no members.
     """

@@ -162,8 +162,8 @@ def portfolio_decisions(
 
 def past_log_returns(close: Any) -> np.ndarray:
     """``(T, A)`` ``ln(close[t] / close[t-1])`` of a close panel on one calendar (NaN where either bar is missing,
-    and on the first row): the returns realised by the close of ``t`` that FinRL's turbulence index looks back on
-    (as :func:`raytrade.stages.portfolio.past_log_returns` on a universe's panel).
+    and on the first row): the returns realised by the close of ``t`` that FinRL's turbulence index, the
+    minimum-variance baseline and the slippage volatility look back on.
 
     Raises:
         ValueError: ``close`` is not 2-D.

@@ -39,23 +39,35 @@ from raytrade.stages.common import (
 )
 
 
-def train_and_register(cfg: PipelineConfig, data: AgentData, run_dir: Path, tracking_uri: str, progress: Progress,
-                       info: dict[str, Any], periods_per_year: float,
-                       alias: str | None = None) -> tuple[dict[str, AgentOutcome], dict[str, str], dict[str, str]]:
+def train_and_register(cfg: PipelineConfig, data: AgentData | None, run_dir: Path, tracking_uri: str,
+                       progress: Progress, info: dict[str, Any], periods_per_year: float, alias: str | None = None,
+                       envs: tuple[dict[str, Any], dict[str, Any], list[str]] | None = None,
+                       ) -> tuple[dict[str, AgentOutcome], dict[str, str], dict[str, str]]:
     """Train ``rl.agents`` in parallel on Ray, log one MLflow run each and register each policy.
+
+    ``data``: one asset's env inputs (train/val env keyword arguments from it, and ``rolling_retrain``'s plan); or
+    ``envs = (train env kwargs, val env kwargs, observation feature names)`` given directly (the portfolio env of a
+    universe run, :mod:`raytrade.rl.portfolio_inputs`; no retraining plan).
 
     Returns ``(outcomes, {agent: registered version}, {agent: MLflow run id})``. ``alias`` (default
     ``tracking.alias``) is moved to every new version; ``""`` registers without an alias.
     """
     from raytrade import tracking
 
-    train_env = env_kwargs(cfg, data.arrays["train"], train=True)
-    val_env = env_kwargs(cfg, data.arrays["val"], train=False)
-    plan = retrain_plan(cfg, data)
+    plan = None
+    if envs is not None:
+        train_env, val_env, feature_names = envs
+    else:
+        if data is None:
+            raise ValueError("train_and_register needs one asset's data or the envs")
+        train_env = env_kwargs(cfg, data.arrays["train"], train=True)
+        val_env = env_kwargs(cfg, data.arrays["val"], train=False)
+        feature_names = data.feature_names
+        plan = retrain_plan(cfg, data)
     if plan is not None:
         progress.note(f"rolling_retrain: each agent then trains {plan.iterations} more iteration(s) before each "
                       f"of {len(plan.ends)} test windows of {cfg.ensemble.window_bars} bars")
-    outcomes = train_agents(cfg.rl.agents, cfg.rl, train_env, val_env, periods_per_year, data.feature_names,
+    outcomes = train_agents(cfg.rl.agents, cfg.rl, train_env, val_env, periods_per_year, feature_names,
                             run_dir / "agents", on_done=lambda o: progress.note(
                                 f"{o.name}: best iteration {o.best_iteration}, val Sharpe "
                                 f"{o.summary()['val_sharpe']:.2f}, {o.summary()['train_seconds']:.0f} s"),

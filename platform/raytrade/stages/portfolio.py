@@ -43,14 +43,13 @@ from raytrade.evaluation.portfolio_baselines import (
     minimum_variance,
     top_k_weights,
 )
-from raytrade.rl.portfolio_decision import portfolio_decisions
+from raytrade.rl.portfolio_decision import past_log_returns, portfolio_decisions
+from raytrade.rl.portfolio_inputs import slippage_volatility
 from raytrade.rl.portfolio_risk import turbulence_index, turbulence_threshold
 from raytrade.runtime import Progress
+from raytrade.stages.portfolio_agents import PortfolioAgents
 from raytrade_envs.accounting import simulate
 from raytrade_envs.actions import project_weights
-
-#: slippage volatility window (bars), as the single-asset env's ``ohlcv_arrays`` default
-VOL_WINDOW = 24
 
 
 def _pivot(timestamps: np.ndarray, symbols: np.ndarray, values: np.ndarray, index: pd.DatetimeIndex,
@@ -59,16 +58,6 @@ def _pivot(timestamps: np.ndarray, symbols: np.ndarray, values: np.ndarray, inde
     frame = pd.DataFrame({TIMESTAMP: pd.DatetimeIndex(timestamps), SYMBOL: symbols.astype(str), "v": values})
     wide = frame.pivot(index=TIMESTAMP, columns=SYMBOL, values="v")
     return wide.reindex(index=index, columns=list(columns)).fillna(fill).to_numpy()
-
-
-def past_log_returns(universe: Universe) -> np.ndarray:
-    """``(T, A)`` ``ln(close[t] / close[t-1])`` on the union calendar, NaN where either bar is missing: the
-    returns realised by ``t`` that the minimum-variance baseline and the turbulence index look back on."""
-    close = universe.panel.close
-    out = np.full(close.shape, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out[1:] = np.log(close[1:] / close[:-1])
-    return out
 
 
 @dataclass(frozen=True)
@@ -81,7 +70,8 @@ class PortfolioBars:
         scores: ``(T, A)`` the forecaster's expected log return at each bar (NaN: no window).
         tradable: ``(T, A)`` the order can fill (panel ``fillable`` for ``rl.fill``) and the asset has a feature row.
         next_log_returns, gap_returns (None: fills at the close), slippage (None: none): ``(T, A)`` for the book.
-        past: ``(T_panel, A)`` :func:`past_log_returns` of the whole panel (windows reach back before the test).
+        past: ``(T_panel, A)`` :func:`~raytrade.rl.portfolio_decision.past_log_returns` of the whole panel
+            (windows reach back before the test).
         turbulence: ``(T_panel,)`` FinRL's index; threshold: its ``portfolio.turbulence_quantile`` over TRAIN bars.
         rebalance: ``(T,)`` bool, the forecaster strategy's rebalance bars (every ``forecaster_rebalance_bars``).
         train_rows: panel rows of the TRAIN bars.
@@ -135,11 +125,8 @@ def portfolio_bars(cfg: PipelineConfig, universe: Universe, prepared: PreparedDa
     scores = _pivot(windows.timestamp, windows.symbol, expected_return, stamps, symbols)
     frame = prepared.features.frame
     warm = _pivot(frame[TIMESTAMP].to_numpy(), frame[SYMBOL].to_numpy(), np.ones(len(frame)), stamps, symbols, 0.0)
-    past = past_log_returns(universe)
-    slippage = None
-    if cfg.rl.slippage_vol_mult > 0:
-        vol = pd.DataFrame(past).rolling(VOL_WINDOW, min_periods=2).std(ddof=0).to_numpy()
-        slippage = cfg.rl.slippage_vol_mult * np.nan_to_num(vol[bars])
+    past = past_log_returns(panel.close)
+    slippage = cfg.rl.slippage_vol_mult * slippage_volatility(panel)[bars] if cfg.rl.slippage_vol_mult > 0 else None
     # the risk layer: FinRL's turbulence rule with its threshold from the TRAIN bars
     turbulence = turbulence_index(past, pcfg.turbulence_window, symbols=symbols, index=panel.timestamps)
     train_rows = panel.index_of(pd.DatetimeIndex(np.unique(prepared.split.train[TIMESTAMP])))
@@ -182,16 +169,90 @@ def forecaster_decisions(cfg: PipelineConfig, pb: PortfolioBars) -> dict[str, np
     return {"targets": targets, "net": net, "held": held_in, "drawdown": drawdown}
 
 
+def forecaster_weights(cfg: PipelineConfig, pb: PortfolioBars) -> np.ndarray:
+    """``forecaster``: the top ``portfolio.top_k`` expected returns (and bottom k short when long/short), equal
+    weights within the exposure limits, on ``pb.rebalance`` bars; NaN (keep the units) in between. ``(T, A)``."""
+    w = project_weights(top_k_weights(pb.scores, pb.tradable & np.isfinite(pb.scores), cfg.portfolio.top_k,
+                                      long_short=not cfg.portfolio.long_only), **exposure_limits(cfg))
+    w[~pb.rebalance] = np.nan
+    return w
+
+
+def _forecaster_val_sharpe(cfg: PipelineConfig, universe: Universe, prepared: PreparedData, forecaster: Any,
+                           periods_per_year: float) -> float:
+    """Annualised Sharpe of the ``forecaster`` strategy on the VAL split's bars (the ensembles' prior for it, as
+    the agents' is their VAL Sharpe); 0 when undefined."""
+    from raytrade.rl.ensemble import sharpe_or_zero
+
+    pb = portfolio_bars(cfg, universe, prepared, forecaster.windows["val"],
+                        forecaster.forecasts["val"]["expected_return"])
+    result = run_portfolio_backtests({"forecaster": forecaster_weights(cfg, pb)}, pb.next_log_returns,
+                                     cfg.backtest.cost_bps, periods_per_year, symbols=pb.symbols,
+                                     tradable=pb.tradable, gap_returns=pb.gap_returns, slippage=pb.slippage,
+                                     timestamps=pb.stamps)["forecaster"]
+    return sharpe_or_zero(result.returns, periods_per_year)
+
+
+def ensemble_weights(cfg: PipelineConfig, pb: PortfolioBars, results: dict[str, PortfolioResult],
+                     agents: PortfolioAgents, forecaster_prior: float,
+                     periods_per_year: float) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The ensembles over weights, each through the risk layer.
+
+    Members: every agent and (``ensemble.include_forecaster``) the ``forecaster`` strategy, each with the targets
+    it traded alone (``results[name].weights``) and its net returns. ``rolling``: FinRL's rolling selection (each
+    window of ``ensemble.window_bars`` bars traded by the member with the best Sharpe over the previous window,
+    the VAL Sharpe for the first); ``vote``: softmax-of-Sharpe weights over the members' target weights
+    (:mod:`raytrade.rl.ensemble`). Each combined series then goes through
+    :func:`raytrade.rl.portfolio_risk.risk_limit_weights` on its own book (exposure limits, drawdown cut,
+    turbulence rule), the same per-bar function ``POST /portfolio`` applies. ``rolling_retrain`` retrains agents
+    per window and runs on one asset only; it is skipped here (the ``ensembles`` block says so).
+
+    Returns:
+        ``({"ensemble_<method>": (T, A) limited targets}, {method: window starts and member weights})``.
+    """
+    from raytrade.rl.ensemble import rolling_selection, sharpe_vote
+    from raytrade.rl.portfolio_risk import risk_limit_weights
+
+    names = (["forecaster"] if cfg.ensemble.include_forecaster else []) + list(agents.weights)
+    members = {name: results[name].weights for name in names}
+    returns = {name: results[name].returns for name in names}
+    prior = {**agents.val_sharpe, "forecaster": forecaster_prior}
+    out, blocks = {}, {}
+    for method in cfg.ensemble.methods:
+        if method == "rolling_retrain":
+            blocks[method] = {"skipped": "rolling_retrain retrains agents per window: one-asset runs only"}
+            continue
+        if method == "rolling":
+            res = rolling_selection(members, returns, prior, cfg.ensemble.window_bars, periods_per_year)
+        else:
+            res = sharpe_vote(members, returns, prior, cfg.ensemble.window_bars, periods_per_year,
+                              cfg.ensemble.temperature)
+        limited, _ = risk_limit_weights(res.positions, pb.step(cfg.backtest.cost_bps),
+                                        turbulence=pb.turbulence[pb.bars], threshold=pb.threshold,
+                                        max_drawdown=cfg.ensemble.max_drawdown, drawdown_cut=cfg.ensemble.drawdown_cut,
+                                        **exposure_limits(cfg))
+        out[f"ensemble_{method}"] = limited
+        blocks[method] = {**res.to_dict(), "members": names, "prior_sharpe": {n: prior[n] for n in names}}
+    return out, blocks
+
+
 def portfolio_stage(cfg: PipelineConfig, universe: Universe, prepared: PreparedData, forecaster: Any,
-                    annual: Annualisation, run_dir: Path, tracking_uri: str, progress: Progress) -> dict[str, Any]:
+                    annual: Annualisation, run_dir: Path, tracking_uri: str, progress: Progress,
+                    agents: PortfolioAgents | None = None) -> dict[str, Any]:
     """Backtest every portfolio strategy on the test split and record it (table, figures, MLflow run).
 
     Args:
         forecaster: the :class:`raytrade.stages.common.ForecasterRun` of the pooled forecaster.
+        agents: the trained portfolio agents (:func:`raytrade.stages.portfolio_agents.portfolio_agents_stage`);
+            given, each agent's test targets are a strategy and the ensembles over weights are added
+            (:func:`ensemble_weights`).
 
     Returns:
         ``{"strategies": {name: metrics + weights + contributions}, "results": {name: PortfolioResult},
         "backtest": {...}, "cross_sectional": {...}, "figures": {name: path}, "mlflow_run_ids": {"backtest": id}}``.
+
+    Raises:
+        ValueError: the agents' decision bars are not the portfolio's test bars (inputs built from other data).
     """
     from raytrade import tracking
     from raytrade.evaluation.plots import plot_weights, save_run_figures
@@ -204,7 +265,6 @@ def portfolio_stage(cfg: PipelineConfig, universe: Universe, prepared: PreparedD
     bars, stamps, tradable, past = pb.bars, pb.stamps, pb.tradable, pb.past
     nlr, gap, slippage, threshold, turbulence = (pb.next_log_returns, pb.gap_returns, pb.slippage, pb.threshold,
                                                  pb.turbulence)
-    limits = exposure_limits(cfg)
 
     # minimum variance: its trailing window reaches back before the test bars (returns realised by then)
     h0 = max(0, int(bars[0]) - pcfg.min_variance_window)
@@ -213,22 +273,31 @@ def portfolio_stage(cfg: PipelineConfig, universe: Universe, prepared: PreparedD
                                pcfg.min_variance_window, pcfg.rebalance_bars, pcfg.long_only, pcfg.max_weight,
                                max_gross=None if pcfg.long_only else max(1.0, pcfg.max_gross), symbols=symbols,
                                index=panel.timestamps[h0:bars[-1] + 1])[bars[0] - h0:]
-    # the forecaster's top k on its rebalance bars, held (NaN: keep the units) in between
-    forecaster_w = project_weights(top_k_weights(pb.scores, tradable & np.isfinite(pb.scores), pcfg.top_k,
-                                                 long_short=not pcfg.long_only), **limits)
-    forecaster_w[~pb.rebalance] = np.nan
     limited = forecaster_decisions(cfg, pb)["targets"]
     strategies = {
         "buy_and_hold": equal_weight_buy_and_hold(tradable),
         "equal_weight": equal_weight_rebalanced(tradable, pcfg.rebalance_bars),
         "min_variance": min_var,
-        "forecaster": forecaster_w,
+        "forecaster": forecaster_weights(cfg, pb),
         "forecaster_risk_limited": limited,
     }
+    if agents is not None:
+        if not np.array_equal(agents.rows, bars):
+            raise ValueError("the portfolio agents' test bars differ from the portfolio backtest's: their env inputs "
+                             "were built from other data")
+        strategies.update(agents.weights)
     ppy = annual.periods_per_year
-    results: dict[str, PortfolioResult] = run_portfolio_backtests(
-        strategies, nlr, cfg.backtest.cost_bps, ppy, symbols=symbols, tradable=tradable, gap_returns=gap,
-        slippage=slippage, timestamps=stamps)
+
+    def backtest(weights: dict[str, np.ndarray]) -> dict[str, PortfolioResult]:
+        return run_portfolio_backtests(weights, nlr, cfg.backtest.cost_bps, ppy, symbols=symbols, tradable=tradable,
+                                       gap_returns=gap, slippage=slippage, timestamps=stamps)
+
+    results: dict[str, PortfolioResult] = backtest(strategies)
+    ensembles: dict[str, Any] = {}
+    if agents is not None:
+        prior = _forecaster_val_sharpe(cfg, universe, prepared, forecaster, ppy)
+        combined, ensembles = ensemble_weights(cfg, pb, results, agents, prior, ppy)
+        results.update(backtest(combined))
     table = portfolio_metrics_table(results)
     print(table, file=progress.stream, flush=True)
     progress.note(f"annualised with {annual}")
@@ -247,7 +316,7 @@ def portfolio_stage(cfg: PipelineConfig, universe: Universe, prepared: PreparedD
     title = f"test split after {cfg.backtest.cost_bps:g} bps costs"
     figures = save_run_figures(run_dir / "figures", results, stamps.to_numpy(), ppy,
                                forecaster_history=forecaster.outcome.history, title=title)
-    for name in ("forecaster_risk_limited", "min_variance"):
+    for name in ("forecaster_risk_limited", "min_variance", *(k for k in results if k.startswith("ensemble_"))):
         figures[f"weights_{name}"] = plot_weights(results[name].weights, symbols, stamps.to_numpy(),
                                                   run_dir / "figures" / f"weights_{name}.png",
                                                   f"Target weights of {name}, {title}")
@@ -259,6 +328,10 @@ def portfolio_stage(cfg: PipelineConfig, universe: Universe, prepared: PreparedD
         "tradable_fraction": float(tradable.mean()), "forecaster_rebalance_bars": forecaster_rebalance_bars(cfg),
         **annual.report(),
     }
+    if agents is not None:
+        backtest["ensembles"] = ensembles
+        backtest["val_sharpe"] = {name: block["prior_sharpe"] for name, block in ensembles.items()
+                                  if "prior_sharpe" in block}
     with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-backtest") as run_id:
         tracking.log_params({"cost_bps": cfg.backtest.cost_bps, "portfolio": pcfg.model_dump(mode="json"),
                              "symbols": list(symbols), **annual.report()})
