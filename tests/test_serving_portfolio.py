@@ -271,7 +271,9 @@ def portfolio_served(ray_local, redis_server, tmp_path_factory):
         "data": {"path": str(LEAN), "symbols": UNIVERSE, "start": "2014-01-01"},
         "labels": {"horizon": 5, "threshold": 0.01},
         "model": {"lookback": 16, "conv_channels": 8, "lstm_hidden": 16, "mc_samples": 4},
-        "train": {"epochs": 1, "batch_size": 256}, "rl": {"window": 4},
+        "train": {"epochs": 1, "batch_size": 256},
+        "rl": {"window": 4, "agents": ["ppo"], "iterations": 1, "train_batch_size": 256, "minibatch_size": 64,
+               "num_epochs": 1, "episode_length": 100, "hidden": [32, 32]},
         # a tight drawdown limit and the 0.9 train quantile, so the cut and the turbulence rule both have work
         "portfolio": {"top_k": 2, "turbulence_window": 63, "turbulence_quantile": 0.9, "max_weight": 0.6},
         "ensemble": {"max_drawdown": 0.02, "drawdown_cut": 0.5},
@@ -286,9 +288,11 @@ def portfolio_served(ray_local, redis_server, tmp_path_factory):
     assert replay["threshold"] == pytest.approx(report["backtest"]["turbulence_threshold"], rel=1e-12)
     last = report["strategies"]["forecaster_risk_limited"]["weights"]
     np.testing.assert_allclose(replay["limited"][-1], [last[s] for s in UNIVERSE], atol=1e-12)
+    agent_models = report["mlflow"]["agent_models"]
     params = PortfolioParams.from_run(cfg, report["backtest"], replay["prepared"].features.reference_symbol,
-                                      report["model_versions"]["forecaster"])
-    url = deploy_portfolio(cfg, report["mlflow"]["tracking_uri"], params)
+                                      report["model_versions"]["forecaster"],
+                                      {name: report["model_versions"][name] for name in agent_models})
+    url = deploy_portfolio(cfg, report["mlflow"]["tracking_uri"], params, agent_models=agent_models)
     client = httpx.Client(base_url=url, timeout=120)
     yield {"cfg": cfg, "report": report, "replay": replay, "client": client, "params": params,
            "run_dir": Path(report["run_dir"])}
@@ -324,7 +328,8 @@ def test_served_weights_are_the_backtests_at_test_bars(portfolio_served):
     assert models["forecaster"]["version"] == rep["version"]
     assert rep["version"] == portfolio_served["report"]["model_versions"]["forecaster"]
     assert models["portfolio"]["turbulence_threshold"] == pytest.approx(rep["threshold"], rel=1e-12)
-    assert models["portfolio"]["symbols"] == UNIVERSE and models["agents"] == {}
+    assert models["portfolio"]["symbols"] == UNIVERSE and list(models["agents"]) == ["ppo"]
+    assert models["agents"]["ppo"]["version"] == portfolio_served["report"]["model_versions"]["ppo"]
     assert any(np.abs(rep["limited"][t]).sum() > 0.1 for t in chosen)  # not an all-cash book
     assert any(np.abs(rep["held"][t]).sum() > 0.1 and dd[t] > cfg.ensemble.max_drawdown for t in chosen)
     for t in chosen:
@@ -349,7 +354,57 @@ def test_served_weights_are_the_backtests_at_test_bars(portfolio_served):
         assert risk["turbulence_rule"] == "on"
         assert risk["turbulent"] == bool(rep["turbulence"][rep["bars"][t]] > rep["threshold"])
         assert risk["drawdown_cut"] == bool(dd[t] > cfg.ensemble.max_drawdown and not risk["turbulent"])
-        assert body["agents"] == {} and body["model_versions"] == {"forecaster": rep["version"]}
+        assert list(body["agents"]) == ["ppo"] and list(body["agents"]["ppo"]) == UNIVERSE
+        assert body["model_versions"] == {"forecaster": rep["version"],
+                                          "agent_ppo": portfolio_served["report"]["model_versions"]["ppo"]}
+
+
+@pytest.mark.slow
+@pytest.mark.serve
+def test_served_agent_weights_are_the_backtests_mid_episode(portfolio_served):
+    """The registered PPO portfolio agent replayed through the TEST split's env (the backtest's agent, trading alone):
+    at bars mid-episode, a request with the run's bars up to the bar and the agent's own book there (held weights,
+    drawdown, unrealised P&L, as ``agent_books``) gets the weights the env traded; the report's last weights of
+    ``ppo`` are the env's last."""
+    from raytrade import tracking
+    from raytrade.rl.env_inputs import bundle_windows
+    from raytrade.rl.portfolio_inputs import portfolio_data, portfolio_env_kwargs
+    from raytrade_envs import TradingEnv
+
+    rep, c, cfg, report = (portfolio_served[k] for k in ("replay", "client", "cfg", "report"))
+    uri = report["mlflow"]["tracking_uri"]
+    bundle, _, _ = tracking.load_model_dir(cfg.tracking.forecaster_model, cfg.tracking.alias, uri)
+    policy, version, _ = tracking.load_model_dir(cfg.tracking.agent_model("ppo"), cfg.tracking.alias, uri)
+    assert version == report["model_versions"]["ppo"]
+    data = portfolio_data(cfg, rep["universe"], rep["prepared"], bundle, bundle_windows(rep["prepared"], bundle))
+    np.testing.assert_array_equal(data.decisions("test"), rep["bars"])
+    env = TradingEnv(**portfolio_env_kwargs(cfg, data.arrays["test"], train=False))
+    obs, _ = env.reset(seed=0)
+    n, a = len(rep["bars"]), len(UNIVERSE)
+    chosen = {n // 3, n // 2, n - 2}
+    checked, done, step = 0, False, 0
+    while not done:
+        action = np.atleast_1d(policy.act(obs)[0]).astype(np.float32)
+        held, upnl, dd = obs[-(a + 2):-2], float(obs[-2]), float(obs[-1])
+        obs, _, terminated, truncated, info = env.step(action)
+        if step in chosen:
+            book = {"weights": {s: float(w) for s, w in zip(UNIVERSE, held, strict=True) if w != 0.0},
+                    "drawdown": dd, "unrealised_pnl": upnl}
+            resp = c.post("/portfolio", json={"bars": _bars_payload(rep["universe"], rep["stamps"][step]),
+                                              "agent_books": {"ppo": book}})
+            assert resp.status_code == 200, resp.text[:2000]
+            served = resp.json()["agents"]["ppo"]
+            np.testing.assert_allclose([served[s] for s in UNIVERSE], info["order"], rtol=0, atol=1e-6,
+                                       err_msg=f"step {step}")
+            assert np.abs(held).sum() > 0 or step == 0
+            checked += 1
+        done, step = terminated or truncated, step + 1
+    assert checked == len(chosen) and step == n
+    last = report["strategies"]["ppo"]["weights"]
+    np.testing.assert_allclose([last[s] for s in UNIVERSE], info["target"], atol=1e-12)
+    bad = c.post("/portfolio", json={"bars": _bars_payload(rep["universe"], rep["stamps"][-1]),
+                                     "agent_books": {"a2c": {"weights": {}}}})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "agent_books", "a2c"]
 
 
 @pytest.mark.slow

@@ -165,8 +165,7 @@ def _run_universe(cfg: PipelineConfig, universe: Universe, annual: Any, run_dir:
     cross-sectional strategy, the agents and their ensembles through the risk layer
     (:mod:`raytrade.stages.portfolio`), and ``POST /portfolio`` on Ray Serve.
 
-    The online store is not filled for a universe and the served decision is the forecaster's (agents are not
-    deployed yet); the report says so under ``not_run``."""
+    The online store is not filled for a universe yet; the report says so under ``not_run``."""
     from raytrade import tracking
 
     validation = universe.validation
@@ -212,12 +211,11 @@ def _run_universe(cfg: PipelineConfig, universe: Universe, annual: Any, run_dir:
         report["mlflow_run_ids"] = {"forecaster": forecaster.run_id, **agents.mlflow_run_ids, **bt["mlflow_run_ids"]}
         report["mlflow"] = {"tracking_uri": tracking_uri, "forecaster_model": cfg.tracking.forecaster_model,
                             "agent_models": agents.agent_models, "alias": cfg.tracking.alias}
-        report["not_run"] = {"store": "the online store is not filled for a universe yet",
-                             "serve_agents": "POST /portfolio serves the forecaster's decision; the portfolio "
-                                             "agents are backtested and registered but not deployed yet"}
+        report["not_run"] = {"store": "the online store is not filled for a universe yet"}
         if cfg.serve.enabled:
             with progress.stage("serve", "Ray Serve: deploying the portfolio app and posting POST /portfolio"):
-                report["serve"] = _serve_portfolio(cfg, universe, prepared, forecaster, bt, tracking_uri, progress)
+                report["serve"] = _serve_portfolio(cfg, universe, prepared, forecaster, bt, tracking_uri, progress,
+                                                   agents)
         with progress.stage("report", "Writing report"):
             report["timings_s"] = progress.timings
             path = run_dir / "report.json"
@@ -243,10 +241,10 @@ def portfolio_payload(bars: pd.DataFrame, end: pd.Timestamp, n_bars: int, weight
 
 
 def _serve_portfolio(cfg: PipelineConfig, universe: Universe, prepared: Any, forecaster: Any, bt: dict[str, Any],
-                     tracking_uri: str, progress: Progress) -> dict[str, Any]:
-    """Deploy the portfolio app with this run's forecaster version and risk parameters, post ``serve.n_requests``
-    requests for the last test bars (each with the weights the previous answer gave), and shut the app down when
-    ``serve.shutdown``."""
+                     tracking_uri: str, progress: Progress, agents: Any = None) -> dict[str, Any]:
+    """Deploy the portfolio app with this run's forecaster and portfolio agents (pinned to their versions) and risk
+    parameters, post ``serve.n_requests`` requests for the last test bars (each with the weights the previous
+    answer gave), and shut the app down when ``serve.shutdown``."""
     import httpx
     from ray import serve
 
@@ -255,8 +253,9 @@ def _serve_portfolio(cfg: PipelineConfig, universe: Universe, prepared: Any, for
     from raytrade.serving.portfolio_steps import PortfolioParams, min_bars
     from raytrade.serving.steps import forecaster_spec
 
-    params = PortfolioParams.from_run(cfg, bt["backtest"], prepared.features.reference_symbol, forecaster.version)
-    url = deploy_portfolio(cfg, tracking_uri, params)
+    params = PortfolioParams.from_run(cfg, bt["backtest"], prepared.features.reference_symbol, forecaster.version,
+                                      None if agents is None else agents.model_versions)
+    url = deploy_portfolio(cfg, tracking_uri, params, agent_models=None if agents is None else agents.agent_models)
     out: dict[str, Any] = {"url": url, "params": params.model_dump(mode="json"), "responses": []}
     try:
         n_bars = max(min_bars(forecaster_spec(forecaster.bundle, forecaster.version)),
@@ -280,6 +279,9 @@ def _serve_portfolio(cfg: PipelineConfig, universe: Universe, prepared: Any, for
             progress.note(f"POST /portfolio at {last['timestamp']}: gross {last['gross_exposure']:.2f}, weights "
                           + ", ".join(f"{s} {w:.2f}" for s, w in last["weights"].items() if abs(w) > 1e-9)
                           + f" ({last['latency_ms']} ms)")
+            for name, w in last["agents"].items():
+                progress.note(f"  agent {name}: gross {sum(abs(x) for x in w.values()):.2f}, largest "
+                              + ", ".join(f"{s} {x:.2f}" for s, x in sorted(w.items(), key=lambda kv: -abs(kv[1]))[:3]))
     finally:
         if cfg.serve.shutdown:
             serve.delete(PORTFOLIO_APP_NAME)

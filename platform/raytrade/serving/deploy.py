@@ -115,7 +115,8 @@ def deploy_to_cluster(config: str | Path, address: str, tracking_uri: str | None
 
 
 def deploy_portfolio(cfg: PipelineConfig, tracking_uri: str | None, params: PortfolioParams | dict[str, Any],
-                     route_prefix: str = "/", options: dict[str, dict[str, Any]] | None = None) -> str:
+                     route_prefix: str = "/", options: dict[str, dict[str, Any]] | None = None,
+                     agent_models: dict[str, str] | None = None) -> str:
     """Deploy the portfolio app (:mod:`raytrade.serving.portfolio_app`, ``POST /portfolio``) of a universe run on the
     connected Ray cluster and return its URL (``http://serve.host:serve.port`` + ``route_prefix``) once every
     deployment is running; the app outlives the calling driver.
@@ -124,8 +125,11 @@ def deploy_portfolio(cfg: PipelineConfig, tracking_uri: str | None, params: Port
     ``@tracking.alias``) from this config's registry; ``params`` (the run's universe, ``portfolio.*`` limits,
     ``ensemble.max_drawdown``/``drawdown_cut`` and the turbulence threshold of its TRAIN bars:
     :meth:`raytrade.serving.portfolio_steps.PortfolioParams.from_run`) become the ingress's ``user_config``, stored
-    with the deployment. The store (``store.enabled``) answers ``{"symbols": [...]}`` requests. ``options``:
-    deployment options by name (``PortfolioIngress``, ``Features``, ``Forecaster``), default small CPU ones.
+    with the deployment. The store (``store.enabled``) answers ``{"symbols": [...]}`` requests. ``agent_models``:
+    portfolio agent -> registered model name (``tracking.agent_model(name)``), each pinned to
+    ``params.agent_versions[name]`` (else ``@tracking.alias``); their weights are the response's ``agents``.
+    ``options``: deployment options by name (``PortfolioIngress``, ``Features``, ``Forecaster``, ``Agent-<name>``),
+    default small CPU ones.
 
     Raises:
         ConfigError: invalid ``params``.
@@ -148,6 +152,7 @@ def deploy_portfolio(cfg: PipelineConfig, tracking_uri: str | None, params: Port
         raise ModelNotFoundError(f"not in the MLflow registry at {uri}: {name}@{alias}; train it first "
                                  "(raytrade pipeline on a universe)")
     args = PortfolioAppArgs(tracking_uri=uri, forecaster_model=name, alias=alias, params=p,
+                            agent_models=dict(agent_models or {}),
                             redis_url=cfg.store.url if cfg.store.enabled else None, store_prefix=cfg.store.prefix)
     app = portfolio_app(args, options)  # a pinned version that is not registered fails the Forecaster's start
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})

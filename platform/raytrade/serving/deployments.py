@@ -240,6 +240,22 @@ class Agent:
         return _split(results, calls)
 
 
+    async def portfolio_weights(self, items: dict[str, dict[str, Any]], weights: dict[str, float],
+                                unrealised_pnl: float, drawdown: float, limits: dict[str, Any]) -> dict[str, Any]:
+        """``POST /portfolio``: a portfolio policy's target weights for its universe (symbol -> fraction of equity)
+        from the request's per-symbol forecaster results and this agent's book
+        (:func:`raytrade.serving.portfolio_steps.agent_weights`, the env's observation and action mapping), and the
+        loaded ``version``."""
+        from raytrade.serving.portfolio_steps import agent_weights
+
+        self.slot.poll()
+        started = time.perf_counter()
+        model = self.slot.current
+        out = agent_weights(model.obj, items, weights, unrealised_pnl, drawdown, limits)
+        record_model(self.label, _ms(started), batch_size=1)
+        return {"weights": out, "version": model.version}
+
+
 @serve.deployment(autoscaling_config=DEFAULT_AUTOSCALING, ray_actor_options={"num_cpus": 0.05})
 class Combiner:
     """The ensemble combiner: target = :func:`raytrade.rl.ensemble.combine_positions` of the members' positions

@@ -5,19 +5,22 @@
 symbols, and FinRL's turbulence index) -> ``Forecaster.forecast`` (one batched pass over every symbol's window: the
 pooled forecaster, its scaler, MC dropout with the agents' fixed seed) ->
 :func:`raytrade.serving.portfolio_steps.decide` (the backtest's ``forecaster_risk_limited`` bar:
-:func:`raytrade.rl.portfolio_decision.portfolio_decision`). The decision's parameters (universe, top-k, exposure
-limits, drawdown cut, turbulence window and the threshold of the run's TRAIN bars, the pinned forecaster version) are
-the ingress's ``user_config`` (:class:`~raytrade.serving.portfolio_steps.PortfolioParams`), stored with the
-deployment by :func:`raytrade.serving.deploy.deploy_portfolio`; never read from a local file.
+:func:`raytrade.rl.portfolio_decision.portfolio_decision`); and, concurrently, one ``Agent-<name>`` deployment per
+portfolio agent (``Agent.portfolio_weights``: the env's observation and action mapping,
+:func:`raytrade.serving.portfolio_steps.agent_weights`), each on its own book. The decision's parameters (universe,
+top-k, exposure limits, drawdown cut, turbulence window and the threshold of the run's TRAIN bars, the pinned
+forecaster and agent versions) are the ingress's ``user_config``
+(:class:`~raytrade.serving.portfolio_steps.PortfolioParams`), stored with the deployment by
+:func:`raytrade.serving.deploy.deploy_portfolio`; never read from a local file.
 
 A separate application from the single-symbol ensemble app (:mod:`raytrade.serving.app`, ``/predict``): a universe
-run registers no single-symbol agents. Both serve at ``route_prefix`` ``/`` by default, so one Serve instance runs
-one of them at a time unless one gets another prefix.
+run's agents are portfolio policies (one action per asset). Both serve at ``route_prefix`` ``/`` by default, so one
+Serve instance runs one of them at a time unless one gets another prefix.
 
 Errors: a malformed body, a symbol outside the universe, a weight outside the limits, bad or too few bars are 422
 naming the field (``detail[].loc``, e.g. ``["body", "bars", "SPY", "low"]``) and the rule; symbols the online store
-has no window of (or no store configured) are 422 ``not in the online store``; an unreachable Redis or a lost
-replica is 503; never a 500 for bad input.
+has no window of (or no store configured) are 422 ``not in the online store``; an unreachable Redis or a lost replica
+is 503; never a 500 for bad input.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the route signatures' types at runtime
@@ -37,7 +40,7 @@ from ray.serve.handle import DeploymentHandle
 
 from raytrade.data.schema import OHLCV_COLUMNS
 from raytrade.errors import ConfigError, DataValidationError, InsufficientDataError
-from raytrade.serving.deployments import Features, Forecaster
+from raytrade.serving.deployments import Agent, Features, Forecaster
 from raytrade.serving.ingress import REPLICA_LOST
 from raytrade.serving.metrics import record_request
 from raytrade.serving.portfolio_schemas import PortfolioRequest, PortfolioResponse
@@ -53,6 +56,7 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "PortfolioIngress": {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 32},
     "Features": {"ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 16},
     "Forecaster": {"ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 64},
+    "Agent": {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 32},
 }
 
 portfolio_api = FastAPI(title="raytrade portfolio", description="pooled CNN+LSTM forecaster -> top-k weights -> "
@@ -187,9 +191,11 @@ class PortfolioIngress:
 
     @portfolio_api.get("/models")
     async def models(self) -> dict[str, Any]:
-        """The loaded forecaster (name, version, alias, run id, loaded-at) and the decision's parameters."""
+        """The loaded forecaster and portfolio agents (name, version, alias, run id, loaded-at) and the decision's
+        parameters."""
         info = await self.forecaster.info.remote()
-        return {"forecaster": info, "agents": {}, "portfolio": None if self.params is None
+        agents = {name: await handle.info.remote() for name, handle in self.agents.items()}
+        return {"forecaster": info, "agents": agents, "portfolio": None if self.params is None
                 else self.params.model_dump(mode="json")}
 
     @portfolio_api.post("/portfolio", response_model=PortfolioResponse)
@@ -221,9 +227,34 @@ class PortfolioIngress:
             self._spec = None  # re-read the spec next time
         decision = decide(params, symbols, {s: fc["forecast"]["expected_return"] for s, fc in by_symbol.items()},
                           feats["tradable"], req.weights, req.drawdown, float(feats["turbulence"]), req.rebalance)
+        agents, agent_versions = await self._agents(req, feats, by_symbol, params)
         return PortfolioResponse(
-            timestamp=feats["timestamp"], forecasts={s: fc["forecast"] for s, fc in by_symbol.items()}, agents={},
-            model_versions={"forecaster": sorted(versions)[0]}, tradable=feats["tradable"], **decision)
+            timestamp=feats["timestamp"], forecasts={s: fc["forecast"] for s, fc in by_symbol.items()}, agents=agents,
+            model_versions={"forecaster": sorted(versions)[0], **agent_versions}, tradable=feats["tradable"],
+            **decision)
+
+    async def _agents(self, req: PortfolioRequest, feats: dict[str, Any], by_symbol: dict[str, Any],
+                      params: PortfolioParams) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+        """Every deployed portfolio agent's target weights, each on its own book (``agent_books``, else the
+        request's), concurrently. 422 for a book of an agent this app does not serve."""
+        unknown = [name for name in req.agent_books if name not in self.agents]
+        if unknown:
+            raise RequestValidationError([{"loc": ("body", "agent_books", name), "type": "unknown_agent",
+                                           "msg": f"no portfolio agent {name!r} here; served: {sorted(self.agents)}"}
+                                          for name in unknown])
+        if not self.agents or not by_symbol:
+            return {}, {}
+        items = {s: {k: fc[k] for k in ("window", "columns", "outputs", "return_scale")}
+                 | {"timestamps": feats["rows"][s]["timestamp"].to_numpy()} for s, fc in by_symbol.items()}
+        calls = {}
+        for name, handle in self.agents.items():
+            book = req.agent_books.get(name)
+            state = (book.weights, book.unrealised_pnl, book.drawdown) if book is not None else \
+                (req.weights, req.unrealised_pnl, req.drawdown)
+            calls[name] = handle.portfolio_weights.remote(items, *state, params.limits())
+        results = {name: await call for name, call in calls.items()}
+        return ({name: r["weights"] for name, r in results.items()},
+                {f"agent_{name}": r["version"] for name, r in results.items()})
 
 
 class PortfolioAppArgs(BaseModel):
@@ -240,6 +271,8 @@ class PortfolioAppArgs(BaseModel):
     output_dir: str = "runs"
     forecaster_model: str = "raytrade-forecaster"
     alias: str = "champion"
+    agent_models: dict[str, str] = Field(default_factory=dict, description="portfolio agent -> registered model "
+                                         "name (each at params.agent_versions[agent], else at `alias`)")
     redis_url: str | None = Field(None, description="online feature store; None: requests must carry bars")
     store_prefix: str = "raytrade"
     params: PortfolioParams | None = None
@@ -285,7 +318,14 @@ def portfolio_app(args: dict[str, Any] | PortfolioAppArgs, options: dict[str, di
     uri = resolve_tracking_uri(a.tracking_uri, a.output_dir)
     features = Features.options(**opts("Features")).bind(a.redis_url, a.store_prefix)
     forecaster = Forecaster.options(**forecaster_opts).bind(uri, a.forecaster_model, a.alias)
-    return PortfolioIngress.options(**ingress_opts).bind(features, forecaster)
+    agents = {}
+    for name, model in a.agent_models.items():
+        agent_opts = {**DEFAULT_OPTIONS["Agent"], **opts(f"Agent-{name}")}
+        version = None if a.params is None else a.params.agent_versions.get(name)
+        if version is not None:
+            agent_opts["user_config"] = {**agent_opts.get("user_config", {}), "version": version}
+        agents[name] = Agent.options(name=f"Agent-{name}", **agent_opts).bind(uri, model, a.alias, name)
+    return PortfolioIngress.options(**ingress_opts).bind(features, forecaster, agents)
 
 
 def build_portfolio_app(args: dict[str, Any]) -> Application:

@@ -18,6 +18,18 @@ SymbolBars = Annotated[list[BarIn], Field(min_length=1, max_length=10_000)]
 Weight = Annotated[float, Field(ge=-POSITION_LIMIT, le=POSITION_LIMIT, allow_inf_nan=False)]
 
 
+class AgentBook(BaseModel):
+    """The book one portfolio agent trades (its own, as in the backtest, where each agent trades alone): the
+    weights it holds now (drifted since its last trade; fractions of equity), its drawdown ``1 - equity / peak`` and
+    unrealised P&L ``equity / entry equity - 1`` (the env's definitions, :class:`raytrade_envs.TradingEnv`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[str, Weight] = Field(default_factory=dict, max_length=MAX_SYMBOLS)
+    drawdown: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    unrealised_pnl: float = Field(0.0, ge=-1.0, le=100.0, allow_inf_nan=False)
+
+
 class PortfolioRequest(BaseModel):
     """``POST /portfolio`` body: the recent bars of every symbol to weigh (or only their names, for the online
     store's latest windows) and the book's state. The server keeps no state: the client's book is the truth.
@@ -41,6 +53,15 @@ class PortfolioRequest(BaseModel):
         description=f"symbol -> weight held now, fraction of equity, |w| <= {POSITION_LIMIT:g}; absent: 0")
     drawdown: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False,
                             description="the book's drawdown from its equity peak, fraction in [0, 1]")
+    unrealised_pnl: float = Field(0.0, ge=-1.0, le=100.0, allow_inf_nan=False,
+                                  description="the book's equity / its equity when the current positions were "
+                                              "entered - 1 (fraction; the env's definition): what the portfolio "
+                                              "agents observe")
+    agent_books: dict[str, AgentBook] = Field(
+        default_factory=dict, max_length=64,
+        description="agent -> the book that agent trades (weights, drawdown, unrealised P&L), as each agent of the "
+                    "backtest trades alone; an agent not named observes the request's book (weights, drawdown, "
+                    "unrealised_pnl)")
     rebalance: bool = Field(True, description="a rebalance bar of the strategy (every "
                                               "portfolio.forecaster_rebalance_bars bars): trade to the forecaster's "
                                               "top k; false: keep the held weights, only the risk layer acts")
@@ -83,8 +104,10 @@ class PortfolioResponse(BaseModel):
     ``gross_exposure`` = ``sum |w|``, ``net_exposure`` = ``sum w``. ``forecasts``: per symbol with a window at
     ``timestamp`` the forecaster's class probabilities, ``expected_return`` (log return over ``horizon_bars``) and
     MC-dropout ``uncertainty``. ``tradable``: whether the symbol has a bar (with features) at ``timestamp``; an
-    untradable symbol keeps its held weight (through the risk layer). ``agents``: portfolio agent -> weights (empty
-    until portfolio agents exist). ``model_versions``: registered version of every model used.
+    untradable symbol keeps its held weight (through the risk layer). ``agents``: each deployed portfolio agent's
+    target weights for every symbol of the universe (its policy on its observation: the features of the last
+    ``rl.window`` bars and the forecasts of every symbol, and its book from ``agent_books``, else the request's),
+    as in the backtest where the agent trades alone. ``model_versions``: registered version of every model used.
     """
 
     timestamp: datetime

@@ -34,8 +34,8 @@ from raytrade.features.technical import compute_features, feature_columns, warmu
 from raytrade.rl.portfolio_decision import past_log_returns, portfolio_decision
 from raytrade.rl.portfolio_risk import turbulence_index
 
-__all__ = ["PortfolioParams", "SymbolDataError", "decide", "min_bars", "universe_features",
-           "universe_features_from_store"]
+__all__ = ["PortfolioParams", "SymbolDataError", "agent_weights", "decide", "min_bars", "portfolio_observation",
+           "universe_features", "universe_features_from_store"]
 
 
 class SymbolDataError(InsufficientDataError):
@@ -87,13 +87,16 @@ class PortfolioParams(BaseModel):
     turbulence_window: int = Field(252, gt=1)
     turbulence_threshold: float | None = Field(None, allow_inf_nan=False)
     forecaster_version: str | None = None
+    agent_versions: dict[str, str] = Field(default_factory=dict, description="portfolio agent -> its registered "
+                                           "version the run backtested (pinned by the app)")
     fill: Literal["next_open", "close"] = "next_open"
 
     @classmethod
     def from_run(cls, cfg: PipelineConfig, backtest: Mapping[str, Any], reference_symbol: str | None,
-                 forecaster_version: str | None) -> PortfolioParams:
+                 forecaster_version: str | None, agent_versions: Mapping[str, str] | None = None) -> PortfolioParams:
         """The params of a universe run: ``cfg.portfolio``/``cfg.ensemble``/``cfg.rl.fill``, and from the portfolio
-        stage's ``backtest`` block its ``symbols`` and ``turbulence_threshold`` (NaN -> None)."""
+        stage's ``backtest`` block its ``symbols`` and ``turbulence_threshold`` (NaN -> None); ``agent_versions``:
+        the registered version of each portfolio agent the run trained."""
         p = cfg.portfolio
         threshold = backtest.get("turbulence_threshold")
         threshold = None if threshold is None or not math.isfinite(float(threshold)) else float(threshold)
@@ -102,7 +105,12 @@ class PortfolioParams(BaseModel):
                    max_drawdown=cfg.ensemble.max_drawdown, drawdown_cut=cfg.ensemble.drawdown_cut,
                    turbulence_window=p.turbulence_window, turbulence_threshold=threshold,
                    forecaster_version=forecaster_version, fill=cfg.rl.fill,
-                   rebalance_bars=backtest.get("forecaster_rebalance_bars"))
+                   rebalance_bars=backtest.get("forecaster_rebalance_bars"), agent_versions=dict(agent_versions or {}))
+
+    def limits(self) -> dict[str, Any]:
+        """The exposure limits as keyword arguments of :func:`raytrade_envs.actions.project_weights`."""
+        return {"long_only": self.long_only, "max_weight": self.max_weight, "max_gross": self.max_gross,
+                "max_net": self.max_net}
 
     def decision_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`raytrade.rl.portfolio_decision.portfolio_decision` (but the bar's inputs)."""
@@ -281,3 +289,73 @@ def decide(params: PortfolioParams, symbols: list[str], expected_return: Mapping
                  "turbulence_threshold": threshold, "turbulent": bool(turbulent), "turbulence_rule": rule},
     }
 
+
+
+def portfolio_observation(policy: Any, items: Mapping[str, Mapping[str, Any]], weights: Mapping[str, float],
+                          unrealised_pnl: float = 0.0, drawdown: float = 0.0) -> np.ndarray:
+    """A portfolio agent's observation at the request's bar, laid out as the portfolio env's
+    (:mod:`raytrade_envs.observation`, "Portfolio layout"; :func:`raytrade_envs.observation_vector`).
+
+    The policy's ``feature_names`` (``"<symbol>/<feature>"``, asset-major, saved in training by
+    :func:`raytrade.rl.portfolio_inputs.portfolio_data`) give its universe and per-asset features. Per symbol: its
+    scaled feature rows at the last ``policy.window`` bars of the calendar (the union of the timestamps of the
+    symbols with a window; 0 where the symbol has no row, as in training), its forecaster inputs
+    (:func:`raytrade.rl.inputs.forecast_inputs` of ``policy.forecast_inputs``; 0 without a window at the bar), and
+    its held weight. A symbol of the universe that has no window at the bar observes zeros, as an asset without a
+    feature row does in training; one that has a row at the bar but missed an earlier bar of the window sees 0
+    there, as in training.
+
+    Args:
+        items: symbol -> ``{"window": (lookback, n_features) scaled, "columns", "outputs", "return_scale",
+            "timestamps": (lookback,)}`` (a :func:`raytrade.serving.steps.forecast_items` result with its rows'
+            timestamps), for the symbols with a window at the bar.
+        weights: symbol -> weight the agent's book holds now (fraction of equity; absent: 0).
+        unrealised_pnl, drawdown: the agent's book's account state (fractions; the env's definitions).
+
+    Raises:
+        ValueError: the policy is not a portfolio policy (feature names without ``symbol/``) or ``items`` is empty.
+    """
+    from raytrade.rl.inputs import forecast_inputs
+    from raytrade_envs import observation_vector
+
+    names = list(policy.feature_names)
+    if not names or any("/" not in n for n in names):
+        raise ValueError("not a portfolio policy: its feature names are not '<symbol>/<feature>'")
+    if not items:
+        raise ValueError("no symbol has a forecaster window at the bar")
+    symbols = list(dict.fromkeys(n.split("/", 1)[0] for n in names))
+    per_asset = [n.split("/", 1)[1] for n in names[: len(names) // len(symbols)]]
+    window = int(policy.window)
+    stamps = pd.DatetimeIndex(sorted(set().union(*(pd.DatetimeIndex(it["timestamps"]) for it in items.values()))))
+    stamps = stamps[-window:]
+    feats = np.zeros((window, len(symbols), len(per_asset)), dtype=np.float32)
+    rows = {s: forecast_inputs(it["outputs"], it["return_scale"], policy.forecast_inputs)[0]
+            for s, it in items.items()}
+    k_asset = len(next(iter(rows.values())))
+    fc = np.zeros((len(symbols), k_asset), dtype=np.float32)
+    for a, symbol in enumerate(symbols):
+        it = items.get(symbol)
+        if it is None:
+            continue
+        cols = [list(it["columns"]).index(n) for n in per_asset]
+        at = pd.DatetimeIndex(it["timestamps"]).get_indexer(stamps)
+        ok = at >= 0
+        feats[window - len(stamps):][ok, a] = np.asarray(it["window"], dtype=np.float32)[at[ok]][:, cols]
+        fc[a] = rows[symbol]
+    held = np.array([float(weights.get(s, 0.0)) for s in symbols])
+    return observation_vector(feats.reshape(window, -1), fc.ravel(), held, unrealised_pnl, drawdown,
+                              account=policy.account_observation)
+
+
+def agent_weights(policy: Any, items: Mapping[str, Mapping[str, Any]], weights: Mapping[str, float],
+                  unrealised_pnl: float, drawdown: float, limits: Mapping[str, Any]) -> dict[str, float]:
+    """A portfolio agent's target weights: its deterministic action on :func:`portfolio_observation`, mapped as the
+    env maps it, ``project_weights(clip(action, -1, 1), **limits)`` (:mod:`raytrade_envs.actions`; ``limits``:
+    :meth:`PortfolioParams.limits`). Returns symbol -> weight (fractions of equity) for the policy's universe."""
+    from raytrade_envs.actions import project_weights
+
+    obs = portfolio_observation(policy, items, weights, unrealised_pnl, drawdown)
+    action = np.asarray(policy.act(obs[None]), dtype=np.float64).reshape(-1)
+    w = project_weights(np.clip(action, -1.0, 1.0), **limits)
+    symbols = list(dict.fromkeys(n.split("/", 1)[0] for n in policy.feature_names))
+    return {s: float(x) for s, x in zip(symbols, w, strict=True)}
