@@ -468,7 +468,8 @@ def test_bad_requests_are_422_naming_symbol_and_field(portfolio_served):
         ({"bars": good, "weights": {"SPY": -0.3}}, ["body", "weights", "SPY"], "long-only"),
         ({"bars": good, "weights": {"SPY": 2.5}}, ["body", "weights", "SPY"], "less than or equal to 2"),
         ({"bars": good, "drawdown": -0.1}, ["body", "drawdown"], "greater than or equal to 0"),
-        ({"symbols": UNIVERSE}, ["body", "symbols"], "not in the online store"),
+        ({"bars": good, "agent_books": {"a2c": {}}}, ["body", "agent_books", "a2c"], "no portfolio agent"),
+        ({"bars": good, "unrealised_pnl": float("-2")}, ["body", "unrealised_pnl"], "greater than or equal to -1"),
         ({"bars": good, "symbols": UNIVERSE}, ["body"], "exactly one"),
     ]
     for body, loc, words in cases:
@@ -476,6 +477,27 @@ def test_bad_requests_are_422_naming_symbol_and_field(portfolio_served):
         assert detail[0]["loc"][: len(loc)] == loc, (loc, detail)
         assert words.lower() in (detail[0]["msg"] + detail[0]["type"]).lower(), (words, detail)
     assert c.post("/portfolio", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+
+
+@pytest.mark.slow
+@pytest.mark.serve
+def test_the_universe_run_publishes_every_symbols_latest_window(portfolio_served):
+    """The pipeline's store stage wrote each symbol's latest window (store.enabled): ``{"symbols": [...]}`` decides
+    at the universe's last bar, with the weights, forecasts and turbulence a request carrying the bars gets."""
+    rep, c, report = portfolio_served["replay"], portfolio_served["client"], portfolio_served["report"]
+    assert len(report["store"]["keys"]) == len(UNIVERSE)
+    last = rep["universe"].panel.timestamps[-1]
+    from_store = c.post("/portfolio", json={"symbols": UNIVERSE})
+    assert from_store.status_code == 200, from_store.text[:2000]
+    from_bars = c.post("/portfolio", json={"bars": _bars_payload(rep["universe"], last)}).json()
+    body = from_store.json()
+    assert pd.Timestamp(body["timestamp"]) == last == pd.Timestamp(from_bars["timestamp"])
+    for s in UNIVERSE:
+        assert body["weights"][s] == pytest.approx(from_bars["weights"][s], abs=1e-6)
+        assert body["forecasts"][s]["expected_return"] == pytest.approx(from_bars["forecasts"][s]["expected_return"],
+                                                                        rel=1e-4, abs=1e-6)
+        assert body["agents"]["ppo"][s] == pytest.approx(from_bars["agents"]["ppo"][s], abs=1e-6)
+    assert body["risk"]["turbulence"] == pytest.approx(from_bars["risk"]["turbulence"], rel=1e-9)
 
 
 @pytest.mark.slow

@@ -68,7 +68,7 @@ def run_pipeline(cfg: PipelineConfig, data_path: str | Path | None = None) -> di
         universe = load_universe_data(cfg, data_path)
         many = len(universe.symbols) > 1
         if many:
-            progress.total = 6 + int(cfg.serve.enabled)
+            progress.total = 6 + int(cfg.serve.enabled) + int(cfg.store.enabled)
             annual = resolve_annualisation(cfg, universe.panel.timestamps)
             _describe_universe(universe, annual, progress)
         else:
@@ -163,9 +163,8 @@ def _run_universe(cfg: PipelineConfig, universe: Universe, annual: Any, run_dir:
     pooled forecaster trained on every symbol's windows (Ray Train), the portfolio agents trained on the portfolio
     env (:mod:`raytrade.stages.portfolio_agents`), the portfolio backtest of the baselines, the forecaster as a
     cross-sectional strategy, the agents and their ensembles through the risk layer
-    (:mod:`raytrade.stages.portfolio`), and ``POST /portfolio`` on Ray Serve.
-
-    The online store is not filled for a universe yet; the report says so under ``not_run``."""
+    (:mod:`raytrade.stages.portfolio`), every symbol's latest window in the online store (``store.enabled``), and
+    ``POST /portfolio`` on Ray Serve."""
     from raytrade import tracking
 
     validation = universe.validation
@@ -181,6 +180,12 @@ def _run_universe(cfg: PipelineConfig, universe: Universe, annual: Any, run_dir:
                           f"{len(split.train)}/{len(split.val)}/"
                           f"{len(split.test)}; embargo {embargo} bars; pooled windows {len(windows['train'])}/"
                           f"{len(windows['val'])}/{len(windows['test'])}")
+        if cfg.store.enabled:
+            with progress.stage("store", f"Redis online store: every symbol's latest window to {cfg.store.url}"):
+                report["store"] = publish_latest_windows(pre, universe.bars, cfg.features, lookback, cfg.store,
+                                                         min_bars=cfg.portfolio.turbulence_window + 2)
+                progress.note(f"{len(report['store']['keys'])} window(s), feature set {report['store']['version']}; "
+                              'POST /portfolio {"symbols": [...]} reads them')
         report["data"] = {
             **data_summary(universe, prepared), **annual.report(),
             "warmup_rows_dropped": pre.warmup_dropped,
@@ -211,7 +216,6 @@ def _run_universe(cfg: PipelineConfig, universe: Universe, annual: Any, run_dir:
         report["mlflow_run_ids"] = {"forecaster": forecaster.run_id, **agents.mlflow_run_ids, **bt["mlflow_run_ids"]}
         report["mlflow"] = {"tracking_uri": tracking_uri, "forecaster_model": cfg.tracking.forecaster_model,
                             "agent_models": agents.agent_models, "alias": cfg.tracking.alias}
-        report["not_run"] = {"store": "the online store is not filled for a universe yet"}
         if cfg.serve.enabled:
             with progress.stage("serve", "Ray Serve: deploying the portfolio app and posting POST /portfolio"):
                 report["serve"] = _serve_portfolio(cfg, universe, prepared, forecaster, bt, tracking_uri, progress,
