@@ -5,8 +5,9 @@ Used by ``raytrade pipeline`` (:func:`rl_stage`) and by ``raytrade agents`` / ``
 (:func:`run_agents`):
 
 1. :func:`raytrade.rl.env_inputs.agent_data`: the env inputs of every split from the forecaster's outputs.
-2. :func:`train_and_register`: :func:`raytrade.rl.agents.train_agents` (one Ray task per agent), one MLflow
-   run per agent with its per-iteration metrics, each policy registered as ``<agent_model_prefix>-<name>``.
+2. :func:`raytrade.stages.common.train_and_register`: :func:`raytrade.rl.agents.train_agents` (one Ray task per
+   agent), one MLflow run per agent with its per-iteration metrics, each policy registered as
+   ``<agent_model_prefix>-<name>``.
 3. :func:`raytrade.rl.strategies.backtest_strategies`: buy-and-hold, the forecaster signal, each agent and the
    ensembles through the risk layer, after costs; recorded by :func:`raytrade.stages.common.record_backtest`.
 """
@@ -24,69 +25,18 @@ from raytrade.data.schema import TIMESTAMP
 from raytrade.dataset.prepare import PreparedData
 from raytrade.evaluation.metrics import Annualisation
 from raytrade.models.bundle import ForecasterBundle
-from raytrade.rl.agents import AgentOutcome, train_agents
-from raytrade.rl.env_inputs import AgentData, agent_data, bundle_windows, env_kwargs
-from raytrade.rl.strategies import backtest_strategies, retrain_plan
+from raytrade.rl.env_inputs import agent_data, bundle_windows
+from raytrade.rl.strategies import backtest_strategies
 from raytrade.runtime import Progress
 from raytrade.stages.common import (
-    POLICY_LOADER,
     load_and_prepare,
     new_run_dir,
     record_backtest,
     require_same_train_split,
     resolve_annualisation,
+    train_and_register,
     train_forecaster,
 )
-
-
-def train_and_register(cfg: PipelineConfig, data: AgentData | None, run_dir: Path, tracking_uri: str,
-                       progress: Progress, info: dict[str, Any], periods_per_year: float, alias: str | None = None,
-                       envs: tuple[dict[str, Any], dict[str, Any], list[str]] | None = None,
-                       ) -> tuple[dict[str, AgentOutcome], dict[str, str], dict[str, str]]:
-    """Train ``rl.agents`` in parallel on Ray, log one MLflow run each and register each policy.
-
-    ``data``: one asset's env inputs (train/val env keyword arguments from it, and ``rolling_retrain``'s plan); or
-    ``envs = (train env kwargs, val env kwargs, observation feature names)`` given directly (the portfolio env of a
-    universe run, :mod:`raytrade.rl.portfolio_inputs`; no retraining plan).
-
-    Returns ``(outcomes, {agent: registered version}, {agent: MLflow run id})``. ``alias`` (default
-    ``tracking.alias``) is moved to every new version; ``""`` registers without an alias.
-    """
-    from raytrade import tracking
-
-    plan = None
-    if envs is not None:
-        train_env, val_env, feature_names = envs
-    else:
-        if data is None:
-            raise ValueError("train_and_register needs one asset's data or the envs")
-        train_env = env_kwargs(cfg, data.arrays["train"], train=True)
-        val_env = env_kwargs(cfg, data.arrays["val"], train=False)
-        feature_names = data.feature_names
-        plan = retrain_plan(cfg, data)
-    if plan is not None:
-        progress.note(f"rolling_retrain: each agent then trains {plan.iterations} more iteration(s) before each "
-                      f"of {len(plan.ends)} test windows of {cfg.ensemble.window_bars} bars")
-    outcomes = train_agents(cfg.rl.agents, cfg.rl, train_env, val_env, periods_per_year, feature_names,
-                            run_dir / "agents", on_done=lambda o: progress.note(
-                                f"{o.name}: best iteration {o.best_iteration}, val Sharpe "
-                                f"{o.summary()['val_sharpe']:.2f}, {o.summary()['train_seconds']:.0f} s"),
-                            on_log=progress.note, retrain=plan)
-    versions, run_ids = {}, {}
-    for name, outcome in outcomes.items():
-        with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-{name}") as run_id:
-            tracking.log_params({"agent": name, "backend": outcome.backend, "algorithm": outcome.algorithm,
-                                 "rl": cfg.rl.model_dump(mode="json"), "cost_bps": cfg.backtest.cost_bps, **info})
-            for row in outcome.history.to_dict("records"):
-                tracking.log_metrics({k: float(v) for k, v in row.items() if k != "iteration"},
-                                     step=int(row["iteration"]))
-            tracking.log_metrics({"best_iteration": outcome.best_iteration,
-                                  "best_val_sharpe": outcome.summary()["val_sharpe"]})
-            versions[name] = tracking.log_model_dir(run_dir / "agents" / name / "policy", POLICY_LOADER,
-                                                    cfg.tracking.agent_model(name),
-                                                    cfg.tracking.alias if alias is None else alias)
-        run_ids[name] = run_id
-    return outcomes, versions, run_ids
 
 
 def rl_stage(cfg: PipelineConfig, prepared: PreparedData, bars: pd.DataFrame, bundle: ForecasterBundle,

@@ -1,7 +1,7 @@
 """Helpers every stage shares (the one module stages import from each other): run directories, loading and
 preparing the data as progress stages, the data summary and its hash, the bars per year of the data's calendar,
-training + registering the forecaster, the registered models' loaders and the out-of-sample check on them, and
-recording a backtest (table, figures, MLflow run).
+training + registering the forecaster and the agents (one asset's or the portfolio's), the registered models'
+loaders and the out-of-sample check on them, and recording a backtest (table, figures, MLflow run).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from raytrade.errors import ConfigError, InsufficientDataError
 from raytrade.evaluation.forecast import forecast_metrics
 from raytrade.evaluation.metrics import Annualisation, annualisation
 from raytrade.models.bundle import ForecasterBundle
-from raytrade.rl.env_inputs import AgentData
-from raytrade.rl.strategies import backtest_report
+from raytrade.rl.agents import AgentOutcome, train_agents
+from raytrade.rl.env_inputs import AgentData, env_kwargs
+from raytrade.rl.strategies import backtest_report, retrain_plan
 from raytrade.runtime import Progress
 
 FORECASTER_LOADER = "raytrade.models.bundle:load_bundle"
@@ -242,3 +243,75 @@ def record_backtest(cfg: PipelineConfig, bt: dict[str, Any], windows: dict[str, 
                                      "rows": "true class", "columns": "predicted class"},
             "mlflow_run_ids": {"backtest": run_id}}
 
+
+@dataclass
+class PortfolioAgents:
+    """Trained portfolio agents and their TEST targets.
+
+    Attributes:
+        weights: agent -> ``(T, A)`` target weights at the test decision bars ``rows`` (fractions of equity, within
+            the exposure limits; where an asset cannot trade the book keeps its units).
+        rows: ``(T,)`` the decision bars' rows in the universe's panel.
+        val_sharpe: agent -> annualised Sharpe of its kept policy on VAL (the ensembles' prior).
+        rl_metrics, model_versions, mlflow_run_ids, agent_models: report blocks, as the one-asset agents stage.
+        outcomes: agent -> :class:`raytrade.rl.agents.AgentOutcome`.
+    """
+
+    weights: dict[str, np.ndarray]
+    rows: np.ndarray
+    val_sharpe: dict[str, float]
+    rl_metrics: dict[str, Any]
+    model_versions: dict[str, str]
+    mlflow_run_ids: dict[str, str]
+    agent_models: dict[str, str]
+    outcomes: dict[str, Any]
+
+
+def train_and_register(cfg: PipelineConfig, data: AgentData | None, run_dir: Path, tracking_uri: str,
+                       progress: Progress, info: dict[str, Any], periods_per_year: float, alias: str | None = None,
+                       envs: tuple[dict[str, Any], dict[str, Any], list[str]] | None = None,
+                       ) -> tuple[dict[str, AgentOutcome], dict[str, str], dict[str, str]]:
+    """Train ``rl.agents`` in parallel on Ray, log one MLflow run each and register each policy.
+
+    ``data``: one asset's env inputs (train/val env keyword arguments from it, and ``rolling_retrain``'s plan); or
+    ``envs = (train env kwargs, val env kwargs, observation feature names)`` given directly (the portfolio env of a
+    universe run, :mod:`raytrade.rl.portfolio_inputs`; no retraining plan).
+
+    Returns ``(outcomes, {agent: registered version}, {agent: MLflow run id})``. ``alias`` (default
+    ``tracking.alias``) is moved to every new version; ``""`` registers without an alias.
+    """
+    from raytrade import tracking
+
+    plan = None
+    if envs is not None:
+        train_env, val_env, feature_names = envs
+    else:
+        if data is None:
+            raise ValueError("train_and_register needs one asset's data or the envs")
+        train_env = env_kwargs(cfg, data.arrays["train"], train=True)
+        val_env = env_kwargs(cfg, data.arrays["val"], train=False)
+        feature_names = data.feature_names
+        plan = retrain_plan(cfg, data)
+    if plan is not None:
+        progress.note(f"rolling_retrain: each agent then trains {plan.iterations} more iteration(s) before each "
+                      f"of {len(plan.ends)} test windows of {cfg.ensemble.window_bars} bars")
+    outcomes = train_agents(cfg.rl.agents, cfg.rl, train_env, val_env, periods_per_year, feature_names,
+                            run_dir / "agents", on_done=lambda o: progress.note(
+                                f"{o.name}: best iteration {o.best_iteration}, val Sharpe "
+                                f"{o.summary()['val_sharpe']:.2f}, {o.summary()['train_seconds']:.0f} s"),
+                            on_log=progress.note, retrain=plan)
+    versions, run_ids = {}, {}
+    for name, outcome in outcomes.items():
+        with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-{name}") as run_id:
+            tracking.log_params({"agent": name, "backend": outcome.backend, "algorithm": outcome.algorithm,
+                                 "rl": cfg.rl.model_dump(mode="json"), "cost_bps": cfg.backtest.cost_bps, **info})
+            for row in outcome.history.to_dict("records"):
+                tracking.log_metrics({k: float(v) for k, v in row.items() if k != "iteration"},
+                                     step=int(row["iteration"]))
+            tracking.log_metrics({"best_iteration": outcome.best_iteration,
+                                  "best_val_sharpe": outcome.summary()["val_sharpe"]})
+            versions[name] = tracking.log_model_dir(run_dir / "agents" / name / "policy", POLICY_LOADER,
+                                                    cfg.tracking.agent_model(name),
+                                                    cfg.tracking.alias if alias is None else alias)
+        run_ids[name] = run_id
+    return outcomes, versions, run_ids

@@ -47,7 +47,7 @@ from raytrade.rl.portfolio_decision import past_log_returns, portfolio_decisions
 from raytrade.rl.portfolio_inputs import slippage_volatility
 from raytrade.rl.portfolio_risk import turbulence_index, turbulence_threshold
 from raytrade.runtime import Progress
-from raytrade.stages.portfolio_agents import PortfolioAgents
+from raytrade.stages.common import PortfolioAgents
 from raytrade_envs.accounting import simulate
 from raytrade_envs.actions import project_weights
 

@@ -4,7 +4,7 @@ through the TEST split's portfolio env for their target weights.
 1. :func:`raytrade.rl.portfolio_inputs.portfolio_data`: the portfolio env's inputs of every split on the universe's
    union calendar (per-asset scaled features, the pooled forecaster's outputs, the ``tradable`` mask); the
    observation adds the current weights and account state (:mod:`raytrade_envs.observation`).
-2. :func:`raytrade.stages.agents.train_and_register`: ``rl.agents`` trained in parallel on Ray (one task each;
+2. :func:`raytrade.stages.common.train_and_register`: ``rl.agents`` trained in parallel on Ray (one task each;
    RLlib's env runners step a :class:`raytrade_envs.VecTradingEnv` of several envs), one MLflow run and one
    registered policy each. Action -> target weights: ``project_weights(clip(action, -1, 1), **portfolio limits)``.
 3. :func:`raytrade.rl.portfolio_inputs.portfolio_agent_weights`: each policy's targets on the TEST bars, which the
@@ -14,11 +14,8 @@ through the TEST split's portfolio env for their target weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from raytrade.config import PipelineConfig
 from raytrade.data.universe import Universe
@@ -26,30 +23,7 @@ from raytrade.dataset.prepare import PreparedData
 from raytrade.evaluation.metrics import Annualisation
 from raytrade.rl.portfolio_inputs import portfolio_agent_weights, portfolio_data, portfolio_env_kwargs
 from raytrade.runtime import Progress
-from raytrade.stages.agents import train_and_register
-
-
-@dataclass
-class PortfolioAgents:
-    """Trained portfolio agents and their TEST targets.
-
-    Attributes:
-        weights: agent -> ``(T, A)`` target weights at the test decision bars ``rows`` (fractions of equity, within
-            the exposure limits; where an asset cannot trade the book keeps its units).
-        rows: ``(T,)`` the decision bars' rows in the universe's panel.
-        val_sharpe: agent -> annualised Sharpe of its kept policy on VAL (the ensembles' prior).
-        rl_metrics, model_versions, mlflow_run_ids, agent_models: report blocks, as the one-asset agents stage.
-        outcomes: agent -> :class:`raytrade.rl.agents.AgentOutcome`.
-    """
-
-    weights: dict[str, np.ndarray]
-    rows: np.ndarray
-    val_sharpe: dict[str, float]
-    rl_metrics: dict[str, Any]
-    model_versions: dict[str, str]
-    mlflow_run_ids: dict[str, str]
-    agent_models: dict[str, str]
-    outcomes: dict[str, Any]
+from raytrade.stages.common import PortfolioAgents, train_and_register
 
 
 def portfolio_agents_stage(cfg: PipelineConfig, universe: Universe, prepared: PreparedData, forecaster: Any,
