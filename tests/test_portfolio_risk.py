@@ -221,7 +221,35 @@ def test_risk_limit_weights_on_a_rebalanced_baseline_follows_its_own_equity(lean
     assert turbulent.sum() > 10 and in_dd.sum() > 10  # both rules fire on these years of real data
     assert (out[turbulent] == 0).all()
     desired = np.where(np.isnan(weights), path.held, weights)  # keep units between rebalances
+    hold = np.isnan(weights).all(axis=1)  # no order: the held book
+    assert (hold & in_dd).sum() > 10 and (~hold & in_dd).sum() > 0
     for t in np.flatnonzero(~turbulent):
         expected = project_weights(desired[t], long_only=True, max_weight=0.25, max_gross=1.0, max_net=1.0)
-        np.testing.assert_allclose(out[t], expected * (cut_by if in_dd[t] else 1.0), rtol=0, atol=1e-12)
+        if in_dd[t] and not hold[t]:  # a new order in drawdown: times the cut
+            expected = expected * cut_by
+        elif in_dd[t]:  # the held book in drawdown: gross capped at cut x max_gross, never cut again and again
+            expected = expected * min(1.0, cut_by * 1.0 / np.abs(expected).sum())
+        np.testing.assert_allclose(out[t], expected, rtol=0, atol=1e-12)
+    # held through a drawdown, the book stays at the cut's exposure instead of halving bar after bar
+    gross = out.sum(axis=1)
+    held_in_dd = np.flatnonzero(hold & in_dd & np.roll(in_dd & ~turbulent, 1))[1:]
+    assert len(held_in_dd) > 10
+    assert (gross[held_in_dd] >= 0.9 * gross[held_in_dd - 1]).all()  # the old layer halved it every bar
     assert out.max() <= 0.25 + 1e-12 and out.sum(axis=1).max() <= 1 + 1e-12
+
+
+def test_the_held_book_is_capped_in_drawdown_not_cut_again():
+    """Between rebalances (``held_book``) the drawdown cut caps gross exposure at drawdown_cut x max_gross; applied
+    to its own output the layer changes nothing, so a held book in drawdown is not cut on every bar."""
+    held = np.array([0.3, 0.2, 0.1])
+    kwargs = {"drawdown": 0.3, "max_drawdown": 0.2, "drawdown_cut": 0.5, "max_gross": 1.0}
+    new_order = risk_limited_weights(held, **kwargs)
+    np.testing.assert_allclose(new_order, 0.5 * held, rtol=0, atol=1e-15)  # a new order: times the cut
+    capped = risk_limited_weights(held, held_book=True, **kwargs)
+    np.testing.assert_allclose(capped, held * 0.5 / 0.6, rtol=1e-15, atol=0)  # gross 0.6 -> 0.5
+    np.testing.assert_array_equal(risk_limited_weights(capped, held_book=True, **kwargs), capped)
+    cut_before = 0.5 * held  # the book a new order in drawdown bought: gross 0.3, under the cap, kept
+    np.testing.assert_array_equal(risk_limited_weights(cut_before, held_book=True, **kwargs), cut_before)
+    np.testing.assert_array_equal(risk_limited_weights(held, held_book=True, **{**kwargs, "drawdown": 0.1}), held)
+    calm_cash = risk_limited_weights(held, held_book=True, turbulence=3.0, threshold=2.0, **kwargs)
+    assert (calm_cash == 0).all()

@@ -128,6 +128,13 @@ def test_one_bar_against_a_hand_computed_reference():
     calm = portfolio_decision(er, tradable, held=held, drawdown=0.11, turbulence=1.0, threshold=2.0, **kwargs)
     np.testing.assert_allclose(calm, 0.25 * reference, atol=1e-15)
     assert (portfolio_decision(er, tradable, held=held, turbulence=3.0, threshold=2.0, **kwargs) == 0).all()
+    # between rebalances the held book is kept; in drawdown its gross (0.75) is capped at 0.25, and a book already
+    # at the cut's exposure is kept as it is (not cut again on every bar)
+    np.testing.assert_array_equal(portfolio_decision(er, tradable, held=held, rebalance=False, **kwargs), held)
+    capped = portfolio_decision(er, tradable, held=held, drawdown=0.11, rebalance=False, **kwargs)
+    np.testing.assert_allclose(capped, held / 3.0, atol=1e-15)
+    np.testing.assert_array_equal(
+        portfolio_decision(er, tradable, held=capped, drawdown=0.11, rebalance=False, **kwargs), capped)
     with pytest.raises(ValueError, match="tradable must be a boolean array of shape"):
         portfolio_decision(er, tradable[:3], held=held, **kwargs)
     with pytest.raises(ValueError, match="held weights must be finite"):

@@ -315,7 +315,9 @@ class EnsembleConfig(_Section):
     best one trades the window (agents only; the forecaster is not retrained).
     ``vote``: each window, target = sum_i w_i * position_i with w = softmax(Sharpe_i / temperature) over the
     previous window; the forecaster signal is one voter. Risk layer: |position| <= max_position, and exposure is
-    multiplied by ``drawdown_cut`` while the strategy's own drawdown exceeds ``max_drawdown``.
+    multiplied by ``drawdown_cut`` while the strategy's own drawdown exceeds ``max_drawdown`` (in a universe run,
+    a book held between rebalances is capped at ``drawdown_cut`` x ``portfolio.max_gross`` gross instead, so it
+    is not cut again on every bar it holds).
     """
 
     methods: tuple[Literal["rolling", "rolling_retrain", "vote"], ...] = ("rolling", "vote")

@@ -57,7 +57,8 @@ def portfolio_decision(
 
     A tradable asset without a forecast (NaN) is never picked, so it is sold to 0 (as in the backtest). On a bar that
     is not a rebalance bar (``rebalance`` False) steps 1-3 are skipped: the book keeps its ``held`` weights, and only
-    the risk layer acts on them.
+    the risk layer acts on them, as on a held book (``held_book=True``: in drawdown the gross exposure is capped at
+    ``drawdown_cut * max_gross``, not cut again on every bar).
 
     Args:
         expected_return: ``(A,)`` the forecaster's expected log return per asset at this bar; NaN = no forecast.
@@ -97,7 +98,7 @@ def portfolio_decision(
     return risk_limited_weights(desired, drawdown=float(drawdown), turbulence=float(turbulence),
                                 threshold=float(threshold), long_only=long_only, max_weight=max_weight,
                                 max_gross=max_gross, max_net=max_net, max_drawdown=max_drawdown,
-                                drawdown_cut=drawdown_cut)
+                                drawdown_cut=drawdown_cut, held_book=not rebalance)
 
 
 def portfolio_decisions(

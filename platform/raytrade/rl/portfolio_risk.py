@@ -124,7 +124,7 @@ def _flags(drawdown: float, turbulence: float, threshold: float, max_drawdown: f
 def risk_limited_weights(
     weights: Any, *, drawdown: float = 0.0, turbulence: float = float("nan"), threshold: float = float("nan"),
     long_only: bool = True, max_weight: float = 1.0, max_gross: float = 1.0, max_net: float = 1.0,
-    max_drawdown: float = 0.2, drawdown_cut: float = 0.5,
+    max_drawdown: float = 0.2, drawdown_cut: float = 0.5, held_book: bool = False,
 ) -> np.ndarray:
     """One bar of the portfolio risk layer: the weights the book may hold, from desired weights.
 
@@ -132,8 +132,10 @@ def risk_limited_weights(
 
     1. the exposure limits, :func:`raytrade_envs.actions.project_weights` (long-only, ``|w_a| <= max_weight``,
        ``sum |w| <= max_gross``, ``|sum w| <= max_net``; the env's action mapping and the backtest use it too);
-    2. times ``drawdown_cut`` while ``drawdown > max_drawdown`` (as
-       :func:`raytrade.rl.ensemble.risk_limited_position` for one asset; a cut in [0, 1] keeps every limit);
+    2. while ``drawdown > max_drawdown``: a new order (``held_book`` False) is multiplied by ``drawdown_cut`` (as
+       :func:`raytrade.rl.ensemble.risk_limited_position` for one asset; a cut in [0, 1] keeps every limit); the
+       book held on a bar without a new order (``held_book`` True) is only scaled down until its gross exposure is
+       at most ``drawdown_cut * max_gross``, so a book already cut is not cut again on every bar it holds;
     3. all cash (zeros) when ``turbulence > threshold`` (FinRL's turbulence rule, Yang et al. 2020: sell
        everything while the market is turbulent). NaN turbulence (warm-up) or threshold: the rule is off.
 
@@ -144,6 +146,9 @@ def risk_limited_weights(
         long_only, max_weight, max_gross, max_net: ``portfolio.*`` exposure limits (fractions of equity).
         max_drawdown, drawdown_cut: ``ensemble.max_drawdown`` (fraction in (0, 1]) and ``ensemble.drawdown_cut``
             (exposure multiplier in [0, 1]).
+        held_book: ``weights`` are the weights held now, no new order this bar (a strategy's bars between
+            rebalances); step 2 is then a cap, not a multiplier (idempotent: the layer applied to its own output
+            returns it unchanged).
 
     Returns:
         ``(A,)`` float64 limited weights (cash = ``1 - sum``).
@@ -158,7 +163,12 @@ def risk_limited_weights(
     cut, to_cash = _flags(drawdown, turbulence, threshold, max_drawdown)
     if to_cash:
         return np.zeros_like(w)
-    return w * drawdown_cut if cut else w
+    if not cut:
+        return w
+    if not held_book:
+        return w * drawdown_cut
+    gross, cap = float(np.abs(w).sum()), drawdown_cut * max_gross
+    return w * (cap / gross) if gross > cap else w
 
 
 def risk_limit_weights(
@@ -173,7 +183,9 @@ def risk_limit_weights(
     and ``turbulence[t]``; then the book trades to it, ``net, held = step(t, held, target)``. A NaN in
     ``weights[t]`` (the baselines' "no order, keep the units") is replaced by that asset's held (drifted) weight
     before the layer, so the limits and cuts apply to the book actually held; ``limited[t]`` is then the target
-    actually traded (a NaN never reaches ``step``).
+    actually traded (a NaN never reaches ``step``). A row that is all NaN (no order on the bar: between a
+    strategy's rebalances) is the held book, ``held_book=True``: in drawdown its gross exposure is capped at
+    ``drawdown_cut * max_gross`` rather than multiplied by the cut again on every bar it is held.
 
     Args:
         weights: ``(T, A)`` desired target weights (fractions of equity; NaN = keep units).
@@ -203,11 +215,12 @@ def risk_limit_weights(
     held = np.zeros(n_assets)
     equity = peak = 1.0
     for t in range(n_bars):
-        desired = np.where(np.isnan(w[t]), held, w[t])
+        no_order = np.isnan(w[t])
+        desired = np.where(no_order, held, w[t])
         limited[t] = risk_limited_weights(
             desired, drawdown=1.0 - equity / peak, turbulence=float(turb[t]), threshold=threshold,
             long_only=long_only, max_weight=max_weight, max_gross=max_gross, max_net=max_net,
-            max_drawdown=max_drawdown, drawdown_cut=drawdown_cut)
+            max_drawdown=max_drawdown, drawdown_cut=drawdown_cut, held_book=bool(no_order.all()))
         r, held = step(t, held.copy(), limited[t].copy())
         held = np.asarray(held, dtype=np.float64)
         net[t] = r
