@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "env": "benchmarks.env",
     "training": "benchmarks.training",
     "rl": "benchmarks.rl",
+    "portfolio": "benchmarks.portfolio",
     "serve_load": "benchmarks.serve_load",
 }
 

@@ -25,42 +25,6 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 
 _PACKAGES = ("ray", "torch", "numpy", "pandas", "gymnasium", "raytrade")
 
-_RESULTS_README = """\
-# Benchmark results
-
-Written by `python -m benchmarks` (run `python -m benchmarks NAME ...` for only some benchmarks).
-Every benchmark writes two files here, overwritten on each run:
-
-- `<name>.json`: the machine (platform, CPU count, Python and package versions, UTC timestamp), the
-  data used, the raw per-repeat timings in seconds (`time.perf_counter`) of the candidate and of its
-  named baseline, their medians, throughputs, their ratios and the correctness checks comparing the
-  outputs. A ratio's key says which way it goes: `ratio_baseline_over_candidate` (> 1 means the
-  candidate is faster), `ratio_raytrade_over_talib` (candidate time / baseline time, < 1 means faster),
-  `speedup_2cpu_over_1cpu` (1-CPU time / 2-CPU time).
-- `<name>.md`: the same numbers as markdown tables, with notes on how to read them.
-
-Files:
-
-- `features.{json,md}` (`benchmarks/features.py`): the full feature set on 1M one-minute bars on one
-  core; six indicators, raytrade vs raw TA-Lib vs the `ta` library, with value checks; Ray Data
-  `preprocess` on 1 vs 2 CPUs against a serial in-process loop.
-- `env.{json,md}` (`benchmarks/env.py`): `TradingEnv` steps/s vs gym-anytrading's `StocksEnv` and a
-  FinRL-style pandas env on the same bars and actions; `VecTradingEnv` env-steps/s with 64 and 1024 envs.
-- `training.{json,md}` (`benchmarks/training.py`): forecaster training samples/s per epoch with Ray Train
-  (1 worker; 1 worker streaming from Ray Data; 2 workers x 1 CPU with DDP) vs a plain PyTorch loop with
-  the same model, data and threads; peak memory and Ray Train's fixed start-up.
-- `rl.{json,md}` (`benchmarks/rl.py`): RLlib PPO (new API stack) vs stable-baselines3 PPO env steps/s on
-  the same TradingEnv and CPU budget, and RLlib with one env-runner actor.
-- `serve_load.{json,md}` (`benchmarks/serve_load.py`): the Ray Serve ensemble app vs a single-process
-  FastAPI/uvicorn server of the same models (`benchmarks/serve_baseline.py`), closed-loop `POST /predict`
-  at concurrency 1, 8, 32 (p50/p95/p99 ms, requests/s, errors); Serve's and uvicorn's constant-answer
-  floors; the in-process compute per step; replica counts under load and after (autoscaling).
-
-Timings depend on the machine and on what else runs on it (`machine.load_average_1_5_15m` is
-recorded when the results are written); compare numbers only between runs on the same, otherwise
-idle machine. The benchmarks make no timed assertions.
-"""
-
 
 def time_repeats(fn: Callable[[], Any], repeats: int, warmup: int = 1, number: int = 1) -> list[float]:
     """Time ``fn()`` ``repeats`` times after ``warmup`` untimed calls.
@@ -147,9 +111,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    """Write ``results/<name>.json`` (``payload`` plus ``machine``) and ``results/<name>.md``.
-
-    Also writes ``results/README.md`` explaining the files, if it does not exist yet.
+    """Write ``results/<name>.json`` (``payload`` plus ``machine``) and ``results/<name>.md`` (``results/README.md``
+    explains the files; add a line there for a new benchmark).
 
     Returns:
         The paths of the JSON and markdown files.
@@ -160,9 +123,6 @@ def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Pa
     md_path = RESULTS_DIR / f"{name}.md"
     _write_atomic(json_path, json.dumps(record, indent=2, default=_json_default) + "\n")
     _write_atomic(md_path, markdown.rstrip() + "\n")
-    readme = RESULTS_DIR / "README.md"
-    if not readme.exists():
-        _write_atomic(readme, _RESULTS_README)
     return json_path, md_path
 
 

@@ -1,4 +1,4 @@
-"""Feature computation throughput, in three parts, each against a named baseline in the same run.
+"""Feature computation throughput, in four parts, each against a named baseline in the same run.
 
 1. The full feature set (:func:`raytrade.features.compute_features` with the default
    :class:`~raytrade.config.FeatureConfig`) on about 1,000,000 one-minute bars of one symbol, in one
@@ -8,9 +8,13 @@
    (``compute_features(..., names=...)``, candidate) against the raw TA-Lib calls on numpy arrays
    (baseline 1) and against the pure-Python/pandas ``ta`` library (baseline 2), with value checks.
 3. Ray Data :func:`raytrade.dataset.preprocess.preprocess` (one task per symbol) on 1 vs 2 CPUs on the
-   real 10-symbol alt/BTC 5-minute file, against a serial in-process loop of
-   :func:`~raytrade.dataset.preprocess.symbol_features`; plus, as an extra, the same on that file tiled
-   10x in time so that per-symbol work dominates Ray's fixed cost.
+   real 10-symbol alt/BTC 5-minute file, against a serial in-process loop doing the same work
+   (:func:`serial_preprocess`: :func:`~raytrade.dataset.preprocess.symbol_features` per symbol, then the
+   cross-sectional step); plus, as an extra, the same on that file tiled 10x in time so that per-symbol
+   work dominates Ray's fixed cost. The time of the cross-sectional step (serial, in the driver) is
+   recorded apart on both sides.
+4. The same on a large real universe (issue 16): the 29 Dow stocks daily (``stooq_dow30_1d``, loaded with
+   :func:`raytrade.data.universe.load_universe`), as it is and tiled 10x in time.
 
 Only real bars are used. The larger inputs are real bars tiled end to end: each copy's prices are
 rescaled so that its first open continues from the previous copy's last close, volumes are kept and
@@ -21,8 +25,11 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -44,6 +51,7 @@ NAME = "features"
 TITLE = "feature computation throughput"
 MINUTE_FILE = SHARED_DATA / "nautilus_ftx_btcperp_1m.parquet"
 MULTI_FILE = SHARED_DATA / "freqtrade_binance_altbtc_5m.parquet"
+UNIVERSE_FILE = SHARED_DATA / "stooq_dow30_1d.parquet"
 TARGET_ROWS = 1_000_000
 WARMUP = 1
 
@@ -60,6 +68,8 @@ RAY_CPUS = (1, 2)
 RAY_REPEATS = 5
 BIG_TILES = 10
 BIG_REPEATS = 3  # extra input, kept short so that the whole benchmark stays within a few minutes
+UNIVERSE_TILES = 10
+UNIVERSE_REPEATS = 3
 SPEEDUP_TARGET = 1.6  # issue target: preprocess on 2 CPUs >= 1.6x faster than on 1 CPU
 
 CANDIDATE_FULL = "compute_features(bars, FeatureConfig()): all features, one symbol, one process"
@@ -67,7 +77,8 @@ CANDIDATE_SIX = "raytrade: compute_features(bars, cfg, names=[8 columns of the 6
 BASELINE_TALIB = "raw TA-Lib: RSI, MACD, BBANDS, NATR, ADX, OBV on numpy arrays"
 EXTRA_TALIB_NORM = "(extra) raw TA-Lib + the same normalisation, numpy arrays, no DataFrame"
 BASELINE_TA = "ta 0.11: RSIIndicator, MACD, BollingerBands, AverageTrueRange, ADXIndicator, OBV on pandas Series"
-BASELINE_SERIAL = "serial: reference_series + symbol_features per symbol (loop) + pd.concat, one process"
+BASELINE_SERIAL = ("serial: reference_series + symbol_features per symbol (loop) + pd.concat + "
+                   "cross_sectional_step, one process")
 CANDIDATE_RAY = "Ray Data: preprocess() (from_pandas + map_batches, one task per symbol)"
 
 _OHLCV = ("open", "high", "low", "close", "volume")
@@ -405,18 +416,69 @@ def run_six(bars: pd.DataFrame, source: pd.DataFrame) -> dict[str, Any]:
 # part 3: Ray Data preprocess on 1 vs 2 CPUs
 
 
-def _serial(bars: pd.DataFrame, features: Any, labels: Any) -> pd.DataFrame:
+def serial_preprocess(bars: pd.DataFrame, features: Any,
+                      labels: Any) -> tuple[pd.DataFrame, list[str], dict[str, float]]:
+    """The baseline: what :func:`~raytrade.dataset.preprocess.preprocess` computes, serially in this process.
+
+    Step 1 is a loop of :func:`~raytrade.dataset.preprocess.symbol_features` over the symbols (with the
+    cross-sectional inputs when the cross-section is on) and one ``pd.concat``; step 2 is
+    :func:`~raytrade.features.cross_sectional.cross_sectional_step` over step 1's rows, keeping the rows
+    whose ``xs_`` columns are all defined (as ``preprocess`` does). No sort or dtype restore: the loop's
+    output is already in ``preprocess``'s order.
+
+    Returns:
+        ``(frame, feature columns, {"per_symbol_s", "cross_sectional_s"})`` with the seconds of each step.
+    """
+    from raytrade.dataset.labels import label_columns
     from raytrade.dataset.preprocess import reference_series, symbol_features
+    from raytrade.features import feature_columns
+    from raytrade.features.cross_sectional import (
+        INPUT_COLUMNS,
+        cross_sectional_columns,
+        cross_sectional_enabled,
+        cross_sectional_step,
+    )
 
+    t0 = time.perf_counter()
     _, reference = reference_series(bars, features)
-    return pd.concat([symbol_features(g, features, labels, reference) for _, g in bars.groupby("symbol", sort=False)],
-                     ignore_index=True)
+    groups = bars.groupby("symbol", sort=False)
+    xs_on = cross_sectional_enabled(features, groups.ngroups)
+    frame = pd.concat([symbol_features(g.reset_index(drop=True), features, labels, reference, xs_on)
+                       for _, g in groups], ignore_index=True)
+    t1 = time.perf_counter()
+    cols = feature_columns(features, cross_asset=reference is not None)
+    if xs_on:
+        xs = cross_sectional_step(frame, features)
+        labs = label_columns(frame)
+        base = [c for c in frame if c not in labs and c not in INPUT_COLUMNS]
+        complete = xs.notna().all(axis=1).to_numpy()
+        frame = pd.concat([frame[base], xs, frame[labs]], axis=1)[complete].reset_index(drop=True)
+        cols = [*cols, *cross_sectional_columns(features)]
+    return frame, cols, {"per_symbol_s": t1 - t0, "cross_sectional_s": time.perf_counter() - t1}
 
 
-def _ray(bars: pd.DataFrame, features: Any, labels: Any) -> pd.DataFrame:
-    from raytrade.dataset.preprocess import preprocess
+@contextmanager
+def timed_calls(module: Any, attr: str, sink: list[float]) -> Iterator[bool]:
+    """While active, every call of ``module.attr`` appends its wall seconds to ``sink`` (the function itself
+    runs unchanged; the attribute is restored on exit). Yields False, timing nothing, if there is no such
+    attribute."""
+    original = getattr(module, attr, None)
+    if original is None:
+        yield False
+        return
 
-    return preprocess(bars, features, labels).frame
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            sink.append(time.perf_counter() - start)
+
+    setattr(module, attr, timed)
+    try:
+        yield True
+    finally:
+        setattr(module, attr, original)
 
 
 def check_same(serial: pd.DataFrame, ray_out: pd.DataFrame, cols: list[str]) -> dict[str, Any]:
@@ -431,58 +493,119 @@ def check_same(serial: pd.DataFrame, ray_out: pd.DataFrame, cols: list[str]) -> 
     labels = [col for col in s.columns if col.startswith("label_")]
     same_values = bool(same_keys and np.allclose(s[cols + labels].to_numpy(np.float64),
                                                  r[cols + labels].to_numpy(np.float64), equal_nan=True))
-    return {"rows": len(r), "same_rows_symbols_timestamps": same_keys, "features_and_labels_allclose": same_values,
-            "passed": same_keys and same_values}
+    return {"rows": len(r), "columns_compared": len(cols) + len(labels), "same_rows_symbols_timestamps": same_keys,
+            "features_and_labels_allclose": same_values, "passed": same_keys and same_values}
+
+
+def _split_stats(totals: list[float], xs: list[float] | None, rows: int, **extra: Any) -> dict[str, Any]:
+    """Whole-call stats plus, when the cross-sectional step was timed, the medians of both parts."""
+    stats = _stats(totals, rows, **extra)
+    if xs is not None:
+        rest = [t - x for t, x in zip(totals, xs, strict=True)]
+        stats["cross_sectional"] = summarize_times(xs)
+        stats["rest"] = summarize_times(rest)
+    return stats
+
+
+def _time_serial(bars: pd.DataFrame, fcfg: Any, lcfg: Any, repeats: int) -> dict[str, Any]:
+    for _ in range(WARMUP):
+        serial_preprocess(bars, fcfg, lcfg)
+    totals, xs = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _, _, parts = serial_preprocess(bars, fcfg, lcfg)
+        totals.append(time.perf_counter() - start)
+        xs.append(parts["cross_sectional_s"])
+    return {"name": BASELINE_SERIAL, **_split_stats(totals, xs, len(bars))}
+
+
+def _time_ray(bars: pd.DataFrame, fcfg: Any, lcfg: Any, repeats: int, serial_out: pd.DataFrame) -> dict[str, Any]:
+    """One warm-up call (output checked against the serial loop's, then released), then ``repeats`` timed calls
+    with the time spent in ``preprocess``'s cross-sectional step recorded apart."""
+    from raytrade.dataset import preprocess as module
+
+    pre = module.preprocess(bars, fcfg, lcfg)
+    check = check_same(serial_out, pre.frame, pre.feature_columns)
+    check["feature_columns"] = len(pre.feature_columns)
+    check["cross_sectional_columns"] = sum(c.startswith("xs_") for c in pre.feature_columns)
+    del pre
+    totals, xs = [], []
+    sink: list[float] = []
+    with timed_calls(module, "_cross_sectional", sink) as timed:
+        for _ in range(repeats):
+            sink.clear()
+            start = time.perf_counter()
+            module.preprocess(bars, fcfg, lcfg)
+            totals.append(time.perf_counter() - start)
+            xs.append(sum(sink))
+    return {"name": CANDIDATE_RAY, **_split_stats(totals, xs if timed else None, len(bars)), "check_vs_serial": check}
 
 
 def run_ray(inputs: dict[str, tuple[pd.DataFrame, int]]) -> dict[str, Any]:
-    """``inputs``: label -> (bars, timed repeats). Serial baseline first, then Ray on each CPU count."""
+    """``inputs``: label -> (bars, timed repeats).
+
+    Per input, in this order: the serial baseline, then for each CPU count a fresh local Ray
+    (``ray.init(num_cpus=n)``), a checked warm-up call, the timed calls and ``ray.shutdown()``: the baseline
+    and both CPU counts of one input run back to back, so drifting background load hits them alike.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     from raytrade.config import FeatureConfig, LabelConfig
-    from raytrade.features import feature_columns
 
     if ray.is_initialized():
         raise RuntimeError("the features benchmark starts its own local Ray instances; shut Ray down first")
     fcfg, lcfg = FeatureConfig(), LabelConfig()
-    cols = feature_columns(fcfg, cross_asset=True)
     out: dict[str, Any] = {"inputs": {}, "ray_version": ray.__version__, "ray_init_s": {},
                            "load_average_1_5_15m": {"start": load_average()}}
-    serial_out: dict[str, pd.DataFrame] = {}
     for label, (bars, repeats) in inputs.items():
-        times = time_repeats(lambda b=bars: _serial(b, fcfg, lcfg), repeats, warmup=WARMUP)
-        serial_out[label] = _serial(bars, fcfg, lcfg)  # after timing, to be checked against Ray's outputs
-        out["inputs"][label] = {"rows": len(bars), "symbols": int(bars["symbol"].nunique()), "repeats": repeats,
-                                "baseline": {"name": BASELINE_SERIAL, **_stats(times, len(bars))}, "ray": {}}
-    for n_cpus in RAY_CPUS:
-        t0 = time.perf_counter()
-        ray.init(num_cpus=n_cpus, include_dashboard=False, log_to_driver=False)
-        out["ray_init_s"][str(n_cpus)] = time.perf_counter() - t0
-        try:
-            ray.data.DataContext.get_current().enable_progress_bars = False
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
-            cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
-            for label, (bars, repeats) in inputs.items():
-                # warm-up call, its output checked (and released) right away
-                check = check_same(serial_out[label], _ray(bars, fcfg, lcfg), cols)
-                times = time_repeats(lambda b=bars: _ray(b, fcfg, lcfg), repeats, warmup=0)
-                out["inputs"][label]["ray"][str(n_cpus)] = {
-                    "name": CANDIDATE_RAY, "num_cpus": n_cpus, "cluster_cpus": cluster_cpus,
-                    **_stats(times, len(bars)), "check_vs_serial": check}
-        finally:
-            ray.shutdown()
-        out["load_average_1_5_15m"][f"after_{n_cpus}_cpu"] = load_average()
-    for block in out["inputs"].values():
-        one, two, serial = block["ray"]["1"]["median_s"], block["ray"]["2"]["median_s"], block["baseline"]["median_s"]
-        block["speedup_2cpu_over_1cpu"] = one / two
-        block["speedup_target"] = SPEEDUP_TARGET
-        block["speedup_target_met"] = bool(one / two >= SPEEDUP_TARGET)
-        block["ray_1cpu_over_serial"] = one / serial
-        block["ray_1cpu_minus_serial_s"] = one - serial
-        block["ray_2cpu_minus_serial_s"] = two - serial
+        block: dict[str, Any] = {"rows": len(bars), "symbols": int(bars["symbol"].nunique()), "repeats": repeats,
+                                 "baseline": _time_serial(bars, fcfg, lcfg, repeats), "ray": {},
+                                 "load_average_1_5_15m": {"start": load_average()}}
+        serial_out = serial_preprocess(bars, fcfg, lcfg)[0]  # after timing, checked against Ray's outputs
+        for n_cpus in RAY_CPUS:
+            t0 = time.perf_counter()
+            ray.init(num_cpus=n_cpus, include_dashboard=False, log_to_driver=False)
+            out["ray_init_s"].setdefault(str(n_cpus), []).append(time.perf_counter() - t0)
+            try:
+                ray.data.DataContext.get_current().enable_progress_bars = False
+                logging.getLogger("ray.data").setLevel(logging.WARNING)
+                block["ray"][str(n_cpus)] = {"num_cpus": n_cpus, "cluster_cpus": ray.cluster_resources().get("CPU"),
+                                             **_time_ray(bars, fcfg, lcfg, repeats, serial_out)}
+            finally:
+                ray.shutdown()
+            block["load_average_1_5_15m"][f"after_{n_cpus}_cpu"] = load_average()
+        del serial_out
+        out["inputs"][label] = block
+        _derive(block)
+    out["load_average_1_5_15m"]["end"] = load_average()
     return out
 
+
+def _derive(block: dict[str, Any]) -> None:
+    """Speedups, Ray's extra cost over the serial loop and, with the cross-sectional step timed apart, the
+    speedup of the rest and the Amdahl ceiling that the serial step leaves (``T1 / ((T1 - X1) / 2 + X1)``)."""
+    r1, r2, base = block["ray"]["1"], block["ray"]["2"], block["baseline"]
+    one, two, serial = r1["median_s"], r2["median_s"], base["median_s"]
+    block.update({
+        "speedup_2cpu_over_1cpu": one / two,
+        "speedup_2cpu_over_1cpu_fastest_repeats": r1["min_s"] / r2["min_s"],
+        "speedup_target": SPEEDUP_TARGET,
+        "speedup_target_met": bool(one / two >= SPEEDUP_TARGET),
+        "ray_1cpu_over_serial": one / serial,
+        "ray_2cpu_over_serial": two / serial,
+        "ray_1cpu_minus_serial_s": one - serial,
+        "ray_2cpu_minus_serial_s": two - serial,
+    })
+    if "rest" in r1 and "rest" in r2:
+        x1 = r1["cross_sectional"]["median_s"]
+        block.update({
+            "cross_sectional_share_1cpu": x1 / one,
+            "speedup_rest_2cpu_over_1cpu": r1["rest"]["median_s"] / r2["rest"]["median_s"],
+            "speedup_cross_sectional_2cpu_over_1cpu": x1 / r2["cross_sectional"]["median_s"],
+            "amdahl_ceiling_2cpu": one / ((one - x1) / 2 + x1),
+        })
+    block["serial_cross_sectional_share"] = base["cross_sectional"]["median_s"] / serial
 
 # ---------------------------------------------------------------------------------------------------
 # report
@@ -589,63 +712,117 @@ def _markdown(payload: dict[str, Any], src_rows: int, multi_rows: int) -> str:
                   f"{_fmt_num(r['max_rel_diff'])} | {r['allclose']} |")
     md += ["", *_ta_notes(ta_check, *payload["data"]["minute_tiled_close_first_last"])]
 
+    rays_all = rays["inputs"]
+    alt = {k: v for k, v in rays_all.items() if k in payload["data"]["ray_sections"]["3"]}
+    uni = {k: v for k, v in rays_all.items() if k in payload["data"]["ray_sections"]["4"]}
+    dow = payload["data"]["universe"]
     md += [
         "",
         "### 3. Ray Data preprocess, 1 vs 2 CPUs",
         "",
         f"`{CANDIDATE_RAY}` on `{MULTI_FILE.name}` ({multi_rows:,} real 5-minute bars of 10 alt/BTC symbols, "
-        "`raytrade.data.load_bars`), default `FeatureConfig()` (cross-asset features on) and `LabelConfig()`. "
-        "For each CPU count: `ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False)`, progress bars "
-        "off, one warm-up call (its output is checked against the serial loop's, then released), timed calls, "
+        "`raytrade.data.load_bars`), default `FeatureConfig()` (cross-asset features on; with several symbols the "
+        "cross-sectional `xs_` step too) and `LabelConfig()`. Per input: the serial baseline first, then for each "
+        "CPU count `ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False)`, progress bars off, one "
+        "warm-up call (its output is checked against the serial loop's, then released), timed calls, "
         "`ray.shutdown()`. Baseline, same run, no Ray: "
         f"`{BASELINE_SERIAL}`. The extra input is the same file tiled {BIG_TILES}x in time (per symbol, prices "
-        "rescaled for continuity as above, volumes unchanged, every copy shifted by the file's span + 5 minutes).",
+        "rescaled for continuity as above, volumes unchanged, every copy shifted by the file's span + 5 minutes). "
+        "`xs step` = the time spent in the cross-sectional step, which runs in the driver (serial) on both sides; "
+        "`rest` = the whole call minus it (for Ray: the per-symbol step in parallel tasks plus Ray Data's fixed "
+        "costs and the driver-side sort and dtype restore).",
         "",
-        "| input | variant | CPUs | repeats | median | min | max | rows/s | / serial |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *_ray_table(alt),
+        "",
+        *_ray_bullets(alt),
+        "",
+        f"### 4. A large real universe: the 29 Dow stocks daily, 1 vs 2 CPUs (issue 16, target >= {SPEEDUP_TARGET}x)",
+        "",
+        f"Choice: `{UNIVERSE_FILE.name}` ({dow['rows']:,} real daily bars of {dow['symbols']} symbols, "
+        f"{dow['first']} -> {dow['last']}, union calendar of {dow['calendar_bars']:,} days; loaded with the universe "
+        "loader `raytrade.data.universe.load_universe`, validation policy `fail`), as it is and tiled "
+        f"{UNIVERSE_TILES}x in time ({dow['tiled_rows']:,} rows, about {dow['tiled_rows'] // dow['symbols']:,} bars "
+        "per symbol; tiling as in section 3, every copy shifted by the file's span + 1 day). 29 symbols give 29 "
+        "tasks of similar size, so 2 CPUs split the per-symbol work evenly (15 / 14); the shared files cannot be "
+        "one universe (their bar intervals differ and the loader refuses mixed intervals), and the 5-symbol hourly "
+        "or 4-symbol crypto files give too few tasks to balance. Same method, baseline and columns as section 3; "
+        "the default `FeatureConfig()` adds the cross-sectional step over all 29 symbols.",
+        "",
+        *_ray_table(uni),
+        "",
+        *_ray_bullets(uni),
     ]
-    for label, block in rays["inputs"].items():
-        b = block["baseline"]
-        md.append(f"| {label} | serial loop (baseline) | 1 (in process) | {block['repeats']} | "
-                  f"{fmt_s(b['median_s'])} | {fmt_s(b['min_s'])} | {fmt_s(b['max_s'])} | "
-                  f"{fmt_rate(b['rows_per_s'])} | 1.00 |")
-        for n_cpus, s in block["ray"].items():
-            md.append(f"| {label} | Ray Data preprocess | {n_cpus} | {block['repeats']} | {fmt_s(s['median_s'])} | "
-                      f"{fmt_s(s['min_s'])} | {fmt_s(s['max_s'])} | {fmt_rate(s['rows_per_s'])} | "
-                      f"{s['median_s'] / b['median_s']:.2f} |")
-    md.append("")
-    for label, block in rays["inputs"].items():
-        checks = [s["check_vs_serial"]["passed"] for s in block["ray"].values()]
-        md.append(
-            f"- {label}: **speedup 2 CPUs / 1 CPU = {block['speedup_2cpu_over_1cpu']:.2f}** (issue target >= "
-            f"{SPEEDUP_TARGET}: {'met' if block['speedup_target_met'] else 'NOT met'}). Ray on 1 CPU takes "
-            f"{block['ray_1cpu_over_serial']:.1f}x the serial loop, i.e. {fmt_s(block['ray_1cpu_minus_serial_s'])} "
-            f"more per call, and {fmt_s(block['ray_2cpu_minus_serial_s'])} more on 2 CPUs. That extra time is "
-            "not per-symbol feature work (it is putting the frames in the object store, planning and scheduling "
-            "the tasks, Arrow/pandas conversion both ways, `preprocess`'s driver-side sort and dtype restore); "
-            "what of it does not shrink with a second CPU limits the speedup. "
-            f"Outputs equal to the serial loop's (rows, features, labels): {all(checks)}.")
     init = rays["ray_init_s"]
-    loads = rays["load_average_1_5_15m"]
+    worst = max((v[0] for b in rays_all.values() for v in b["load_average_1_5_15m"].values() if v), default=0.0)
     md += [
         "",
-        "1-minute load average during this part (2 CPUs): "
-        + ", ".join(f"{k.replace('after_', 'after the ').replace('_cpu', '-CPU runs')} {v[0]:.1f}"
-                    for k, v in loads.items() if v)
+        "1-minute load average around each input (2 CPUs): "
+        + "; ".join(f"{label.split(':')[0]} {label.split(':', 1)[1].strip()}: "
+                    + ", ".join(f"{k.replace('after_', 'after ').replace('_cpu', '-CPU runs')} {v[0]:.1f}"
+                                for k, v in b["load_average_1_5_15m"].items() if v)
+                    for label, b in rays_all.items())
         + ". This part alone keeps up to about 2 processes runnable (driver and Ray workers); "
         + ("the load went above 2, so other processes shared the CPUs: the second CPU was not fully free, the "
-           "2-CPU speedup is likely lower than on an idle machine, and the serial rows are noisy for the same reason."
-           if max((v[0] for v in loads.values() if v), default=0.0) > 2 else "no sign of other processes competing."),
+           "2-CPU speedups are likely lower than on an idle machine, and every row is noisy for the same reason."
+           if worst > 2 else "no sign of other processes competing."),
         "",
-        "`ray.init` took " + ", ".join(f"{fmt_s(s)} with {n} CPU(s)" for n, s in init.items())
-        + " (once per CPU count, not timed in the rows above). Ray Data pays off when per-symbol work is large "
-        "compared with its fixed per-call cost, or when symbols spread over many nodes; on this small 2-CPU "
+        "`ray.init` took " + ", ".join(f"{fmt_s(statistics.median(s))} with {n} CPU(s) (median of {len(s)})"
+                                       for n, s in init.items())
+        + ", once per input and CPU count, not timed in the rows above. Ray Data pays off when per-symbol work is "
+        "large compared with its fixed per-call cost, or when symbols spread over many nodes; on this small 2-CPU "
         "machine the serial loop in one process has none of that cost.",
     ]
     note = busy_note(payload["load_average_at_start"])
     if note:
         md += ["", note]
     return "\n".join(md)
+
+
+def _ray_table(inputs: dict[str, Any]) -> list[str]:
+    md = ["| input | variant | CPUs | repeats | median | min | max | xs step | rest | rows/s | / serial |",
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def parts(s: dict[str, Any]) -> str:
+        if "rest" not in s:
+            return "n/a | n/a"
+        return f"{fmt_s(s['cross_sectional']['median_s'])} | {fmt_s(s['rest']['median_s'])}"
+
+    for label, block in inputs.items():
+        b = block["baseline"]
+        md.append(f"| {label} | serial loop (baseline) | 1 (in process) | {block['repeats']} | "
+                  f"{fmt_s(b['median_s'])} | {fmt_s(b['min_s'])} | {fmt_s(b['max_s'])} | {parts(b)} | "
+                  f"{fmt_rate(b['rows_per_s'])} | 1.00 |")
+        for n_cpus, s in block["ray"].items():
+            md.append(f"| {label} | Ray Data preprocess | {n_cpus} | {block['repeats']} | {fmt_s(s['median_s'])} | "
+                      f"{fmt_s(s['min_s'])} | {fmt_s(s['max_s'])} | {parts(s)} | {fmt_rate(s['rows_per_s'])} | "
+                      f"{s['median_s'] / b['median_s']:.2f} |")
+    return md
+
+
+def _ray_bullets(inputs: dict[str, Any]) -> list[str]:
+    md = []
+    for label, block in inputs.items():
+        checks = [s["check_vs_serial"] for s in block["ray"].values()]
+        split = ""
+        if "speedup_rest_2cpu_over_1cpu" in block:
+            share, xs_ratio = block["cross_sectional_share_1cpu"], block["speedup_cross_sectional_2cpu_over_1cpu"]
+            split = (f" Split: the serial cross-sectional step is {share:.0%} of the 1-CPU call (1-CPU / 2-CPU time "
+                     f"x{xs_ratio:.2f}; it runs in the driver, so about x1 is expected) and the rest speeds up "
+                     f"**x{block['speedup_rest_2cpu_over_1cpu']:.2f}**; with that serial share, a perfectly parallel "
+                     f"rest would give at most x{block['amdahl_ceiling_2cpu']:.2f} (Amdahl). In the serial loop the "
+                     f"cross-sectional step is {block['serial_cross_sectional_share']:.0%} of the time.")
+        md.append(
+            f"- {label}: **speedup 2 CPUs / 1 CPU = {block['speedup_2cpu_over_1cpu']:.2f}** (fastest repeats "
+            f"{block['speedup_2cpu_over_1cpu_fastest_repeats']:.2f}; issue target >= {SPEEDUP_TARGET}: "
+            f"{'met' if block['speedup_target_met'] else 'NOT met'}).{split} Ray on 1 CPU takes "
+            f"{block['ray_1cpu_over_serial']:.2f}x the serial loop ({fmt_s(block['ray_1cpu_minus_serial_s'])} more "
+            f"per call), on 2 CPUs {block['ray_2cpu_over_serial']:.2f}x ({fmt_s(block['ray_2cpu_minus_serial_s'])}). "
+            "Ray's extra time is not feature work (putting the frames in the object store, planning and scheduling "
+            "the tasks, Arrow/pandas conversion both ways, the driver-side sort and dtype restore); what of it does "
+            "not shrink with a second CPU limits the speedup. Outputs equal to the serial loop's (same rows, "
+            f"{checks[0]['columns_compared']} feature and label columns incl. {checks[0]['cross_sectional_columns']} "
+            f"`xs_`): {all(c['passed'] for c in checks)}.")
+    return md
 
 
 def _ta_notes(ta_check: dict[str, Any], price_first: float, price_last: float) -> list[str]:
@@ -687,19 +864,26 @@ def _ta_notes(ta_check: dict[str, Any], price_first: float, price_last: float) -
 def run() -> str:
     """Run the three parts, write ``results/features.{json,md}`` and return the markdown."""
     from raytrade.data import load_bars
+    from raytrade.data.universe import load_universe
 
     load_at_start = load_average()
     source = load_bars(MINUTE_FILE)
     bars = tile_minute_bars(source, TARGET_ROWS)
     multi = load_bars(MULTI_FILE)
     big = tile_in_time(multi, BIG_TILES)
+    universe = load_universe(UNIVERSE_FILE)
+    dow = universe.bars
+    dow_big = tile_in_time(dow, UNIVERSE_TILES)
 
     full = run_full_set(bars, source)
     six = run_six(bars, source)
-    rays = run_ray({
-        f"real: {len(multi):,} rows": (multi, RAY_REPEATS),
-        f"extra: tiled {BIG_TILES}x, {len(big):,} rows": (big, BIG_REPEATS),
-    })
+    sections = {
+        "3": {f"alt/BTC 5m real: {len(multi):,} rows": (multi, RAY_REPEATS),
+              f"alt/BTC 5m extra: tiled {BIG_TILES}x, {len(big):,} rows": (big, BIG_REPEATS)},
+        "4": {f"Dow 29 daily real: {len(dow):,} rows": (dow, RAY_REPEATS),
+              f"Dow 29 daily tiled {UNIVERSE_TILES}x: {len(dow_big):,} rows": (dow_big, UNIVERSE_REPEATS)},
+    }
+    rays = run_ray({label: spec for inputs in sections.values() for label, spec in inputs.items()})
     payload: dict[str, Any] = {
         "title": TITLE,
         "data": {
@@ -716,6 +900,15 @@ def run() -> str:
             "multi_tiled_rows": len(big),
             "multi_tiling": f"each symbol repeated {BIG_TILES}x in time, every copy shifted by the file's span + one "
                             "bar, OHLC rescaled per symbol for continuity, volume unchanged",
+            "universe": {
+                "file": relpath(UNIVERSE_FILE), "loader": "raytrade.data.universe.load_universe (policy fail)",
+                "rows": len(dow), "symbols": len(universe.symbols), "calendar_bars": len(universe.panel.timestamps),
+                "first": str(dow["timestamp"].min().date()), "last": str(dow["timestamp"].max().date()),
+                "tiles": UNIVERSE_TILES, "tiled_rows": len(dow_big),
+                "tiling": f"each symbol repeated {UNIVERSE_TILES}x in time, every copy shifted by the file's span + "
+                          "one day, OHLC rescaled per symbol for continuity, volume unchanged",
+            },
+            "ray_sections": {key: list(inputs) for key, inputs in sections.items()},
         },
         "load_average_at_start": load_at_start,
         "full_set": full,
