@@ -628,3 +628,19 @@ def test_find_report_by_directory_name_and_latest(tmp_path):
         find_report("no-report", tmp_path)
     with pytest.raises(RaytradeError, match="no run with a report.html"):
         find_report("latest", tmp_path / "empty")
+
+
+@pytest.mark.parametrize("n_assets", [13, 29])
+def test_weights_plot_gives_every_asset_its_own_colour(tmp_path, n_assets):
+    """The stacked weights of a universe (13 assets: tab20; the 29 Dow stocks: sampled turbo) never share a colour,
+    and the PNG is written."""
+    from matplotlib.colors import to_hex
+
+    from raytrade.evaluation.plots import _distinct_colors, plot_weights
+
+    colours = [to_hex(c) for c in _distinct_colors(n_assets)]
+    assert len(set(colours)) == n_assets
+    w = np.full((30, n_assets), 0.9 / n_assets)
+    path = plot_weights(w, [f"S{i}" for i in range(n_assets)], pd.date_range("2017-01-02", periods=30).to_numpy(),
+                        tmp_path / "w.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

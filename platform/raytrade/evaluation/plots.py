@@ -108,9 +108,9 @@ def plot_weights(weights: np.ndarray, symbols: tuple[str, ...] | list[str], time
     w = np.nan_to_num(np.asarray(weights, dtype=np.float64))
     if w.ndim != 2 or w.shape != (len(timestamps), len(symbols)):
         raise ValueError(f"weights must have shape ({len(timestamps)}, {len(symbols)}), got {w.shape}")
-    fig = Figure(figsize=(10, 4.5))
+    fig = Figure(figsize=(11, 4.5))
     ax = fig.subplots()
-    colors = [f"C{i % 10}" for i in range(len(symbols))]
+    colors = _distinct_colors(len(symbols))
     ax.stackplot(timestamps, np.clip(w, 0.0, None).T, labels=list(symbols), colors=colors, alpha=0.85, lw=0)
     if (w < 0).any():
         ax.stackplot(timestamps, np.clip(w, None, 0.0).T, colors=colors, alpha=0.55, lw=0)
@@ -118,9 +118,20 @@ def plot_weights(weights: np.ndarray, symbols: tuple[str, ...] | list[str], time
     ax.axhline(0.0, color="grey", lw=0.6)
     ax.set_ylabel("weight (fraction of equity)")
     ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=7, ncol=min(len(symbols) + 1, 8))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, ncol=1 + len(symbols) // 18)
     fig.autofmt_xdate()
     return _save(fig, path)
+
+
+def _distinct_colors(n: int) -> list[Any]:
+    """``n`` colours no two alike: matplotlib's ``tab20`` up to 20 (pairs of a hue, dark first), else ``n`` evenly
+    spaced samples of ``turbo``."""
+    from matplotlib import colormaps
+
+    if n <= 20:
+        tab = colormaps["tab20"].colors
+        return [tab[2 * i] if i < 10 else tab[2 * (i - 10) + 1] for i in range(n)]
+    return [colormaps["turbo"](x) for x in np.linspace(0.05, 0.95, n)]
 
 
 def plot_confusion(confusion: np.ndarray, class_names: tuple[str, ...], path: str | Path,
