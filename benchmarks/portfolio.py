@@ -12,16 +12,17 @@ of the 120 asset-major features (+ current weights and account state), fills at 
 volatility slippage, ``weight_limits`` (long-only, gross <= 1), random starts and 500-bar episodes.
 
 * **Env steps/s** (single process, no wrappers, the same pre-drawn seeded uniform actions in [-1, 1]^30):
-  ``TradingEnv`` over a whole episode; :class:`raytrade_envs.VecTradingEnv` with 8 envs (what each RLlib env
+  ``TradingEnv`` over a whole episode; :class:`raytrade_envs.VecTradingEnv` with 8, 32 (what each RLlib env
   runner steps, :data:`raytrade.rl.rllib_agents.PORTFOLIO_ENVS_PER_RUNNER`) and 64 envs; baseline
   :class:`FinRLPortfolioEnv`, FinRL's ``StockTradingEnv`` with its multi-stock branches, on the same 30 closes and
   features (FinRL's layout needs every ticker on every day, so its frame is the calendar's rows where all 30
   trade). Round-robin repeats, medians compared.
 * **PPO training throughput**: the same PPO (2,048 env steps per iteration, minibatch 256, 5 epochs, MLP 64x64,
-  1 torch thread per process): SB3 PPO on one env (how the SB3 agents train) and on a ``DummyVecEnv`` of 8; RLlib
-  PPO (new API stack, :func:`raytrade.rl.rllib_agents.algo_config` as the agents stage builds it) with a local env
-  runner stepping 8 vectorised envs (1 process), and with one env-runner actor (2 processes, 2 CPUs). Throughput =
-  env steps of an iteration / its wall time (sampling + learning), median after a warm-up iteration.
+  1 torch thread per process): SB3 PPO on one env (how the SB3 agents train) and on a ``DummyVecEnv`` of 8 and of
+  :data:`~raytrade.rl.rllib_agents.PORTFOLIO_ENVS_PER_RUNNER` (32); RLlib PPO (new API stack,
+  :func:`raytrade.rl.rllib_agents.algo_config` as the agents stage builds it) with a local env runner stepping 8
+  and 32 vectorised envs (1 process), and with one env-runner actor of 32 (2 processes, 2 CPUs). Throughput = env
+  steps of an iteration / its wall time (sampling + learning), median after a warm-up iteration.
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ EPISODE = 500
 SEED = 20240601
 REPEATS = 5
 WARMUP = 1
-VEC_SIZES = (8, 64)
-VEC_STEPS = {8: 500, 64: 100}
+VEC_SIZES = (8, 32, 64)
+VEC_STEPS = {8: 500, 32: 200, 64: 100}
 FINRL_STEPS = 200
-RL_ITERATIONS = 5  # the first is a warm-up
+RL_ITERATIONS = 9  # the first is a warm-up
 RL_STEPS = 2048
 
 
@@ -223,13 +224,13 @@ def _sb3(kwargs: dict[str, Any], n_envs: int) -> list[float]:
     return rates
 
 
-def _rllib(kwargs: dict[str, Any], runners: int) -> list[float]:
+def _rllib(kwargs: dict[str, Any], runners: int, n_envs: int) -> list[float]:
     from raytrade.config import RLConfig
     from raytrade.rl.rllib_agents import algo_config
 
     cfg = RLConfig(agents=("ppo",), train_batch_size=RL_STEPS, minibatch_size=256, num_epochs=5, hidden=(64, 64),
                    window=WINDOW, num_env_runners=runners)
-    algo = algo_config("ppo", cfg, kwargs).build_algo()
+    algo = algo_config("ppo", cfg, kwargs, num_envs_per_env_runner=n_envs).build_algo()
     rates, last = [], 0
     try:
         for _ in range(RL_ITERATIONS):
@@ -255,9 +256,12 @@ def rl_throughput(data: dict[str, Any]) -> dict[str, list[float]]:
     n = PORTFOLIO_ENVS_PER_RUNNER
     return {
         "stable-baselines3 PPO, 1 env (baseline), 1 process": _sb3(kwargs, 1),
+        "stable-baselines3 PPO, DummyVecEnv of 8, 1 process": _sb3(kwargs, 8),
         f"stable-baselines3 PPO, DummyVecEnv of {n}, 1 process": _sb3(kwargs, n),
-        f"RLlib PPO, local env runner ({n} vectorised envs) + local learner, 1 process": _rllib(kwargs, 0),
-        f"RLlib PPO, 1 env-runner actor ({n} vectorised envs) + local learner, 2 CPUs": _rllib(kwargs, 1),
+        "RLlib PPO, local env runner (8 vectorised envs) + local learner, 1 process": _rllib(kwargs, 0, 8),
+        f"RLlib PPO, local env runner ({n} vectorised envs, the agents' default) + local learner, 1 process":
+            _rllib(kwargs, 0, n),
+        f"RLlib PPO, 1 env-runner actor ({n} vectorised envs) + local learner, 2 CPUs": _rllib(kwargs, 1, n),
     }
 
 

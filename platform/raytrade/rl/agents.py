@@ -142,9 +142,12 @@ def fit_agent(name: str, cfg: RLConfig, train_env: dict[str, Any], val_env: dict
             if best is None or row["val_sharpe"] > best[0]:
                 best = (row["val_sharpe"], iteration, policy, positions, returns)
             if log is not None:
-                log(f"[{name}] iteration {iteration}/{cfg.iterations}: {row['env_steps']} env steps, train episode "
-                    f"return {row['train_episode_return_mean']:.4f}, val Sharpe {row['val_sharpe']:.2f}, "
-                    f"val return {row['val_total_return']:+.2%} ({row['seconds']:.1f} s)")
+                ret = row["train_episode_return_mean"]
+                # with many envs per runner an episode can span several iterations: none may have ended yet
+                train = f"train episode return {ret:.4f}" if np.isfinite(ret) else "no training episode ended yet"
+                log(f"[{name}] iteration {iteration}/{cfg.iterations}: {row['env_steps']} env steps, {train}, "
+                    f"val Sharpe {row['val_sharpe']:.2f}, val return {row['val_total_return']:+.2%} "
+                    f"({row['seconds']:.1f} s)")
         window_policies = _retrain(name, trainer, retrain, log) if retrain is not None else []
         if checkpoint_dir is not None:
             checkpoint = str(trainer.save_checkpoint(Path(checkpoint_dir)))
