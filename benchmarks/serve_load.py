@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,14 +80,16 @@ def _bodies() -> list[bytes]:
 
 # ---------------------------------------------------------------------------------------------- load
 async def _closed_loop(url: str, path: str, bodies: list[bytes] | None, concurrency: int,
-                       seconds: float) -> dict[str, Any]:
+                       seconds: float, *, count_started: bool = False) -> dict[str, Any]:
     """``concurrency`` clients, each sending its next request as soon as the last is answered. Counts the
-    requests sent after the warm-up and answered within the ``seconds`` window. ``bodies`` None: ``GET``."""
+    requests sent after the warm-up and answered within the ``seconds`` window; ``count_started``: every request
+    STARTED in the window, each awaited to its answer (for requests that take seconds, which the window would
+    otherwise cut off). ``bodies`` None: ``GET``."""
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     records: list[tuple[float, float, int | str]] = []
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
         start = time.perf_counter()
         measured_from, end = start + WARMUP_S, start + WARMUP_S + seconds
 
@@ -108,7 +109,7 @@ async def _closed_loop(url: str, path: str, bodies: list[bytes] | None, concurre
                 k += concurrency
 
         await asyncio.gather(*(client_loop(i) for i in range(concurrency)))
-    window = [(t0, t1, c) for t0, t1, c in records if t0 >= measured_from and t1 <= end]
+    window = [(t0, t1, c) for t0, t1, c in records if measured_from <= t0 < end and (count_started or t1 <= end)]
     ok = np.array([(t1 - t0) * 1e3 for t0, t1, c in window if c == 200])
     codes = Counter(str(c) for _, _, c in window)
     pct = (lambda q: float(np.percentile(ok, q))) if len(ok) else (lambda q: float("nan"))
@@ -293,6 +294,7 @@ def _compute(models: dict[str, Any], bodies: list[bytes], repeats: int = 30) -> 
     """Median in-process ms per step of one decision (1 torch thread, as in a Serve replica)."""
     import torch
 
+    from benchmarks.common import StepTimer
     from raytrade.serving import steps
     from raytrade.serving.ingress import bars_frame
     from raytrade.serving.schemas import PredictRequest
@@ -304,13 +306,7 @@ def _compute(models: dict[str, Any], bodies: list[bytes], repeats: int = 30) -> 
     agents = {n: load_registered(uri, m, "champion", None) for n, m in models["agent_models"].items()}
     spec = steps.forecaster_spec(fc.obj, fc.version)
     combiner = steps.CombinerConfig(weights=models["weights"])
-    timings: dict[str, list[float]] = {}
-
-    def timed(name: str, fn, *args):  # noqa: ANN001, ANN002, ANN202
-        t0 = time.perf_counter()
-        out = fn(*args)
-        timings.setdefault(name, []).append((time.perf_counter() - t0) * 1e3)
-        return out
+    timed = StepTimer()
 
     def act_all(state: dict[str, Any]) -> dict[str, float]:
         return {n: steps.act_items(a.obj, a.version, [state])[0]["position"] for n, a in agents.items()}
@@ -326,8 +322,8 @@ def _compute(models: dict[str, Any], bodies: list[bytes], repeats: int = 30) -> 
         members = {"forecaster": steps.forecaster_member(out["forecast"]), **pos}
         timed("combiner", steps.combine, combiner, members, 0.0, 0.0)
         if i < 3:  # warm-up
-            timings.clear()
-    med = {k: statistics.median(v) for k, v in timings.items()}
+            timed.clear()
+    med = timed.medians()
     med["total"] = sum(med.values())
     return {"mc_samples": int(fc.obj.mc_samples), "lookback": int(fc.obj.lookback), "steps_ms": med}
 
