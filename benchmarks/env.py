@@ -96,17 +96,20 @@ def make_data(bars: pd.DataFrame) -> dict[str, Any]:
 
 # ------------------------------------------------------------- FinRL-style
 class FinRLStyleEnv:
-    """FinRL's ``StockTradingEnv`` transcribed for one stock (the per-step work kept as in FinRL).
+    """FinRL's ``StockTradingEnv`` transcribed (the per-step work kept as in FinRL), for one stock here and for
+    ``stock_dim`` stocks in ``benchmarks/portfolio.py``.
 
     Source: AI4Finance-Foundation/FinRL, ``finrl/meta/env_stock_trading/env_stocktrading.py``
-    (class ``StockTradingEnv``). Copied from it, for a single ticker and no turbulence threshold:
+    (class ``StockTradingEnv``). Copied from it, with both of its single/multi-stock branches and no turbulence
+    threshold:
 
     * data: a long DataFrame indexed by day number with ``date``, ``tic``, ``close`` and the
       technical-indicator columns; ``self.data = self.df.loc[self.day, :]`` is looked up with pandas
       on every step;
-    * state: ``[cash] + [close] + [shares] + [indicator values]`` rebuilt as a Python list from
+    * state: ``[cash] + closes + shares + each indicator's values`` rebuilt as a Python list from
       ``self.data`` each step (``_update_state``), including FinRL's ``len(self.df.tic.unique())``
-      single/multi-stock test there and in ``_get_date``;
+      single/multi-stock test there, in ``_initiate_state`` and in ``_get_date`` (several stocks: ``self.data``
+      holds every ticker's row of the day, so FinRL's layout needs every ticker on every day);
     * ``step``: the terminal test ``self.day >= len(self.df.index.unique()) - 1``; ``actions *
       hmax`` cast to int shares; ``argsort`` into sell and buy indices; ``_sell_stock`` /
       ``_buy_stock`` with cash/shares accounting and proportional costs (``sell_cost_pct`` /
@@ -121,14 +124,14 @@ class FinRLStyleEnv:
     """
 
     def __init__(self, df: pd.DataFrame, hmax: int, initial_amount: float, cost_pct: float,
-                 reward_scaling: float, tech_indicator_list: list[str]) -> None:
+                 reward_scaling: float, tech_indicator_list: list[str], stock_dim: int = 1) -> None:
         self.df = df
-        self.stock_dim = 1
+        self.stock_dim = stock_dim
         self.hmax = hmax
         self.initial_amount = initial_amount
-        self.num_stock_shares = [0]
-        self.buy_cost_pct = [cost_pct]
-        self.sell_cost_pct = [cost_pct]
+        self.num_stock_shares = [0] * stock_dim
+        self.buy_cost_pct = [cost_pct] * stock_dim
+        self.sell_cost_pct = [cost_pct] * stock_dim
         self.reward_scaling = reward_scaling
         self.tech_indicator_list = tech_indicator_list
         self.day = 0
@@ -136,14 +139,18 @@ class FinRLStyleEnv:
         self.state = self._initiate_state()
 
     def _initiate_state(self) -> list[Any]:
+        if len(self.df.tic.unique()) > 1:
+            return ([self.initial_amount] + self.data.close.values.tolist() + list(self.num_stock_shares)
+                    + sum((self.data[tech].values.tolist() for tech in self.tech_indicator_list), []))
         return ([self.initial_amount] + [self.data.close] + list(self.num_stock_shares)
                 + sum(([self.data[tech]] for tech in self.tech_indicator_list), []))
 
     def _update_state(self) -> list[Any]:
-        if len(self.df.tic.unique()) > 1:  # FinRL's multi-stock branch (not taken here)
-            raise NotImplementedError
-        return ([self.state[0]] + [self.data.close]
-                + list(self.state[(self.stock_dim + 1):(self.stock_dim * 2 + 1)])
+        held = list(self.state[(self.stock_dim + 1):(self.stock_dim * 2 + 1)])
+        if len(self.df.tic.unique()) > 1:
+            return ([self.state[0]] + self.data.close.values.tolist() + held
+                    + sum((self.data[tech].values.tolist() for tech in self.tech_indicator_list), []))
+        return ([self.state[0]] + [self.data.close] + held
                 + sum(([self.data[tech]] for tech in self.tech_indicator_list), []))
 
     def _get_date(self) -> Any:
@@ -253,11 +260,14 @@ def run_vec(env: Any, actions: np.ndarray) -> int:
     return actions.shape[0] * actions.shape[1]
 
 
-def _interleaved(variants: dict[str, tuple[Callable[[], int], Callable[[], None] | None]]) -> dict[str, dict]:
-    """Time each variant ``REPEATS`` times round-robin after ``WARMUP`` rounds; steps must not vary."""
+def interleaved(variants: dict[str, tuple[Callable[[], int], Callable[[], None] | None]], repeats: int = REPEATS,
+                warmup: int = WARMUP) -> dict[str, dict]:
+    """Time each variant ``(steps_fn, setup or None)`` ``repeats`` times round-robin after ``warmup`` rounds
+    (repeat ``k`` of every variant before repeat ``k + 1`` of any); the step count must not vary. Returns per
+    variant :func:`summarize_times` plus ``steps``, ``steps_per_s`` and ``per_step_s`` (medians)."""
     times: dict[str, list[float]] = {k: [] for k in variants}
     steps: dict[str, int] = {}
-    for rnd in range(WARMUP + REPEATS):
+    for rnd in range(warmup + repeats):
         for key, (fn, setup) in variants.items():
             if setup is not None:
                 setup()
@@ -266,7 +276,7 @@ def _interleaved(variants: dict[str, tuple[Callable[[], int], Callable[[], None]
             elapsed = time.perf_counter() - start
             if steps.setdefault(key, n) != n:
                 raise RuntimeError(f"{key}: step count changed between repeats ({steps[key]} vs {n})")
-            if rnd >= WARMUP:
+            if rnd >= warmup:
                 times[key].append(elapsed)
     out = {}
     for key, ts in times.items():
@@ -360,7 +370,7 @@ def run() -> str:
     for n in VEC_SIZES:
         variants[f"vec_{n}"] = (lambda n=n: run_vec(vec_envs[n], vec_actions[n]),
                                 lambda n=n: vec_envs[n].reset(seed=SEED))
-    res = _interleaved(variants)
+    res = interleaved(variants)
 
     ours = res["trading_env"]["per_step_s"]
     ratios = {

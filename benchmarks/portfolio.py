@@ -14,7 +14,8 @@ volatility slippage, ``weight_limits`` (long-only, gross <= 1), random starts an
 * **Env steps/s** (single process, no wrappers, the same pre-drawn seeded uniform actions in [-1, 1]^30):
   ``TradingEnv`` over a whole episode; :class:`raytrade_envs.VecTradingEnv` with 8, 32 (what each RLlib env
   runner steps, :data:`raytrade.rl.rllib_agents.PORTFOLIO_ENVS_PER_RUNNER`) and 64 envs; baseline
-  :class:`FinRLPortfolioEnv`, FinRL's ``StockTradingEnv`` with its multi-stock branches, on the same 30 closes and
+  :class:`benchmarks.env.FinRLStyleEnv` with ``stock_dim=30`` (FinRL's ``StockTradingEnv`` on its multi-stock
+  branches), on the same 30 closes and
   features (FinRL's layout needs every ticker on every day, so its frame is the calendar's rows where all 30
   trade). Round-robin repeats, medians compared.
 * **PPO training throughput**: the same PPO (2,048 env steps per iteration, minibatch 256, 5 epochs, MLP 64x64,
@@ -35,8 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import SHARED_DATA, busy_note, load_average, summarize_times, write_results
-from benchmarks.env import FinRLStyleEnv
+from benchmarks.common import SHARED_DATA, busy_note, load_average, write_results
+from benchmarks.env import FinRLStyleEnv, interleaved, run_episode, run_vec
 
 NAME = "portfolio"
 TITLE = "Portfolio env at 30 assets: env steps/s vs a FinRL-style env; RLlib PPO vs SB3 PPO on it"
@@ -98,38 +99,6 @@ def env_kwargs(data: dict[str, Any], *, episode: int | None = EPISODE) -> dict[s
 
 
 # ------------------------------------------------------------- FinRL-style
-class FinRLPortfolioEnv(FinRLStyleEnv):
-    """FinRL's ``StockTradingEnv`` with its multi-stock branches (``len(self.df.tic.unique()) > 1``), everything
-    else as :class:`benchmarks.env.FinRLStyleEnv` (source: AI4Finance-Foundation/FinRL,
-    ``finrl/meta/env_stock_trading/env_stocktrading.py``): the state is ``[cash] + closes + shares + each
-    indicator's values across tickers``, rebuilt each step from ``self.df.loc[self.day, :]`` (all tickers' rows of
-    the day); actions are ``(30,)`` in [-1, 1] times ``hmax`` shares, sells first then buys, by ``argsort``."""
-
-    def __init__(self, df: pd.DataFrame, stock_dim: int, **kwargs: Any) -> None:
-        self._dim = stock_dim
-        super().__init__(df, **kwargs)
-        self.stock_dim = stock_dim
-        self.num_stock_shares = [0] * stock_dim
-        self.buy_cost_pct = self.buy_cost_pct * stock_dim
-        self.sell_cost_pct = self.sell_cost_pct * stock_dim
-        self.state = self._initiate_state()
-
-    def _initiate_state(self) -> list[Any]:
-        shares = getattr(self, "num_stock_shares", [0] * self._dim)
-        if len(shares) != self._dim:
-            shares = [0] * self._dim
-        return ([self.initial_amount] + self.data.close.values.tolist() + list(shares)
-                + sum((self.data[tech].values.tolist() for tech in self.tech_indicator_list), []))
-
-    def _update_state(self) -> list[Any]:
-        return ([self.state[0]] + self.data.close.values.tolist()
-                + list(self.state[(self.stock_dim + 1):(self.stock_dim * 2 + 1)])
-                + sum((self.data[tech].values.tolist() for tech in self.tech_indicator_list), []))
-
-    def _get_date(self) -> Any:
-        return self.data.date.unique()[0]
-
-
 def finrl_frame(data: dict[str, Any]) -> pd.DataFrame:
     """FinRL's layout: index = day number (repeated per ticker), columns date, tic, close, indicators; only the
     calendar's days on which every ticker trades (FinRL's data pipeline requires a full panel)."""
@@ -146,44 +115,6 @@ def finrl_frame(data: dict[str, Any]) -> pd.DataFrame:
     return df.set_index("day").rename_axis(None)
 
 
-# ------------------------------------------------------------------- loops
-def _episode(env: Any, actions: np.ndarray) -> int:
-    env.reset(seed=0)
-    k = 0
-    for a in actions:
-        _, _, terminated, truncated, _ = env.step(a)
-        k += 1
-        if terminated or truncated:
-            break
-    return k
-
-
-def _vec(env: Any, actions: np.ndarray) -> int:
-    for a in actions:
-        env.step(a)
-    return actions.shape[0] * actions.shape[1]
-
-
-def _interleaved(variants: dict[str, Callable[[], int]]) -> dict[str, dict[str, Any]]:
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    steps: dict[str, int] = {}
-    for rnd in range(WARMUP + REPEATS):
-        for key, fn in variants.items():
-            t0 = time.perf_counter()
-            n = fn()
-            elapsed = time.perf_counter() - t0
-            if steps.setdefault(key, n) != n:
-                raise RuntimeError(f"{key}: step count changed between repeats ({steps[key]} vs {n})")
-            if rnd >= WARMUP:
-                times[key].append(elapsed)
-    out = {}
-    for key, ts in times.items():
-        stats = summarize_times(ts)
-        stats.update(steps=steps[key], steps_per_s=steps[key] / stats["median_s"])
-        out[key] = stats
-    return out
-
-
 def env_throughput(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     from raytrade_envs import TradingEnv, VecTradingEnv
 
@@ -192,18 +123,18 @@ def env_throughput(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     one_episode = env_kwargs(data, episode=None)
     env = TradingEnv(**one_episode)
     actions = rng.uniform(-1, 1, size=(len(data["returns"]), n_assets)).astype(np.float32)
-    variants: dict[str, Callable[[], int]] = {"TradingEnv (portfolio, whole calendar)": lambda: _episode(env, actions)}
+    variants: dict[str, tuple[Callable[[], int], None]] = {
+        "TradingEnv (portfolio, whole calendar)": (lambda: run_episode(env, actions), None)}
     for n in VEC_SIZES:
         vec = VecTradingEnv(n, **env_kwargs(data))
         vec.reset(seed=SEED)
         vec_actions = rng.uniform(-1, 1, size=(VEC_STEPS[n], n, n_assets)).astype(np.float32)
-        variants[f"VecTradingEnv, {n} envs"] = lambda vec=vec, a=vec_actions: _vec(vec, a)
-    df = finrl_frame(data)
-    finrl = FinRLPortfolioEnv(df, n_assets, hmax=100, initial_amount=1_000_000.0, cost_pct=COST_BPS * 1e-4,
-                              reward_scaling=1e-4, tech_indicator_list=list(data["feature_frames"]))
+        variants[f"VecTradingEnv, {n} envs"] = (lambda vec=vec, a=vec_actions: run_vec(vec, a), None)
+    finrl = FinRLStyleEnv(finrl_frame(data), hmax=100, initial_amount=1_000_000.0, cost_pct=COST_BPS * 1e-4,
+                          reward_scaling=1e-4, tech_indicator_list=list(data["feature_frames"]), stock_dim=n_assets)
     finrl_actions = actions[:FINRL_STEPS]
-    variants["FinRL-style StockTradingEnv, 30 stocks (baseline)"] = lambda: _episode(finrl, finrl_actions)
-    return _interleaved(variants)
+    variants["FinRL-style StockTradingEnv, 30 stocks (baseline)"] = (lambda: run_episode(finrl, finrl_actions), None)
+    return interleaved(variants, repeats=REPEATS, warmup=WARMUP)
 
 
 # ------------------------------------------------------------------- RL

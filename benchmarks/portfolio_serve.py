@@ -138,12 +138,11 @@ def _bodies(cfg: Any, report: dict[str, Any], n_bars: int) -> tuple[list[bytes],
     last = report["strategies"]["forecaster_risk_limited"]["weights"]
     held = {s: float(w) for s, w in last.items() if s in symbols and abs(float(w)) > 1e-9}
     payloads = [portfolio_payload(bars, end, n_bars, held, 0.0) for end in ends]
-    encode = []
+    encode, bodies = [], []
     for p in payloads:
         t0 = time.perf_counter()
-        json.dumps(p)
+        bodies.append(json.dumps(p).encode())
         encode.append((time.perf_counter() - t0) * 1e3)
-    bodies = [json.dumps(p).encode() for p in payloads]
     return bodies, {"ends": [e.isoformat() for e in ends], "held_weights": held, "symbols": symbols,
                     "excluded": dict(universe.excluded), "kb_median": statistics.median(len(b) for b in bodies) / 1024,
                     "json_encode_ms_median": statistics.median(encode)}
@@ -157,7 +156,7 @@ def _compute(cfg: Any, report: dict[str, Any], params: Any, bodies: list[bytes])
     from benchmarks.common import StepTimer
     from raytrade.serving.portfolio_app import bars_frame, check_request
     from raytrade.serving.portfolio_schemas import PortfolioRequest
-    from raytrade.serving.portfolio_steps import agent_weights, decide, universe_features
+    from raytrade.serving.portfolio_steps import agent_items, agent_weights, decide, universe_features
     from raytrade.serving.slots import load_registered
     from raytrade.serving.steps import forecast_items, forecaster_spec
 
@@ -174,8 +173,7 @@ def _compute(cfg: Any, report: dict[str, Any], params: Any, bodies: list[bytes])
         return symbols, {s: bars_frame(s, req.bars[s]) for s in symbols}
 
     def agents_of(req: PortfolioRequest, feats: dict[str, Any], by_symbol: dict[str, Any]) -> dict[str, Any]:
-        items = {s: {k: out[k] for k in ("window", "columns", "outputs", "return_scale")}
-                 | {"timestamps": feats["rows"][s]["timestamp"].to_numpy()} for s, out in by_symbol.items()}
+        items = agent_items(feats, by_symbol)
         return {n: agent_weights(a.obj, items, req.weights, req.unrealised_pnl, req.drawdown, params.limits())
                 for n, a in agents.items()}
 

@@ -25,7 +25,8 @@ OFF_POLICY_FRAGMENT = 8  # env steps sampled per off-policy training step
 #: :class:`raytrade_envs.VecTradingEnv` per runner (numpy-stepped, one batched forward pass per step for all of
 #: them). One-asset envs keep one env per runner (their seeded results are pinned by tests/test_determinism.py).
 #: 32, not 8: on the 30-asset env of ``benchmarks/portfolio.py`` RLlib PPO sampled 2,048 env steps in 0.18 s with
-#: 32 envs and 0.42 s with 8 (learning took 0.22-0.28 s either way), which is what puts it ahead of SB3 PPO.
+#: 32 envs and 0.42 s with 8 (learning took 0.22-0.28 s either way); at 32 it ran 1.00-1.30x SB3 PPO on a
+#: DummyVecEnv of 32 in two runs of that benchmark (benchmarks/results/portfolio.md).
 PORTFOLIO_ENVS_PER_RUNNER = 32
 
 

@@ -44,7 +44,7 @@ from raytrade.serving.deployments import Agent, Features, Forecaster
 from raytrade.serving.ingress import REPLICA_LOST
 from raytrade.serving.metrics import record_request
 from raytrade.serving.portfolio_schemas import PortfolioRequest, PortfolioResponse
-from raytrade.serving.portfolio_steps import PortfolioParams, decide
+from raytrade.serving.portfolio_steps import PortfolioParams, agent_items, decide
 from raytrade.serving.schemas import POSITION_LIMIT, BarIn
 from raytrade.store import FeaturesNotFoundError, StoreUnavailableError
 
@@ -244,8 +244,7 @@ class PortfolioIngress:
                                           for name in unknown])
         if not self.agents or not by_symbol:
             return {}, {}
-        items = {s: {k: fc[k] for k in ("window", "columns", "outputs", "return_scale")}
-                 | {"timestamps": feats["rows"][s]["timestamp"].to_numpy()} for s, fc in by_symbol.items()}
+        items = agent_items(feats, by_symbol)
         calls = {}
         for name, handle in self.agents.items():
             book = req.agent_books.get(name)

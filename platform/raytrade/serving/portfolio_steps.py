@@ -34,8 +34,8 @@ from raytrade.features.technical import compute_features, feature_columns, warmu
 from raytrade.rl.portfolio_decision import past_log_returns, portfolio_decision
 from raytrade.rl.portfolio_risk import turbulence_index
 
-__all__ = ["PortfolioParams", "SymbolDataError", "agent_weights", "decide", "min_bars", "portfolio_observation",
-           "universe_features", "universe_features_from_store"]
+__all__ = ["PortfolioParams", "SymbolDataError", "agent_items", "agent_weights", "decide", "min_bars",
+           "portfolio_observation", "universe_features", "universe_features_from_store"]
 
 
 class SymbolDataError(InsufficientDataError):
@@ -289,6 +289,14 @@ def decide(params: PortfolioParams, symbols: list[str], expected_return: Mapping
                  "turbulence_threshold": threshold, "turbulent": bool(turbulent), "turbulence_rule": rule},
     }
 
+
+
+def agent_items(feats: Mapping[str, Any], by_symbol: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The ``items`` of :func:`portfolio_observation` and :func:`agent_weights`: per symbol with a window at the bar,
+    its :func:`raytrade.serving.steps.forecast_items` result (``by_symbol``; ``window``, ``columns``, ``outputs``,
+    ``return_scale``) with the timestamps of its rows in ``feats`` (:func:`universe_features`)."""
+    return {s: {k: fc[k] for k in ("window", "columns", "outputs", "return_scale")}
+            | {"timestamps": feats["rows"][s][TIMESTAMP].to_numpy()} for s, fc in by_symbol.items()}
 
 
 def portfolio_observation(policy: Any, items: Mapping[str, Mapping[str, Any]], weights: Mapping[str, float],
