@@ -675,6 +675,29 @@ def validate_bars(bars: pd.DataFrame) -> pd.DataFrame:
     return bars
 
 
+def validate_next_bar(symbol: str, previous: dict[str, Any], bar: dict[str, Any]) -> None:
+    """Check one new bar of ``symbol`` against the error rules, given the ``previous`` bar held (both
+    ``{timestamp: tz-aware pd.Timestamp, open, high, low, close, volume: float}``): what :func:`validate_bars`
+    says of the two bars as a table, in O(1). A streaming server calls it per bar.
+
+    A clean bar is accepted by scalar checks of the rules (``nan``, ``non_positive_price``, ``negative_volume``,
+    ``ohlc_relation``, ``duplicate_timestamp``, ``unsorted_timestamps``); a bar that fails one is passed to
+    :func:`validate_bars` with the previous bar, so the error raised is that function's, word for word.
+
+    Raises:
+        DataValidationError: as :func:`validate_bars` on ``[previous, bar]``.
+    """
+    o, h, lo, c, v = (bar[k] for k in OHLCV_COLUMNS)
+    finite = all(math.isfinite(x) for x in (o, h, lo, c, v))
+    if (finite and min(o, h, lo, c) > 0 and v >= 0 and not h < max(o, c, lo) * (1 - OHLC_RTOL)
+            and not lo > min(o, c) * (1 + OHLC_RTOL) and bar[TIMESTAMP] > previous[TIMESTAMP]):
+        return
+    pair = pd.DataFrame({TIMESTAMP: pd.DatetimeIndex([previous[TIMESTAMP], bar[TIMESTAMP]]), SYMBOL: [symbol] * 2,
+                         **{k: np.array([previous[k], bar[k]], dtype=np.float64) for k in OHLCV_COLUMNS}})
+    validate_bars(pair)
+    raise AssertionError(f"validate_next_bar: the fast check refused a bar validate_bars accepts: {bar}")
+
+
 def _count_dropped(t: _Table, rows: np.ndarray) -> dict[str, int]:
     counts = np.bincount(t.codes[rows], minlength=len(t.names))
     return {t.name(k): int(n) for k, n in enumerate(counts) if n}
@@ -808,4 +831,6 @@ __all__ = [
     "ValidationReport",
     "apply_policy",
     "validate",
+    "validate_bars",
+    "validate_next_bar",
 ]
