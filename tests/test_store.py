@@ -340,3 +340,38 @@ def test_invalid_arguments_name_the_field(kwargs, field):
     args = {"feature_set_version": "fs-v1"} | kwargs
     with pytest.raises(ConfigError, match=re.escape(field)):
         OnlineFeatureStore(**args)
+
+
+# ---- bar log (streaming servers) ----------------------------------------------------------------------
+
+
+def test_bar_log_round_trips_bars_exactly_and_appends_only_later_bars(make_store, btc_bars):
+    store = make_store()
+    bars = btc_bars.iloc[:50].reset_index(drop=True)
+    assert store.write_bars("BTC/USD", bars.iloc[:40], max_bars=30) == 30
+    back = store.read_bars("BTC/USD")
+    expected = bars.iloc[10:40][["timestamp", "symbol", "open", "high", "low", "close", "volume"]]
+    pd.testing.assert_frame_equal(back, expected.reset_index(drop=True), check_exact=True, check_dtype=False)
+    nxt = bars.iloc[40]
+    values = {c: float(nxt[c]) for c in ("open", "high", "low", "close", "volume")}
+    ok, last, n = store.append_bar("BTC/USD", nxt["timestamp"], values, max_bars=30)
+    assert ok and last == bars["timestamp"].iloc[39] and n == 30  # trimmed to max_bars
+    # the same bar again, or an older one: not appended, and the log is unchanged
+    again = store.append_bar("BTC/USD", nxt["timestamp"], values, max_bars=30)
+    older = store.append_bar("BTC/USD", bars["timestamp"].iloc[5], values, max_bars=30)
+    assert again == (False, nxt["timestamp"], 30) and older[0] is False
+    back = store.read_bars("BTC/USD")
+    assert back["timestamp"].iloc[-1] == nxt["timestamp"] and back["close"].iloc[-1] == nxt["close"]
+    assert store.ttl_s >= store.client.ttl(store.bars_key("BTC/USD")) > 0
+
+
+def test_bar_log_keeps_nanosecond_order_beyond_double_precision(make_store):
+    store = make_store()
+    t0 = pd.Timestamp("2024-01-01T00:00:00.000000001Z")
+    v = {"open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 0.0}
+    assert store.append_bar("X", t0, v, max_bars=10) == (True, None, 1)
+    # one nanosecond later: a double cannot tell the two apart (2**53 < 1.7e18), the bar log must
+    assert store.append_bar("X", t0 + pd.Timedelta(1, "ns"), v, max_bars=10) == (True, t0, 2)
+    assert store.append_bar("X", t0, v, max_bars=10)[0] is False
+    assert store.read_bars("X")["timestamp"].tolist() == [t0, t0 + pd.Timedelta(1, "ns")]
+    assert store.read_bars("nothing-here").empty

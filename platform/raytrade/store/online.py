@@ -16,6 +16,11 @@ Key scheme (all keys are plain Redis keys, one per entry):
 * ``{prefix}:prediction:{feature_set_version}:{symbol}:{bars_fingerprint}`` — a string holding a JSON
   prediction, keyed by :func:`bars_fingerprint` of the bars it was computed from.
 
+* ``{prefix}:bars:{symbol}`` — the symbol's bar log for streaming servers: a list of its latest closed bars,
+  oldest first, each ``"<open time in ns since the epoch (UTC) + 2**63, 20 digits>|<JSON of the OHLCV values>"``.
+  It does not depend on the feature set (bars are bars). :meth:`OnlineFeatureStore.append_bar` appends one bar
+  atomically and only after the last one (a Lua script), so every replica of a server sees one history.
+
 The feature-set version is part of every key, so two feature-set versions (e.g. a model trained on a new feature
 list and the current champion) never read each other's windows or predictions. Every key carries a TTL (seconds),
 set atomically with the write (MULTI/EXEC), so a symbol whose updater stopped ages out instead of being served stale.
@@ -438,6 +443,83 @@ class OnlineFeatureStore:
         key = self.key(symbol)
         return bool(self._call(f"delete latest window for {symbol}", lambda r: r.delete(key)))
 
+    # -------------------------------------------------------------- bar log
+
+    # each item is "<ordinal>|<json>": the ordinal is the open time in ns + 2**63 as 20 digits, so string order is
+    # time order (Lua's numbers are doubles, which cannot hold nanoseconds exactly)
+    _APPEND_BAR = """
+local last = redis.call('LINDEX', KEYS[1], -1)
+local last_t = ''
+if last then last_t = string.sub(last, 1, 20) end
+if last and ARGV[1] <= last_t then return {0, last_t, redis.call('LLEN', KEYS[1])} end
+redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+return {1, last_t, redis.call('LLEN', KEYS[1])}
+"""
+
+    def bars_key(self, symbol: str) -> str:
+        """The list key of ``symbol``'s bar log: ``{prefix}:bars:{symbol}`` (independent of the feature set)."""
+        _check_symbol(symbol)
+        return f"{self.prefix}:bars:{symbol}"
+
+    def write_bars(self, symbol: str, bars: pd.DataFrame, max_bars: int) -> int:
+        """Replace ``symbol``'s bar log by the last ``max_bars`` rows of ``bars`` (``timestamp`` tz-aware, OHLCV,
+        oldest first), with a TTL of ``ttl_s``, in one MULTI/EXEC. Returns the number of bars stored.
+
+        Raises:
+            DataValidationError: a required column is missing (rule ``missing_columns``).
+            StoreUnavailableError: Redis is unreachable or timed out.
+        """
+        _require_columns(bars, ("timestamp", *OHLCV_COLUMNS), what="bars", symbol=symbol)
+        key, tail = self.bars_key(symbol), bars.iloc[-int(max_bars):]
+        ns = pd.DatetimeIndex(tail["timestamp"]).as_unit("ns").asi8
+        values = tail[list(OHLCV_COLUMNS)].to_numpy(dtype=np.float64)
+        items = [_bar_json(int(t), row) for t, row in zip(ns, values, strict=True)]
+
+        def write(r: redis.Redis) -> None:
+            pipe = r.pipeline(transaction=True)
+            pipe.delete(key)
+            if items:
+                pipe.rpush(key, *items)
+                pipe.expire(key, self.ttl_s)
+            pipe.execute()
+
+        self._call(f"write the bar log of {symbol}", write)
+        return len(items)
+
+    def append_bar(self, symbol: str, timestamp: pd.Timestamp, values: Mapping[str, float],
+                   max_bars: int) -> tuple[bool, pd.Timestamp | None, int]:
+        """Append one closed bar to ``symbol``'s bar log if it is later than the last bar there (atomic: a Lua
+        script), keeping the last ``max_bars`` and renewing the TTL.
+
+        Returns ``(appended, the last bar's timestamp before this call (None: empty log), bars in the log)``; a bar
+        not later than the last is not appended (``appended`` False).
+
+        Raises:
+            StoreUnavailableError: Redis is unreachable or timed out.
+        """
+        key, t = self.bars_key(symbol), int(pd.Timestamp(timestamp).as_unit("ns").value)
+        item = _bar_json(t, [values[c] for c in OHLCV_COLUMNS])
+        ok, last, n = self._call(f"append a bar to the log of {symbol}", lambda r: r.eval(
+            self._APPEND_BAR, 1, key, item[:20], item, int(max_bars), self.ttl_s))
+        last = last.decode() if isinstance(last, bytes) else str(last)
+        return bool(ok), (pd.Timestamp(int(last) - 2**63, unit="ns", tz="UTC") if last else None), int(n)
+
+    def read_bars(self, symbol: str) -> pd.DataFrame:
+        """``symbol``'s bar log as bars (``timestamp`` UTC, ``symbol``, OHLCV float64), oldest first; empty when
+        there is none.
+
+        Raises:
+            StoreUnavailableError: Redis is unreachable or timed out.
+        """
+        key = self.bars_key(symbol)
+        raw = self._call(f"read the bar log of {symbol}", lambda r: r.lrange(key, 0, -1))
+        docs = [json.loads(x[21:]) for x in raw]
+        return pd.DataFrame({
+            "timestamp": pd.to_datetime([int(x[:20]) - 2**63 for x in raw], unit="ns", utc=True), "symbol": symbol,
+            **{c: np.array([d[c] for d in docs], dtype=np.float64) for c in OHLCV_COLUMNS}})
+
     # ----------------------------------------------------------- predictions
 
     def cache_prediction(
@@ -521,6 +603,13 @@ class OnlineFeatureStore:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _bar_json(t_ns: int, values: Any) -> str:
+    """One bar of a bar log: ``"<ns + 2**63, 20 digits>|{"open", "high", "low", "close", "volume"}"`` (JSON floats
+    are written as ``repr``, so they read back exactly)."""
+    body = json.dumps({c: float(v) for c, v in zip(OHLCV_COLUMNS, values, strict=True)})
+    return f"{t_ns + 2**63:020d}|{body}"
 
 
 def _to_arrow(frame: pd.DataFrame) -> bytes:
