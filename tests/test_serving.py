@@ -1,6 +1,6 @@
 """Ray Serve ensemble app, over real HTTP, serving the models the smoke pipeline registered.
 
-The app is deployed from serve_configs/ensemble.yaml the way ``serve deploy`` does it (Ray's REST API), with
+The composed app is deployed from serve_configs/ensemble.composed.yaml the way ``serve deploy`` does it (Ray's REST API), with
 the args pointed at the pipeline's temporary MLflow registry and the session's real Redis-protocol server, an A/B
 challenger arm, and reload_interval_s 1 so alias moves are seen quickly. Config changes are redeployed the
 same way, so user_config changes are the lightweight (no restart) updates users get.
@@ -30,7 +30,7 @@ from conftest import BUNDLED, REPO, free_port, metrics_port
 from raytrade.data import load_bars
 from raytrade.pipeline import request_payload
 
-CONFIG = REPO / "serve_configs" / "ensemble.yaml"
+CONFIG = REPO / "serve_configs" / "ensemble.composed.yaml"
 RESPONSE_KEYS = {"symbol", "timestamp", "signal", "target_position", "confidence", "forecast", "agents",
                  "model_versions", "forecaster_variant", "weights", "drawdown_cut", "cached"}
 PORT = free_port()
@@ -38,7 +38,7 @@ ACCOUNT_KEYS = ("position", "unrealised_pnl", "drawdown")  # what an agent obser
 
 
 def _config(report: dict, edit=None) -> dict:  # noqa: ANN001
-    """serve_configs/ensemble.yaml pointed at the smoke run's registry and Redis, with an A/B challenger arm
+    """serve_configs/ensemble.composed.yaml pointed at the smoke run's registry and Redis, with an A/B challenger arm
     (alias ``challenger``), 1 s alias polling and the Sharpe vote's weights, then ``edit(app, deployments)``."""
     raw = yaml.safe_load(CONFIG.read_text())
     raw["http_options"]["port"] = PORT
@@ -522,7 +522,7 @@ def test_online_store_windows_serve_predictions_without_bars(served):
     assert "ETH/USD" in _detail(missing)
 
 
-@pytest.mark.parametrize("name", ["ensemble.yaml", "ensemble.gpu.yaml"])
+@pytest.mark.parametrize("name", ["ensemble.composed.yaml", "ensemble.gpu.yaml"])
 def test_serve_configs_are_valid_serve_deploy_files(name):
     from ray.serve.schema import ServeDeploySchema
 

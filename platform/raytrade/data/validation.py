@@ -675,10 +675,11 @@ def validate_bars(bars: pd.DataFrame) -> pd.DataFrame:
     return bars
 
 
-def validate_next_bar(symbol: str, previous: dict[str, Any], bar: dict[str, Any]) -> None:
+def validate_next_bar(symbol: str, previous: dict[str, Any] | None, bar: dict[str, Any]) -> None:
     """Check one new bar of ``symbol`` against the error rules, given the ``previous`` bar held (both
     ``{timestamp: tz-aware pd.Timestamp, open, high, low, close, volume: float}``): what :func:`validate_bars`
-    says of the two bars as a table, in O(1). A streaming server calls it per bar.
+    says of the two bars as a table, in O(1). A streaming server calls it per bar. With ``previous`` None only
+    the bar's own values are checked (not its order).
 
     A clean bar is accepted by scalar checks of the rules (``nan``, ``non_positive_price``, ``negative_volume``,
     ``ohlc_relation``, ``duplicate_timestamp``, ``unsorted_timestamps``); a bar that fails one is passed to
@@ -690,10 +691,11 @@ def validate_next_bar(symbol: str, previous: dict[str, Any], bar: dict[str, Any]
     o, h, lo, c, v = (bar[k] for k in OHLCV_COLUMNS)
     finite = all(math.isfinite(x) for x in (o, h, lo, c, v))
     if (finite and min(o, h, lo, c) > 0 and v >= 0 and not h < max(o, c, lo) * (1 - OHLC_RTOL)
-            and not lo > min(o, c) * (1 + OHLC_RTOL) and bar[TIMESTAMP] > previous[TIMESTAMP]):
+            and not lo > min(o, c) * (1 + OHLC_RTOL) and (previous is None or bar[TIMESTAMP] > previous[TIMESTAMP])):
         return
-    pair = pd.DataFrame({TIMESTAMP: pd.DatetimeIndex([previous[TIMESTAMP], bar[TIMESTAMP]]), SYMBOL: [symbol] * 2,
-                         **{k: np.array([previous[k], bar[k]], dtype=np.float64) for k in OHLCV_COLUMNS}})
+    rows = [bar] if previous is None else [previous, bar]
+    pair = pd.DataFrame({TIMESTAMP: pd.DatetimeIndex([r[TIMESTAMP] for r in rows]), SYMBOL: [symbol] * len(rows),
+                         **{k: np.array([r[k] for r in rows], dtype=np.float64) for k in OHLCV_COLUMNS}})
     validate_bars(pair)
     raise AssertionError(f"validate_next_bar: the fast check refused a bar validate_bars accepts: {bar}")
 

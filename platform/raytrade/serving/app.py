@@ -1,4 +1,6 @@
-"""Build the Serve application (``serve run serve_configs/ensemble.yaml`` imports :func:`build_app`).
+"""Build the Serve applications: the one-hop app (:func:`build_decision_app`, ``serve_configs/ensemble.yaml``: one
+deployment decides a request in process, :mod:`raytrade.serving.decision`) and the composed app (:func:`build_app`,
+``serve_configs/ensemble.composed.yaml`` and ``ensemble.gpu.yaml``: a deployment per stage).
 
 ``args`` (validated by :class:`AppArgs`) name the registered models and the store; each deployment's
 ``user_config`` in the config file holds what can change without restarting replicas: the models' alias,
@@ -18,6 +20,7 @@ from ray.serve import Application
 
 from raytrade.config import RiskLimits
 from raytrade.errors import ConfigError
+from raytrade.serving.decision import DecisionConfig
 from raytrade.serving.deployments import Agent, Combiner, Features, Forecaster
 from raytrade.serving.ingress import CHALLENGER, CHAMPION, Ingress
 from raytrade.serving.steps import CombinerConfig
@@ -88,9 +91,39 @@ def _build(args: dict[str, Any], options: dict[str, dict[str, Any]]) -> Applicat
                                                    a.store_prefix)
 
 
+def _build_decision(args: dict[str, Any], options: dict[str, dict[str, Any]]) -> Application:
+    from raytrade.serving.decision import Decision
+    from raytrade.tracking import resolve_tracking_uri
+
+    opts = {k: v for k, v in options.get("Decision", {}).items() if k != "name"}
+    user_config = dict(opts.pop("user_config", None) or {})
+    try:
+        a = AppArgs.model_validate(args or {})
+        user_config["combiner"] = a.combiner_config(user_config.get("combiner"))
+        DecisionConfig.model_validate(user_config)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"serve app args: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    if a.challenger_model:
+        raise ConfigError("serve app args: challenger_model: the one-hop app (build_decision_app) has no A/B arm; "
+                          "use the composed app (serve_configs/ensemble.composed.yaml) for A/B tests")
+    uri = resolve_tracking_uri(a.tracking_uri, a.output_dir)
+    return Decision.options(**opts, user_config=user_config).bind(
+        uri, a.forecaster_model, a.agent_models, a.alias, a.redis_url, a.store_prefix)
+
+
 def build_app(args: dict[str, Any]) -> Application:
-    """Application builder for ``serve run`` / ``serve deploy`` (deployment options come from the YAML)."""
+    """The composed app's builder for ``serve run`` / ``serve deploy`` (deployment options come from the YAML)."""
     return _build(args, {})
+
+
+def build_decision_app(args: dict[str, Any]) -> Application:
+    """The one-hop app's builder (:mod:`raytrade.serving.decision`) for ``serve run`` / ``serve deploy``."""
+    return _build_decision(args, {})
+
+
+#: import_path of a config file's application -> the builder app_from_config uses with the file's options
+BUILDERS = {"raytrade.serving.app:build_app": _build, "raytrade.serving.app:build_decision_app": _build_decision}
 
 
 def app_from_config(path: str | Path, arg_overrides: dict[str, Any] | None = None) -> tuple[Application, dict]:
@@ -107,6 +140,10 @@ def app_from_config(path: str | Path, arg_overrides: dict[str, Any] | None = Non
     if not apps:
         raise ConfigError(f"serve config {path}: applications: at least one application is required")
     app_cfg = apps[0]
+    builder = BUILDERS.get(app_cfg.get("import_path", "raytrade.serving.app:build_app"))
+    if builder is None:
+        raise ConfigError(f"serve config {path}: import_path {app_cfg.get('import_path')!r} is not one of "
+                          f"{sorted(BUILDERS)}")
     args = {**(app_cfg.get("args") or {}), **(arg_overrides or {})}
     options = {d["name"]: d for d in app_cfg.get("deployments") or []}
-    return _build(args, options), app_cfg
+    return builder(args, options), app_cfg

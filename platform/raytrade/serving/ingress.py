@@ -101,7 +101,6 @@ def _loc(request: Request, exc: BaseException) -> tuple[list[Any], BaseException
     return ["body", "bars"], _cause(exc)
 
 
-@api.exception_handler(RequestValidationError)
 async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
     """Schema violations: 422 with each error's ``loc``, ``msg`` and ``type``. The offending input is not echoed
     (it may be NaN or infinity, which JSON cannot carry)."""
@@ -110,14 +109,11 @@ async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONRe
     return JSONResponse(status_code=422, content={"detail": errors})
 
 
-@api.exception_handler(ItemError)
 async def _item_error(request: Request, exc: ItemError) -> JSONResponse:
     handler = _handler_for(exc.error)
     return await handler(request, exc)
 
 
-@api.exception_handler(DataValidationError)
-@api.exception_handler(InsufficientDataError)
 async def _bad_bars(request: Request, exc: Exception) -> JSONResponse:
     """Bars that break a validation rule (or are too few): 422 naming ``bars`` (and the column) and the rule."""
     loc, err = _loc(request, exc)
@@ -125,14 +121,12 @@ async def _bad_bars(request: Request, exc: Exception) -> JSONResponse:
     return _detail(422, loc + ([column] if column else []), str(err), getattr(err, "rule", type(err).__name__))
 
 
-@api.exception_handler(FeaturesNotFoundError)
 async def _no_window(request: Request, exc: Exception) -> JSONResponse:
     """A symbol-only request for a symbol the online store has no window of: 422 on ``bars``."""
     loc, err = _loc(request, exc)
     return _detail(422, loc, f"no bars in the request and {err}", "missing")
 
 
-@api.exception_handler(StoreUnavailableError)
 async def _store_down(request: Request, exc: Exception) -> JSONResponse:
     """Redis unreachable and no bars in the request: 503 saying so (send ``bars`` to go without the store)."""
     loc, err = _loc(request, exc)
@@ -147,8 +141,18 @@ async def _replica_lost(request: Request, exc: Exception) -> JSONResponse:
                    "replica_unavailable")
 
 
-for _exc in REPLICA_LOST:
-    api.add_exception_handler(_exc, _replica_lost)
+def add_error_handlers(app: FastAPI) -> None:
+    """The app's error answers: 422 for a bad body, bad bars or no stored window (naming the field and rule), 503
+    for an unreachable store or a lost replica; and the request counter. Shared by every raytrade HTTP app."""
+    app.add_exception_handler(RequestValidationError, _invalid_body)
+    app.add_exception_handler(ItemError, _item_error)
+    app.add_exception_handler(DataValidationError, _bad_bars)
+    app.add_exception_handler(InsufficientDataError, _bad_bars)
+    app.add_exception_handler(FeaturesNotFoundError, _no_window)
+    app.add_exception_handler(StoreUnavailableError, _store_down)
+    for exc in REPLICA_LOST:
+        app.add_exception_handler(exc, _replica_lost)
+    app.middleware("http")(_count)
 
 
 def _handler_for(error: BaseException):  # noqa: ANN202
@@ -163,13 +167,27 @@ def _handler_for(error: BaseException):  # noqa: ANN202
     raise error
 
 
-@api.middleware("http")
 async def _count(request: Request, call_next):  # noqa: ANN001, ANN202
     started = time.perf_counter()
     response = await call_next(request)
     route = request.scope.get("route")
     record_request(getattr(route, "path", "unmatched"), response.status_code, (time.perf_counter() - started) * 1e3)
     return response
+
+
+add_error_handlers(api)
+
+
+def check_agent_names(reqs: list[PredictRequest], agents: list[str], loc: list[Any] | None = None) -> None:
+    """422 (:class:`RequestValidationError`) for ``agent_accounts`` naming an agent the app does not serve;
+    ``loc`` is where the requests are in the body (``None``: the body is the one request)."""
+    errors = [{"loc": ("body", *(() if loc is None else (*loc, i)), "agent_accounts", name),
+               "msg": f"unknown agent {name!r}; this app serves {sorted(agents)}", "type": "unknown_agent"}
+              for i, req in enumerate(reqs) for name in req.agent_accounts if name not in agents]
+    if errors:
+        raise RequestValidationError(errors)
+
+
 
 
 def bars_frame(req: PredictRequest) -> pd.DataFrame:
@@ -237,13 +255,7 @@ class Ingress:
         return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
     def _check_agents(self, reqs: list[PredictRequest], loc: list[Any] | None = None) -> None:
-        """422 (:class:`RequestValidationError`) for ``agent_accounts`` naming an agent this app does not serve;
-        ``loc`` is where the requests are in the body (``None``: the body is the one request)."""
-        errors = [{"loc": ("body", *(() if loc is None else (*loc, i)), "agent_accounts", name),
-                   "msg": f"unknown agent {name!r}; this app serves {sorted(self.agents)}", "type": "unknown_agent"}
-                  for i, req in enumerate(reqs) for name in req.agent_accounts if name not in self.agents]
-        if errors:
-            raise RequestValidationError(errors)
+        check_agent_names(reqs, list(self.agents), loc)
 
     async def _cache_get(self, symbol: str, key: str) -> dict[str, Any] | None:
         if self.cache is None or self.config.cache_ttl_s <= 0:

@@ -506,6 +506,16 @@ return {1, last_t, redis.call('LLEN', KEYS[1])}
         last = last.decode() if isinstance(last, bytes) else str(last)
         return bool(ok), (pd.Timestamp(int(last) - 2**63, unit="ns", tz="UTC") if last else None), int(n)
 
+    def last_bar_time(self, symbol: str) -> pd.Timestamp | None:
+        """The open time of the last bar in ``symbol``'s bar log (UTC), or None when it has none.
+
+        Raises:
+            StoreUnavailableError: Redis is unreachable or timed out.
+        """
+        key = self.bars_key(symbol)
+        last = self._call(f"read the last bar of {symbol}", lambda r: r.lindex(key, -1))
+        return None if last is None else pd.Timestamp(int(last[:20]) - 2**63, unit="ns", tz="UTC")
+
     def read_bars(self, symbol: str) -> pd.DataFrame:
         """``symbol``'s bar log as bars (``timestamp`` UTC, ``symbol``, OHLCV float64), oldest first; empty when
         there is none.

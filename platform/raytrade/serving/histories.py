@@ -1,0 +1,195 @@
+"""Per-symbol feature state of a serving replica: the forecaster's input rows for a request that sends only the
+newest bar(s), computed in O(1) per bar (:class:`raytrade.features.streaming.StreamingFeatures`).
+
+A request with at least ``min_bars`` bars is a full history: it is validated, the symbol's state is (re)opened on
+it, and, with an online store, the symbol's bar log there is replaced by it. A request with fewer bars *appends*
+them to the history held:
+
+* **With the online store** (serve arg ``redis_url``) the store's bar log is the one history every replica shares:
+  each new bar is appended there atomically and only after the last bar
+  (:meth:`raytrade.store.OnlineFeatureStore.append_bar`); a replica whose state ends at the bar the log ended at
+  updates it in memory (about 0.4 ms), and any other replica rebuilds its state from the log first. So one bar
+  per request is enough, whichever replica answers.
+* **Without a store** each replica holds its own history, so a request must overlap it: its first bar must be one
+  of the last bars this replica holds (send the bars since the last one you sent, starting with it). Otherwise,
+  with more than one replica, a replica that missed a bar would compute on a history with a hole; it answers 422
+  instead (rule ``history_gap``), and the client sends the full history.
+
+A bar sent again (same timestamp, same values) is skipped, so a retried request gives the same answer; a bar that
+is not after the last one and differs from the bar held there is refused with the batch path's error
+(``duplicate_timestamp`` or ``unsorted_timestamps``). Nothing is dropped, filled or reordered.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import pandas as pd
+
+from raytrade.config import FeatureConfig
+from raytrade.data.schema import OHLCV_COLUMNS, TIMESTAMP
+from raytrade.data.validation import validate_bars, validate_next_bar
+from raytrade.errors import DataValidationError, InsufficientDataError
+from raytrade.features.streaming import StreamingFeatures
+from raytrade.store import OnlineFeatureStore
+
+#: bars of the log a replica rebuilds from (and keeps in the store): the feature warm-up, the lookback and margin
+DEFAULT_MAX_BARS = 2048
+#: the last bars a state remembers, to recognise a bar sent again
+RECENT_BARS = 64
+
+
+class _Held:
+    """One symbol's streaming state plus its recent bars (to recognise resends and overlaps)."""
+
+    def __init__(self, bars: pd.DataFrame, cfg: FeatureConfig, keep: int) -> None:
+        self.features = StreamingFeatures(bars, cfg, keep=keep)
+        self.features.history = None  # the batch frame the handles came with is not needed after opening
+        tail = bars.iloc[-RECENT_BARS:]
+        self.recent: deque = deque(
+            ({TIMESTAMP: pd.Timestamp(t), **dict(zip(OHLCV_COLUMNS, map(float, v), strict=True))}
+             for t, v in zip(tail[TIMESTAMP], tail[list(OHLCV_COLUMNS)].to_numpy(), strict=True)),
+            maxlen=RECENT_BARS)
+
+    @property
+    def last(self) -> pd.Timestamp:
+        return self.recent[-1][TIMESTAMP]
+
+    def held(self, bar: dict[str, Any]) -> bool | None:
+        """True: ``bar`` is a held bar, sent again; False: a held timestamp with other values; None: not held."""
+        for b in reversed(self.recent):
+            if b[TIMESTAMP] == bar[TIMESTAMP]:
+                return all(b[c] == bar[c] for c in OHLCV_COLUMNS)
+            if b[TIMESTAMP] < bar[TIMESTAMP]:
+                return None
+        return None
+
+    def update(self, bar: dict[str, Any]) -> None:
+        self.features.update(bar)
+        self.recent.append(bar)
+
+
+class SymbolHistories:
+    """The symbols' feature states of one replica for one forecaster (feature config and lookback).
+
+    Args:
+        cfg: the forecaster's feature settings.
+        lookback: rows of the forecaster's window.
+        min_bars: bars a full history needs (feature warm-up + lookback).
+        store: the online store holding the bar logs, or None (each replica holds its own history).
+        max_bars: bars kept in a symbol's bar log (and rebuilt from).
+    """
+
+    def __init__(self, cfg: FeatureConfig, lookback: int, min_bars: int, store: OnlineFeatureStore | None = None,
+                 max_bars: int = DEFAULT_MAX_BARS) -> None:
+        self.cfg, self.lookback, self.min_bars, self.store = cfg, int(lookback), int(min_bars), store
+        self.max_bars = max(int(max_bars), self.min_bars)
+        self._held: dict[str, _Held] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def rows(self, symbol: str, bars: pd.DataFrame) -> tuple[pd.DataFrame, pd.Timestamp]:
+        """The forecaster's unscaled input rows ``(lookback, 1 + n_features)`` (with ``timestamp``, oldest first)
+        at the last bar of ``symbol`` after taking in ``bars`` (oldest first, OHLCV, UTC ``timestamp``), and that
+        bar's time.
+
+        Raises:
+            DataValidationError: a bar breaks a validation rule, or (no store) the bars do not continue the history
+                held (rule ``history_gap``).
+            InsufficientDataError: fewer than ``min_bars`` bars sent and no history of the symbol to append to.
+            StoreUnavailableError: the store is configured and unreachable.
+        """
+        if len(bars) >= self.min_bars:
+            held = self._open(symbol, validate_bars(bars))
+            if self.store is not None:
+                self.store.write_bars(symbol, bars, self.max_bars)
+        else:
+            held = self._append(symbol, _records(bars))
+        return held.features.rows(), held.last
+
+    def latest(self, symbol: str) -> tuple[pd.DataFrame, pd.Timestamp]:
+        """A symbol-only request: the rows at the last bar of ``symbol``'s bar log in the online store (this
+        replica's state when it ends there, else rebuilt from the log).
+
+        Raises:
+            FeaturesNotFoundError: no store, or no bar log of the symbol (never sent, or expired).
+            InsufficientDataError: the log holds fewer than ``min_bars`` bars.
+            StoreUnavailableError: the store is unreachable.
+        """
+        from raytrade.store import FeaturesNotFoundError
+
+        if self.store is None:
+            raise FeaturesNotFoundError("-", symbol, key="-", detail="no online store is configured (serve arg "
+                                                                     "redis_url)")
+        last = self.store.last_bar_time(symbol)
+        if last is None:
+            raise FeaturesNotFoundError(self.store.feature_set_version, symbol, key=self.store.bars_key(symbol),
+                                        detail="no bar log of this symbol in the online store")
+        held = self._held.get(symbol)
+        if held is None or held.last != last:
+            held = self._from_log(symbol)
+        return held.features.rows(), held.last
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _open(self, symbol: str, bars: pd.DataFrame) -> _Held:
+        held = _Held(bars.reset_index(drop=True), self.cfg, self.lookback)
+        self._held[symbol] = held
+        return held
+
+    def _too_few(self, symbol: str, have: int, where: str) -> InsufficientDataError:
+        return InsufficientDataError(
+            f"{symbol!r}: {where} {have} bars of it; send at least {self.min_bars} bars (feature warm-up + "
+            f"lookback {self.lookback}) to start its history, then only the new bars")
+
+    def _from_log(self, symbol: str) -> _Held:
+        bars = self.store.read_bars(symbol)
+        if len(bars) < self.min_bars:
+            raise self._too_few(symbol, len(bars), "the online store holds")
+        return self._open(symbol, bars)
+
+    def _append(self, symbol: str, bars: list[dict[str, Any]]) -> _Held:
+        held = self._held.get(symbol)
+        if self.store is None:
+            if held is None:
+                raise self._too_few(symbol, 0, "this server holds")
+            if held.held(bars[0]) is None:
+                raise DataValidationError(
+                    "history_gap", f"the first bar sent ({bars[0][TIMESTAMP].isoformat()}) is not one of the last "
+                    f"bars held for {symbol!r} (last {held.last.isoformat()}); with no online store, start with the "
+                    f"last bar you sent, or send at least {self.min_bars} bars", column=TIMESTAMP, symbol=symbol,
+                    timestamp=bars[0][TIMESTAMP])
+        for bar in bars:
+            held = self._append_one(symbol, held, bar)
+        return held
+
+    def _append_one(self, symbol: str, held: _Held | None, bar: dict[str, Any]) -> _Held:
+        if held is not None:
+            seen = held.held(bar)
+            if seen:
+                return held  # sent again: already taken in
+            if seen is False or bar[TIMESTAMP] <= held.last:
+                validate_next_bar(symbol, held.recent[-1], bar)  # raises duplicate/unsorted, naming the bar
+        validate_next_bar(symbol, None, bar)  # the bar's own values, before the shared log takes it
+        if self.store is None:
+            held.update(bar)
+            return held
+        appended, last, n = self.store.append_bar(symbol, bar[TIMESTAMP], bar, self.max_bars)
+        if appended and held is not None and last == held.last:
+            held.update(bar)  # this replica was current: one bar of work
+            return held
+        held = self._from_log(symbol)  # another replica moved the log (or none was held): rebuild from it
+        if not appended and not held.held(bar):
+            validate_next_bar(symbol, held.recent[-1], bar)  # not after the log's last bar: its error
+        return held
+
+
+def _records(bars: pd.DataFrame) -> list[dict[str, Any]]:
+    ts = pd.DatetimeIndex(bars[TIMESTAMP])
+    values = bars[list(OHLCV_COLUMNS)].to_numpy(dtype=float)
+    return [{TIMESTAMP: t, **dict(zip(OHLCV_COLUMNS, map(float, v), strict=True))}
+            for t, v in zip(ts, values, strict=True)]
+
+
+__all__ = ["DEFAULT_MAX_BARS", "RECENT_BARS", "SymbolHistories"]
