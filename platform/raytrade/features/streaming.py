@@ -149,6 +149,7 @@ class StreamingFeatures:
         self.history = pd.DataFrame({**columns, **out}, copy=False)
         self.symbol = bars[SYMBOL].iloc[-1]
         self.keep = int(keep)
+        self._index: dict[tuple[str, ...], np.ndarray] = {}
         tail = self.history.iloc[-self.keep:]
         self._rows: deque = deque((tail[self.columns].to_numpy(dtype=np.float64)), maxlen=self.keep)
         self._times: deque = deque(pd.DatetimeIndex(tail[TIMESTAMP]), maxlen=self.keep)
@@ -181,6 +182,14 @@ class StreamingFeatures:
         self._times.append(ts)
         self.last_bar = new
         return row
+
+    def matrix(self, columns: list[str]) -> np.ndarray:
+        """The latest ``keep`` rows of ``columns`` (a subset of :attr:`columns`, in the order given) as float64
+        ``(rows held, len(columns))``, oldest first."""
+        key = tuple(columns)
+        if key not in self._index:
+            self._index[key] = np.array([self.columns.index(c) for c in columns], dtype=np.intp)
+        return np.asarray(self._rows)[:, self._index[key]]
 
     def rows(self) -> pd.DataFrame:
         """The latest ``keep`` feature rows (oldest first) with ``timestamp``: the same frame

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from raytrade.errors import RaytradeError
@@ -21,6 +22,17 @@ from raytrade.serving.schemas import PredictRequest, PredictResponse
 from raytrade.serving.slots import LoadedModel
 from raytrade.serving.steps import CombinerConfig, act_items, combine, forecast_items, forecaster_member
 from raytrade.store import OnlineFeatureStore
+
+
+def bar_records(req: PredictRequest) -> list[dict[str, Any]]:
+    """The request's bars as records ``{timestamp: UTC pd.Timestamp, open, high, low, close, volume}`` (no frame:
+    a request with one new bar is decided in well under a millisecond of Python)."""
+    out = []
+    for b in req.bars:
+        ts = pd.Timestamp(b.timestamp)
+        out.append({"timestamp": ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC"),
+                    "open": b.open, "high": b.high, "low": b.low, "close": b.close, "volume": b.volume})
+    return out
 
 
 class EnsembleDecider:
@@ -49,13 +61,20 @@ class EnsembleDecider:
             self._histories = {fsv: SymbolHistories(bundle.features, bundle.lookback, bundle.min_bars, store)}
         return self._histories[fsv]
 
-    def rows(self, bundle: Any, req: PredictRequest) -> tuple[pd.DataFrame, pd.Timestamp]:
-        """A request's forecaster input rows and bar time: from its bars (a full history, or new bars appended to
-        the symbol's), or, with no bars, the symbol's bar log in the online store."""
+    def state(self, bundle: Any, req: PredictRequest) -> Any:
+        """A request's symbol state after taking in its bars (a full history, or new bars appended to the symbol's),
+        or, with no bars, the state at the last bar of the symbol's bar log in the online store."""
         histories = self.histories(bundle)
-        if req.bars is not None:
-            return histories.rows(req.symbol, bars_frame(req))
-        return histories.latest(req.symbol)
+        if req.bars is None:
+            return histories.latest_state(req.symbol)
+        if len(req.bars) >= histories.min_bars:
+            return histories.take(req.symbol, bars_frame(req))
+        return histories.take(req.symbol, bar_records(req))
+
+    def rows(self, bundle: Any, req: PredictRequest) -> tuple[pd.DataFrame, pd.Timestamp]:
+        """:meth:`state`'s forecaster input rows (unscaled, with ``timestamp``) and bar time."""
+        held = self.state(bundle, req)
+        return held.features.rows(), held.last
 
     def decide(self, forecaster: LoadedModel, agents: dict[str, LoadedModel], combiner: CombinerConfig,
                reqs: list[PredictRequest]) -> list[PredictResponse | RaytradeError]:
@@ -64,17 +83,18 @@ class EnsembleDecider:
         the backtest computed for it."""
         bundle = forecaster.obj
         results: list[Any] = [None] * len(reqs)
-        feats: dict[int, tuple[pd.DataFrame, pd.Timestamp]] = {}
+        feats: dict[int, tuple[np.ndarray, pd.Timestamp]] = {}
         for i, req in enumerate(reqs):
             try:
-                feats[i] = self.rows(bundle, req)
+                held = self.state(bundle, req)
+                feats[i] = (held.window(bundle.scaler), held.last)
             except RaytradeError as exc:
                 results[i] = exc
         order = list(feats)
         if not order:
             return results
         fcs = forecast_items(bundle, forecaster.version, [
-            {"rows": feats[i][0], "feature_set_version": bundle.feature_set_version} for i in order])
+            {"window": feats[i][0], "feature_set_version": bundle.feature_set_version} for i in order])
         inputs = [{k: fc[k] for k in ("window", "columns", "outputs", "return_scale")} for fc in fcs]
         acts = {name: act_items(model.obj, model.version, [
             {**x, **reqs[i].agent_account(name).model_dump()} for x, i in zip(inputs, order, strict=True)])

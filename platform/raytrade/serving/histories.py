@@ -8,8 +8,9 @@ them to the history held:
 * **With the online store** (serve arg ``redis_url``) the store's bar log is the one history every replica shares:
   each new bar is appended there atomically and only after the last bar
   (:meth:`raytrade.store.OnlineFeatureStore.append_bar`); a replica whose state ends at the bar the log ended at
-  updates it in memory (about 0.4 ms), and any other replica rebuilds its state from the log first. So one bar
-  per request is enough, whichever replica answers.
+  updates it in memory (about 0.4 ms); one a few bars behind (other replicas took them) first takes in those bars
+  from the log, and one further behind rebuilds its state from the log. So one bar per request is enough, whichever
+  replica answers.
 * **Without a store** each replica holds its own history, so a request must overlap it: its first bar must be one
   of the last bars this replica holds (send the bars since the last one you sent, starting with it). Otherwise,
   with more than one replica, a replica that missed a bar would compute on a history with a hole; it answers 422
@@ -25,10 +26,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from raytrade.config import FeatureConfig
-from raytrade.data.schema import OHLCV_COLUMNS, TIMESTAMP
+from raytrade.data.schema import OHLCV_COLUMNS, SYMBOL, TIMESTAMP
 from raytrade.data.validation import validate_bars, validate_next_bar
 from raytrade.errors import DataValidationError, InsufficientDataError
 from raytrade.features.streaming import StreamingFeatures
@@ -38,6 +40,8 @@ from raytrade.store import OnlineFeatureStore
 DEFAULT_MAX_BARS = 2048
 #: the last bars a state remembers, to recognise a bar sent again
 RECENT_BARS = 64
+#: bars of the log a replica reads to catch up with bars other replicas appended (further behind: it rebuilds)
+CATCH_UP_BARS = 32
 
 
 class _Held:
@@ -69,6 +73,11 @@ class _Held:
         self.features.update(bar)
         self.recent.append(bar)
 
+    def window(self, scaler: Any) -> np.ndarray:
+        """The forecaster's scaled window ``(1, lookback, n_features)`` float32 (``scaler``: its
+        :class:`~raytrade.features.scaler.FeatureScaler`), as ``bundle.window_from_features`` gives it."""
+        return scaler.transform_values(self.features.matrix(scaler.columns))[None]
+
 
 class SymbolHistories:
     """The symbols' feature states of one replica for one forecaster (feature config and lookback).
@@ -93,7 +102,18 @@ class SymbolHistories:
     def rows(self, symbol: str, bars: pd.DataFrame) -> tuple[pd.DataFrame, pd.Timestamp]:
         """The forecaster's unscaled input rows ``(lookback, 1 + n_features)`` (with ``timestamp``, oldest first)
         at the last bar of ``symbol`` after taking in ``bars`` (oldest first, OHLCV, UTC ``timestamp``), and that
-        bar's time.
+        bar's time (:meth:`take` as a frame).
+
+        Raises:
+            as :meth:`take`.
+        """
+        held = self.take(symbol, bars)
+        return held.features.rows(), held.last
+
+    def take(self, symbol: str, bars: pd.DataFrame | list[dict[str, Any]]) -> _Held:
+        """Take in ``bars`` of ``symbol`` (a frame, or records ``{timestamp: UTC pd.Timestamp, OHLCV floats}``,
+        oldest first): at least ``min_bars`` of them (re)open its state (and, with a store, replace its bar log);
+        fewer are appended to the history held. Returns the symbol's state.
 
         Raises:
             DataValidationError: a bar breaks a validation rule, or (no store) the bars do not continue the history
@@ -102,16 +122,22 @@ class SymbolHistories:
             StoreUnavailableError: the store is configured and unreachable.
         """
         if len(bars) >= self.min_bars:
-            held = self._open(symbol, validate_bars(bars))
+            frame = bars if isinstance(bars, pd.DataFrame) else _frame(symbol, bars)
+            held = self._open(symbol, validate_bars(frame))
             if self.store is not None:
-                self.store.write_bars(symbol, bars, self.max_bars)
-        else:
-            held = self._append(symbol, _records(bars))
-        return held.features.rows(), held.last
+                self.store.write_bars(symbol, frame, self.max_bars)
+            return held
+        return self._append(symbol, _records(bars) if isinstance(bars, pd.DataFrame) else bars)
 
     def latest(self, symbol: str) -> tuple[pd.DataFrame, pd.Timestamp]:
-        """A symbol-only request: the rows at the last bar of ``symbol``'s bar log in the online store (this
-        replica's state when it ends there, else rebuilt from the log).
+        """A symbol-only request: the rows at the last bar of ``symbol``'s bar log in the online store
+        (:meth:`latest_state` as a frame)."""
+        held = self.latest_state(symbol)
+        return held.features.rows(), held.last
+
+    def latest_state(self, symbol: str) -> _Held:
+        """The state at the last bar of ``symbol``'s bar log in the online store (this replica's when it ends there,
+        else rebuilt from the log).
 
         Raises:
             FeaturesNotFoundError: no store, or no bar log of the symbol (never sent, or expired).
@@ -127,10 +153,7 @@ class SymbolHistories:
         if last is None:
             raise FeaturesNotFoundError(self.store.feature_set_version, symbol, key=self.store.bars_key(symbol),
                                         detail="no bar log of this symbol in the online store")
-        held = self._held.get(symbol)
-        if held is None or held.last != last:
-            held = self._from_log(symbol)
-        return held.features.rows(), held.last
+        return self._through(symbol, self._held.get(symbol), last) or self._from_log(symbol)
 
     # ---- internals ----------------------------------------------------------------------------
     def _open(self, symbol: str, bars: pd.DataFrame) -> _Held:
@@ -175,14 +198,41 @@ class SymbolHistories:
         if self.store is None:
             held.update(bar)
             return held
-        appended, last, n = self.store.append_bar(symbol, bar[TIMESTAMP], bar, self.max_bars)
-        if appended and held is not None and last == held.last:
-            held.update(bar)  # this replica was current: one bar of work
+        appended, last, _ = self.store.append_bar(symbol, bar[TIMESTAMP], bar, self.max_bars)
+        current = self._through(symbol, held, last)  # this replica's state advanced to the log's bar before
+        if appended:
+            if current is None:
+                return self._from_log(symbol)  # the log, with this bar, is the history
+            current.update(bar)
+            return current
+        current = current or self._from_log(symbol)
+        if current.held(bar):
+            return current  # another replica took it in already
+        validate_next_bar(symbol, current.recent[-1], bar)  # not after the log's last bar: raises its error
+        raise AssertionError(f"bar {bar[TIMESTAMP]} of {symbol!r} neither appended nor refused")
+
+    def _through(self, symbol: str, held: _Held | None, last: pd.Timestamp | None) -> _Held | None:
+        """``held`` advanced through the log's bars up to ``last`` (the bars other replicas appended meanwhile, one
+        O(1) update each), or None when it cannot be (no state, no log, or the log no longer continues it: then
+        the caller rebuilds from the log)."""
+        if held is None or last is None or held.last > last:
+            return None
+        if held.last == last:
             return held
-        held = self._from_log(symbol)  # another replica moved the log (or none was held): rebuild from it
-        if not appended and not held.held(bar):
-            validate_next_bar(symbol, held.recent[-1], bar)  # not after the log's last bar: its error
-        return held
+        tail = self.store.tail_bars(symbol, CATCH_UP_BARS)
+        stamps = [b[TIMESTAMP] for b in tail]
+        if held.last not in stamps or held.held(tail[stamps.index(held.last)]) is not True:
+            return None  # too far behind, or the log was rewritten by a new full history
+        for b in tail[stamps.index(held.last) + 1 :]:
+            if b[TIMESTAMP] > last:
+                break
+            held.update(b)
+        return held if held.last == last else None
+
+
+def _frame(symbol: str, records: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame({TIMESTAMP: pd.DatetimeIndex([r[TIMESTAMP] for r in records]), SYMBOL: symbol,
+                         **{c: np.array([r[c] for r in records], dtype=np.float64) for c in OHLCV_COLUMNS}})
 
 
 def _records(bars: pd.DataFrame) -> list[dict[str, Any]]:

@@ -55,7 +55,8 @@ def feature_rows(bars: pd.DataFrame, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def forecast_items(bundle: Any, version: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Forecast a batch of items ``{"rows": unscaled feature rows, "feature_set_version"}`` in one pass.
+    """Forecast a batch of items ``{"rows": unscaled feature rows, "feature_set_version"}`` in one pass (an item
+    may carry its scaled ``window (1, lookback, n_features)`` float32 instead of ``rows``).
 
     Per item: ``forecast`` (class probabilities, expected log return, ``uncertainty`` from MC dropout when the
     bundle has ``mc_samples``), the scaled ``window`` (lookback, n_features), ``columns``, the per-output
@@ -67,7 +68,8 @@ def forecast_items(bundle: Any, version: str, items: list[dict[str, Any]]) -> li
     results: list[dict[str, Any]] = [{"stale": True, "version": version} for _ in items]
     if not fresh:
         return results
-    windows = np.concatenate([bundle.window_from_features(items[i]["rows"]) for i in fresh])
+    windows = np.concatenate([items[i]["window"] if "window" in items[i]
+                              else bundle.window_from_features(items[i]["rows"]) for i in fresh])
     inputs = FORECAST_INPUTS if bundle.mc_samples > 0 else ("probs", "expected_return", "embedding")
     out = agent_outputs(bundle, windows, inputs)
     scale = float(bundle.model_kwargs.get("return_scale", 1.0))

@@ -516,6 +516,18 @@ return {1, last_t, redis.call('LLEN', KEYS[1])}
         last = self._call(f"read the last bar of {symbol}", lambda r: r.lindex(key, -1))
         return None if last is None else pd.Timestamp(int(last[:20]) - 2**63, unit="ns", tz="UTC")
 
+    def tail_bars(self, symbol: str, n: int) -> list[dict[str, Any]]:
+        """The last ``n`` bars of ``symbol``'s bar log as records ``{timestamp: UTC pd.Timestamp, open, high, low,
+        close, volume}``, oldest first (fewer when the log is shorter; none when there is none).
+
+        Raises:
+            StoreUnavailableError: Redis is unreachable or timed out.
+        """
+        key = self.bars_key(symbol)
+        raw = self._call(f"read the bar log of {symbol}", lambda r: r.lrange(key, -int(n), -1))
+        return [{"timestamp": pd.Timestamp(int(x[:20]) - 2**63, unit="ns", tz="UTC"), **json.loads(x[21:])}
+                for x in raw]
+
     def read_bars(self, symbol: str) -> pd.DataFrame:
         """``symbol``'s bar log as bars (``timestamp`` UTC, ``symbol``, OHLCV float64), oldest first; empty when
         there is none.
