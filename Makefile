@@ -8,6 +8,8 @@ STAMP   := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
+# Serve's HTTP proxy answers 503 (retry), not 500, for a request whose replica died (raytrade/serving/proxy.py)
+export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH := raytrade.serving.proxy:get_middlewares
 
 # every test run lists its 15 slowest tests
 PYTEST  := $(BIN)/python -m pytest --durations=15

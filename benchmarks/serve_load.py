@@ -370,8 +370,11 @@ def _serve(models: dict[str, Any], bodies: list[bytes], redis_url: str) -> dict[
 
     from raytrade.serving.app import APP_NAME
 
+    from raytrade.runtime import enable_serve_proxy_503
+
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
+    enable_serve_proxy_503()  # a killed replica's requests get 503, as with raytrade's own entry points
     ray.init(include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

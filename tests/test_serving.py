@@ -1,8 +1,8 @@
 """Ray Serve ensemble app, over real HTTP, serving the models the smoke pipeline registered.
 
-The composed app is deployed from serve_configs/ensemble.composed.yaml the way ``serve deploy`` does it (Ray's REST API), with
-the args pointed at the pipeline's temporary MLflow registry and the session's real Redis-protocol server, an A/B
-challenger arm, and reload_interval_s 1 so alias moves are seen quickly. Config changes are redeployed the
+The composed app is deployed from serve_configs/ensemble.composed.yaml the way ``serve deploy`` does it (Ray's REST
+API), with the args pointed at the pipeline's temporary MLflow registry and the session's real Redis-protocol server,
+an A/B challenger arm, and reload_interval_s 1 so alias moves are seen quickly. Config changes are redeployed the
 same way, so user_config changes are the lightweight (no restart) updates users get.
 """
 

@@ -41,6 +41,17 @@ class Progress:
         print(f"      {message}", file=self.stream, flush=True)
 
 
+#: Ray Serve's proxy takes ASGI middlewares from this callback; raytrade's makes a lost replica's requests 503
+SERVE_PROXY_CALLBACK = ("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "raytrade.serving.proxy:get_middlewares")
+
+
+def enable_serve_proxy_503() -> None:
+    """Before ``ray.init`` starts a local cluster: put :data:`SERVE_PROXY_CALLBACK` in this process's environment
+    (unless set), so Serve's HTTP proxy, which inherits it, answers 503 instead of 500 for requests whose replica
+    died (:mod:`raytrade.serving.proxy`). A cluster joined keeps its own environment."""
+    os.environ.setdefault(*SERVE_PROXY_CALLBACK)
+
+
 def ensure_ray(cfg: PipelineConfig) -> bool:
     """Connect to / start Ray; returns True when this call started it (and so must stop it)."""
     import ray
@@ -49,6 +60,7 @@ def ensure_ray(cfg: PipelineConfig) -> bool:
         return False
     # inside a Ray job (or with RAY_ADDRESS set) ray.init() joins that cluster, which takes no num_cpus
     joins = cfg.ray.address is not None or bool(os.environ.get("RAY_ADDRESS"))
+    enable_serve_proxy_503()
     ray.init(address=cfg.ray.address, num_cpus=None if joins else cfg.ray.num_cpus,
              include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
     return True

@@ -81,6 +81,9 @@ def serve_locally(config: str | Path, tracking_uri: str | None = None,
     config = Path(config)
     application, app_cfg = app_from_config(config, {"tracking_uri": tracking_uri} if tracking_uri else None)
     http = (yaml.safe_load(config.read_text()) or {}).get("http_options", {})
+    from raytrade.runtime import enable_serve_proxy_503
+
+    enable_serve_proxy_503()
     ray.init(include_dashboard=False)
     serve.start(http_options={"host": http.get("host", "127.0.0.1"), "port": http.get("port", 8000)})
     serve.run(application, name=APP_NAME, route_prefix=app_cfg.get("route_prefix", "/"))
