@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,8 @@ async def _closed_loop(url: str, path: str, bodies: list[bytes] | NewBars | None
     ok = np.array([(t1 - t0) * 1e3 for t0, t1, c in window if c == 200])
     codes = Counter(str(c) for _, _, c in window)
     pct = (lambda q: float(np.percentile(ok, q))) if len(ok) else (lambda q: float("nan"))
-    return {"concurrency": concurrency, "seconds": seconds, "requests": len(window), "ok": int(len(ok)),
+    return {"concurrency": concurrency, "seconds": seconds, "requests": len(window), "requests_total": len(records),
+            "ok": int(len(ok)),
             "errors": len(window) - int(len(ok)), "status_codes": dict(codes), "requests_per_s": len(ok) / seconds,
             "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
             "mean_ms": float(ok.mean()) if len(ok) else float("nan")}
@@ -228,8 +230,11 @@ def _baseline(models: dict[str, Any], bodies: list[bytes], redis_url: str) -> di
         floor = _load(url, None, path="/health", levels=(1,), seconds=5)[0]
         new_bars = NewBars("base")
         _start_symbols(url, new_bars)
-        return {"new_bar": _load(url, new_bars), "full": _load(url, bodies, levels=FULL_CONCURRENCY),
-                "floor": floor}
+        import psutil
+
+        server = psutil.Process(proc.pid)
+        return {"new_bar": _load_with_cpu(url, new_bars, lambda: [server]),
+                "full": _load(url, bodies, levels=FULL_CONCURRENCY), "floor": floor}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -297,15 +302,57 @@ def _floor_app():  # noqa: ANN202
     return Constant.bind()
 
 
-def _replica_pids(deployment: str) -> dict[str, int]:
-    """Replica actor name -> worker process id, for the running replicas of ``deployment`` (Ray's state API)."""
-    from ray.util.state import list_actors
+def _processes(prefixes: tuple[str, ...]) -> list[Any]:
+    """This machine's processes whose name (Ray sets ``ray::<actor class>``) starts with one of ``prefixes``."""
+    import psutil
 
+    return [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith(prefixes)]
+
+
+def _replica_pids(deployment: str) -> dict[str, int]:
+    """``pid:<n>`` -> process id of each running replica process of ``deployment`` of the app."""
     from raytrade.serving.app import APP_NAME
 
-    prefix = f"SERVE_REPLICA::{APP_NAME}#{deployment}#"
-    return {a.name: int(a.pid) for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-            if (a.name or "").startswith(prefix)}
+    return {f"pid:{p.pid}": p.pid for p in _processes((f"ray::ServeReplica:{APP_NAME}:{deployment}",))}
+
+
+#: the processes a Serve request costs CPU in (replicas, HTTP proxy, controller, Ray's raylet and GCS)
+SERVE_PROCESSES = ("ray::ServeReplica:", "ray::ProxyActor", "ray::ServeController", "raylet", "gcs_server")
+
+
+def _cpu_s(processes: list[Any]) -> dict[str, float]:
+    """CPU seconds (user + system) each process has used, summed by name (replicas together; this benchmark's own
+    process, the load generator: ``client``; the single-process server: ``single process``)."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for p in [*processes, psutil.Process(os.getpid())]:
+        try:
+            t = p.cpu_times()
+            name = p.name()
+        except psutil.Error:
+            continue
+        name = ("client" if p.pid == os.getpid() else "replicas" if name.startswith("ray::ServeReplica")
+                else name.removeprefix("ray::") if name.startswith("ray::") else name
+                if name in ("raylet", "gcs_server") else "single process")
+        out[name] = out.get(name, 0.0) + t.user + t.system
+    return out
+
+
+def _load_with_cpu(url: str, bodies: NewBars, processes: Callable[[], list[Any]]) -> list[dict[str, Any]]:
+    """:func:`_load` at each concurrency, adding the CPU milliseconds each process spent per request answered."""
+    rows = []
+    for c in CONCURRENCY:
+        procs = processes()
+        before = _cpu_s(procs)
+        row = asyncio.run(_closed_loop(url, "/predict", bodies, c, _seconds()))
+        after = _cpu_s(procs)
+        n = max(row["requests_total"], 1)
+        row["cpu_ms_per_request"] = {k: round((after[k] - before.get(k, 0.0)) * 1e3 / n, 3) for k in after}
+        print(f"[serve_load] {url} new bars c={c}: p50 {row['p50_ms']:.1f} ms, {row['requests_per_s']:.1f} req/s, "
+              f"{row['errors']} errors, CPU ms/request {row['cpu_ms_per_request']}", file=sys.stderr, flush=True)
+        rows.append(row)
+    return rows
 
 
 def _kill_replica(url: str, prefix: str, run_s: float = 12.0, kill_at_s: float = 4.0) -> dict[str, Any]:
@@ -368,9 +415,8 @@ def _serve(models: dict[str, Any], bodies: list[bytes], redis_url: str) -> dict[
     import ray
     from ray import serve
 
-    from raytrade.serving.app import APP_NAME
-
     from raytrade.runtime import enable_serve_proxy_503
+    from raytrade.serving.app import APP_NAME
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -386,7 +432,8 @@ def _serve(models: dict[str, Any], bodies: list[bytes], redis_url: str) -> dict[
         before = _replicas(APP_NAME)
         new_bars = NewBars("serve")
         _start_symbols(url, new_bars)
-        one_hop = {"new_bar": _load(url, new_bars), "full": _load(url, bodies, levels=FULL_CONCURRENCY)}
+        one_hop = {"new_bar": _load_with_cpu(url, new_bars, lambda: _processes(SERVE_PROCESSES)),
+                   "full": _load(url, bodies, levels=FULL_CONCURRENCY)}
         after = _replicas(APP_NAME)
         killed = _kill_replica(url, "kill")
         serve.delete(APP_NAME)
@@ -495,6 +542,12 @@ def _table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def _cpu_text(row: dict[str, Any]) -> str:
+    cpu = row.get("cpu_ms_per_request", {})
+    return f"{sum(cpu.values()):.1f} in all (" + ", ".join(f"{k} {v:.2f}" for k, v in sorted(
+        cpu.items(), key=lambda kv: -kv[1])) + ")"
+
+
 def _markdown(res: dict[str, Any]) -> str:
     from benchmarks.common import busy_note
 
@@ -517,6 +570,9 @@ def _markdown(res: dict[str, Any]) -> str:
              "|---|" + "---:|" * len(CONCURRENCY),
              "| requests/s | " + " | ".join(f"{res['ratios'][c]['rps']:.2f}x" for c in CONCURRENCY) + " |",
              "| p50 latency | " + " | ".join(f"{res['ratios'][c]['p50']:.2f}x" for c in CONCURRENCY) + " |",
+             "", "CPU milliseconds per request answered at concurrency 32 (both servers and the load generator share "
+             "the 2 cores): Serve " + _cpu_text(serve["one_hop"]["new_bar"][-1]) + "; single process "
+             + _cpu_text(base["new_bar"][-1]) + ".",
              "", f"## The whole history per request ({N_BARS} bars, {N_BODIES} distinct bodies)", "",
              *_table(full_rows), "",
              "## Floors (concurrency 1)", "",

@@ -211,3 +211,27 @@ def test_a_killed_replica_fails_only_its_requests_with_503_and_nobody_waits_over
     while time.monotonic() < deadline and not (len(_replica_pids()) == 2 and victim not in _replica_pids()):
         time.sleep(1.0)
     assert len(_replica_pids()) == 2 and victim not in _replica_pids()
+
+
+def test_the_default_serve_config_is_the_one_hop_app_with_failover_settings(tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+
+    from raytrade.errors import ConfigError
+    from raytrade.serving.app import app_from_config
+    from raytrade.serving.decision import DecisionConfig
+
+    raw = yaml.safe_load(CONFIG.read_text())
+    app = ServeDeploySchema.parse_obj(raw).applications[0]
+    assert app.import_path == "raytrade.serving.app:build_decision_app"
+    (decision,) = raw["applications"][0]["deployments"]
+    assert decision["name"] == "Decision"
+    assert decision["autoscaling_config"]["min_replicas"] >= 2  # a replica can die without a stall
+    assert decision["health_check_period_s"] <= 1
+    DecisionConfig.model_validate(decision["user_config"])
+    # the builder refuses what the one-hop app cannot do, and an unknown builder, naming them
+    with pytest.raises(ConfigError, match="challenger_model"):
+        app_from_config(CONFIG, {"challenger_model": "raytrade-forecaster"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**raw, "applications": [{**raw["applications"][0], "import_path": "x:y"}]}))
+    with pytest.raises(ConfigError, match="import_path"):
+        app_from_config(bad)
