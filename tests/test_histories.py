@@ -110,3 +110,13 @@ def test_the_log_must_hold_a_full_history_before_bars_are_appended(bars, store):
     with pytest.raises(InsufficientDataError, match=f"holds {MIN_BARS - 9} bars"):
         h.rows("BTC/USD", bars.iloc[MIN_BARS - 10 : MIN_BARS - 9])
     assert np.isfinite(h.rows("BTC/USD", bars.iloc[:MIN_BARS])[0].iloc[:, 1:].to_numpy()).all()
+
+
+def test_a_replica_keeps_at_most_max_symbols_states_and_rebuilds_a_dropped_one_from_the_log(bars, store):
+    h = SymbolHistories(CFG, LOOKBACK, MIN_BARS, store, max_symbols=2)
+    for name in ("A", "B", "C"):
+        h.rows(name, bars.iloc[:MIN_BARS])
+    assert len(h) == 2 and "A" not in h._held  # the least recently used went first
+    rows, _ = h.rows("A", bars.iloc[MIN_BARS : MIN_BARS + 1])  # rebuilt from A's bar log, then appended
+    pd.testing.assert_frame_equal(rows, _expected(bars, MIN_BARS + 1), check_exact=True)
+    assert len(h) == 2 and "B" not in h._held

@@ -235,3 +235,39 @@ def test_the_default_serve_config_is_the_one_hop_app_with_failover_settings(tmp_
     bad.write_text(yaml.safe_dump({**raw, "applications": [{**raw["applications"][0], "import_path": "x:y"}]}))
     with pytest.raises(ConfigError, match="import_path"):
         app_from_config(bad)
+
+
+def test_the_proxy_middleware_turns_an_unanswered_request_into_a_503_and_leaves_answers_alone():
+    """What Serve's proxy does when the replica holding a request dies: it returns without starting a response
+    (uvicorn would then send a bare 500). The middleware answers 503 + Retry-After; a started response is untouched."""
+    import asyncio
+
+    from raytrade.serving.proxy import ReplicaLostAs503
+
+    async def call(app) -> list[dict]:  # noqa: ANN001
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b""}
+
+        await ReplicaLostAs503(app)({"type": "http"}, receive, send)
+        return sent
+
+    async def lost(scope, receive, send) -> None:  # noqa: ANN001
+        raise RuntimeError("ActorDiedError")
+
+    async def silent(scope, receive, send) -> None:  # noqa: ANN001
+        return None
+
+    async def answered(scope, receive, send) -> None:  # noqa: ANN001
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    for app in (lost, silent):
+        sent = asyncio.run(call(app))
+        assert sent[0]["status"] == 503 and (b"retry-after", b"1") in sent[0]["headers"]
+        assert json.loads(sent[1]["body"])["detail"][0]["type"] == "replica_unavailable"
+    assert [m.get("status") for m in asyncio.run(call(answered))] == [200, None]

@@ -23,7 +23,7 @@ is not after the last one and differs from the bar held there is refused with th
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,8 @@ DEFAULT_MAX_BARS = 2048
 RECENT_BARS = 64
 #: bars of the log a replica reads to catch up with bars other replicas appended (further behind: it rebuilds)
 CATCH_UP_BARS = 32
+#: symbols whose state a replica keeps; beyond it the least recently used is dropped (rebuilt from the log if asked)
+MAX_SYMBOLS = 10_000
 
 
 class _Held:
@@ -88,13 +90,15 @@ class SymbolHistories:
         min_bars: bars a full history needs (feature warm-up + lookback).
         store: the online store holding the bar logs, or None (each replica holds its own history).
         max_bars: bars kept in a symbol's bar log (and rebuilt from).
+        max_symbols: symbols whose state is kept (least recently used dropped first).
     """
 
     def __init__(self, cfg: FeatureConfig, lookback: int, min_bars: int, store: OnlineFeatureStore | None = None,
-                 max_bars: int = DEFAULT_MAX_BARS) -> None:
+                 max_bars: int = DEFAULT_MAX_BARS, max_symbols: int = MAX_SYMBOLS) -> None:
         self.cfg, self.lookback, self.min_bars, self.store = cfg, int(lookback), int(min_bars), store
         self.max_bars = max(int(max_bars), self.min_bars)
-        self._held: dict[str, _Held] = {}
+        self.max_symbols = int(max_symbols)
+        self._held: OrderedDict[str, _Held] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._held)
@@ -153,12 +157,15 @@ class SymbolHistories:
         if last is None:
             raise FeaturesNotFoundError(self.store.feature_set_version, symbol, key=self.store.bars_key(symbol),
                                         detail="no bar log of this symbol in the online store")
-        return self._through(symbol, self._held.get(symbol), last) or self._from_log(symbol)
+        return self._through(symbol, self._get(symbol), last) or self._from_log(symbol)
 
     # ---- internals ----------------------------------------------------------------------------
     def _open(self, symbol: str, bars: pd.DataFrame) -> _Held:
         held = _Held(bars.reset_index(drop=True), self.cfg, self.lookback)
         self._held[symbol] = held
+        self._held.move_to_end(symbol)
+        while len(self._held) > self.max_symbols:
+            self._held.popitem(last=False)
         return held
 
     def _too_few(self, symbol: str, have: int, where: str) -> InsufficientDataError:
@@ -172,8 +179,14 @@ class SymbolHistories:
             raise self._too_few(symbol, len(bars), "the online store holds")
         return self._open(symbol, bars)
 
-    def _append(self, symbol: str, bars: list[dict[str, Any]]) -> _Held:
+    def _get(self, symbol: str) -> _Held | None:
         held = self._held.get(symbol)
+        if held is not None:
+            self._held.move_to_end(symbol)
+        return held
+
+    def _append(self, symbol: str, bars: list[dict[str, Any]]) -> _Held:
+        held = self._get(symbol)
         if self.store is None:
             if held is None:
                 raise self._too_few(symbol, 0, "this server holds")
