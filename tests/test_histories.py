@@ -49,7 +49,8 @@ def test_two_replicas_sharing_a_store_compute_the_batch_rows_bit_for_bit(bars, s
     pd.testing.assert_frame_equal(rows, _expected(bars, MIN_BARS), check_exact=True)
     states = set()
     for i in range(MIN_BARS, len(bars)):
-        replica = (a, b)[(i // 3) % 2]  # three bars through one replica, three through the other, ...
+        run = 3 if i < MIN_BARS + 30 else 10  # runs of 3 bars through one replica, then of 10 (a longer catch-up)
+        replica = (a, b)[((i - MIN_BARS) // run) % 2]
         rows, ts = replica.rows("BTC/USD", bars.iloc[i : i + 1])
         assert ts == bars["timestamp"].iloc[i]
         pd.testing.assert_frame_equal(rows, _expected(bars, i + 1), check_exact=True)

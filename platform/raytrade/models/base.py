@@ -166,12 +166,15 @@ class ForecasterBase(nn.Module):
         modes = {m: m.training for m in self.modules()}
         try:
             self.eval()
-            logits, ret_z, emb = self(x, return_features=True)
+            fixed = self.encode_fixed(x)  # once for the deterministic pass and every MC pass
+            emb = self.encode_from_fixed(fixed)  # = encode(x): the subclass contract
+            h = self.dropout(emb)  # the identity in eval mode, as in forward()
+            logits, ret_z = self.class_head(h), self.return_head(h).squeeze(-1)
             out = {"probs": torch.softmax(logits, dim=-1), "expected_return": ret_z * self.return_scale,
                    "embedding": emb}
             if mc_samples > 0:
                 seed = int(torch.randint(0, 2**62, (1,)).item()) if mc_seed is None else int(mc_seed)
-                probs, rets = self._mc_passes(x, int(mc_samples), seed)  # (S, B, 3), (S, B)
+                probs, rets = self._mc_passes(x, int(mc_samples), seed, fixed)  # (S, B, 3), (S, B)
                 mean_p, mean_r = probs.mean(0), rets.mean(0)
                 if mc_means:
                     out["probs"], out["expected_return"] = mean_p, mean_r
@@ -185,17 +188,19 @@ class ForecasterBase(nn.Module):
                 m.training = training
         return out
 
-    def _mc_passes(self, x: torch.Tensor, samples: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def _mc_passes(self, x: torch.Tensor, samples: int, seed: int = 0,
+                   fixed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``samples`` stochastic passes (the model in eval mode, the ``nn.Dropout`` modules masked by
         :func:`shared_dropout_masks`), batched by repeating up to :attr:`mc_max_rows` rows per pass.
 
         Every window sees the same ``samples`` masks per dropout module, drawn afresh from ``seed`` for each
         chunk of windows. :meth:`encode_fixed` runs once; only :meth:`encode_from_fixed` and the heads run per
-        pass. Returns ``probs (samples, B, 3)`` and ``rets (samples, B)``.
+        pass (``fixed``: its output when the caller has it already). Returns ``probs (samples, B, 3)`` and
+        ``rets (samples, B)``.
         """
         batch = x.shape[0]
         per_chunk = max(1, self.mc_max_rows // samples)  # windows per pass, each with all its samples
-        fixed = self.encode_fixed(x)
+        fixed = self.encode_fixed(x) if fixed is None else fixed
         probs = [torch.empty(samples, 0, self.n_classes, device=x.device)]
         rets = [torch.empty(samples, 0, device=x.device)]
         for start in range(0, batch, per_chunk):

@@ -232,8 +232,11 @@ class SymbolHistories:
             return None
         if held.last == last:
             return held
-        tail = self.store.tail_bars(symbol, CATCH_UP_BARS)
-        stamps = [b[TIMESTAMP] for b in tail]
+        for n in (4, CATCH_UP_BARS):  # usually another replica took a bar or two: read a short tail first
+            tail = self.store.tail_bars(symbol, n)
+            stamps = [b[TIMESTAMP] for b in tail]
+            if held.last in stamps:
+                break
         if held.last not in stamps or held.held(tail[stamps.index(held.last)]) is not True:
             return None  # too far behind, or the log was rewritten by a new full history
         for b in tail[stamps.index(held.last) + 1 :]:
