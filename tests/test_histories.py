@@ -56,6 +56,8 @@ def test_two_replicas_sharing_a_store_compute_the_batch_rows_bit_for_bit(bars, s
         pd.testing.assert_frame_equal(rows, _expected(bars, i + 1), check_exact=True)
         states.add(id(replica._held["BTC/USD"]))
     assert len(states) == 2  # each replica caught up with the other's bars; neither rebuilt after its first bar
+    assert a.counts["opened"] == 1 and a.counts["rebuilt"] == 0 and b.counts["rebuilt"] == 1
+    assert a.counts["caught_up"] + b.counts["caught_up"] > 0
     # a symbol-only request reads the log's last bar, on either replica
     for replica in (a, b):
         rows, ts = replica.latest("BTC/USD")

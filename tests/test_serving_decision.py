@@ -88,6 +88,7 @@ def _replica_pids() -> dict[str, int]:
 def test_models_name_the_app_and_two_replicas_serve(one_hop):
     models = one_hop["client"].get("/models").json()
     assert models["app"] == "one-hop" and models["challenger"] is None
+    assert set(models["symbol_states"]) <= {"opened", "rebuilt", "appended", "caught_up"}
     assert set(models["agents"]) == set(one_hop["report"]["mlflow"]["agent_models"])
     assert len(_replica_pids()) == 2
 

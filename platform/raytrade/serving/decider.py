@@ -51,6 +51,15 @@ class EnsembleDecider:
     def symbols_held(self) -> int:
         return sum(len(h) for h in self._histories.values())
 
+    @property
+    def state_counts(self) -> dict[str, int]:
+        """How this process reached its symbols' states (:attr:`SymbolHistories.counts`), summed."""
+        total: dict[str, int] = {}
+        for h in self._histories.values():
+            for k, v in h.counts.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
     def histories(self, bundle: Any) -> SymbolHistories:
         """The symbols' feature states for ``bundle``'s feature set (a model with another feature set starts new
         ones)."""

@@ -126,7 +126,8 @@ class Decision:
                 "challenger": None, "agents": agents,
                 "ensemble": {**self.config.combiner.model_dump(), "replica": serve.get_replica_context().replica_tag},
                 "ab": {"challenger_share": 0.0}, "prediction_cache": {"enabled": False, "ttl_s": 0},
-                "app": "one-hop", "symbols_held": self.decider.symbols_held}
+                "app": "one-hop", "symbols_held": self.decider.symbols_held,
+                "symbol_states": self.decider.state_counts}
 
     @decision_api.post("/predict", response_model=PredictResponse)
     async def predict(self, req: PredictRequest) -> PredictResponse:

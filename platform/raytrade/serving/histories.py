@@ -23,7 +23,7 @@ is not after the last one and differs from the bar held there is refused with th
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from typing import Any
 
 import numpy as np
@@ -99,6 +99,9 @@ class SymbolHistories:
         self.max_bars = max(int(max_bars), self.min_bars)
         self.max_symbols = int(max_symbols)
         self._held: OrderedDict[str, _Held] = OrderedDict()
+        #: how states were reached: ``opened`` (a full history sent), ``rebuilt`` (from the bar log), ``appended``
+        #: (one bar), ``caught_up`` (bars other replicas appended, taken from the log)
+        self.counts: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._held)
@@ -128,6 +131,7 @@ class SymbolHistories:
         if len(bars) >= self.min_bars:
             frame = bars if isinstance(bars, pd.DataFrame) else _frame(symbol, bars)
             held = self._open(symbol, validate_bars(frame))
+            self.counts["opened"] += 1
             if self.store is not None:
                 self.store.write_bars(symbol, frame, self.max_bars)
             return held
@@ -177,6 +181,7 @@ class SymbolHistories:
         bars = self.store.read_bars(symbol)
         if len(bars) < self.min_bars:
             raise self._too_few(symbol, len(bars), "the online store holds")
+        self.counts["rebuilt"] += 1
         return self._open(symbol, bars)
 
     def _get(self, symbol: str) -> _Held | None:
@@ -208,6 +213,7 @@ class SymbolHistories:
             if seen is False or bar[TIMESTAMP] <= held.last:
                 validate_next_bar(symbol, held.recent[-1], bar)  # raises duplicate/unsorted, naming the bar
         validate_next_bar(symbol, None, bar)  # the bar's own values, before the shared log takes it
+        self.counts["appended"] += 1
         if self.store is None:
             held.update(bar)
             return held
@@ -243,6 +249,7 @@ class SymbolHistories:
             if b[TIMESTAMP] > last:
                 break
             held.update(b)
+            self.counts["caught_up"] += 1
         return held if held.last == last else None
 
 
