@@ -194,7 +194,8 @@ class SymbolHistories:
         held = self._get(symbol)
         if self.store is None:
             if held is None:
-                raise self._too_few(symbol, 0, "this server holds")
+                raise self._too_few(symbol, 0, "this replica holds (with no online store each replica keeps its own "
+                                               "history; serve arg redis_url shares it)")
             if held.held(bars[0]) is None:
                 raise DataValidationError(
                     "history_gap", f"the first bar sent ({bars[0][TIMESTAMP].isoformat()}) is not one of the last "
