@@ -309,11 +309,11 @@ def _processes(prefixes: tuple[str, ...]) -> list[Any]:
     return [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith(prefixes)]
 
 
-def _replica_pids(deployment: str) -> dict[str, int]:
-    """``pid:<n>`` -> process id of each running replica process of ``deployment`` of the app."""
+def _replica_pids(deployment: str) -> set[int]:
+    """The process ids of the running replicas of ``deployment`` of the app."""
     from raytrade.serving.app import APP_NAME
 
-    return {f"pid:{p.pid}": p.pid for p in _processes((f"ray::ServeReplica:{APP_NAME}:{deployment}",))}
+    return {p.pid for p in _processes((f"ray::ServeReplica:{APP_NAME}:{deployment}",))}
 
 
 #: the processes a Serve request costs CPU in (replicas, HTTP proxy, controller, Ray's raylet and GCS)
@@ -392,9 +392,9 @@ def _kill_replica(url: str, prefix: str, run_s: float = 12.0, kill_at_s: float =
     for t in threads:
         t.start()
     time.sleep(kill_at_s)
-    victim, pid = sorted(before.items())[0]
+    victim = min(before)
     killed_at = time.perf_counter() - start
-    os.kill(pid, signal.SIGKILL)
+    os.kill(victim, signal.SIGKILL)
     time.sleep(run_s - kill_at_s)
     stop.set()
     for t in threads:
@@ -403,7 +403,7 @@ def _kill_replica(url: str, prefix: str, run_s: float = 12.0, kill_at_s: float =
     around = [max((b - a for a, b in zip(ts, ts[1:], strict=False) if a <= killed_at + 5 and b >= killed_at),
                   default=0.0) * 1e3 for ts in answers]
     deadline = time.monotonic() + 120  # Serve replaces the replica
-    while time.monotonic() < deadline and len(set(_replica_pids("Decision")) - {victim}) < len(before):
+    while time.monotonic() < deadline and len(_replica_pids("Decision") - {victim}) < len(before):
         time.sleep(1.0)
     return {"clients": KILL_CLIENTS, "killed_replica": victim, "killed_at_s": round(killed_at, 3),
             "longest_wait_ms_per_client": gaps, "longest_wait_around_kill_ms": around,

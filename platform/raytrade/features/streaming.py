@@ -20,7 +20,6 @@ one process (a Serve replica) and is rebuilt from stored bars elsewhere.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -197,15 +196,3 @@ class StreamingFeatures:
         frame = pd.DataFrame(np.asarray(self._rows), columns=self.columns)
         frame.insert(0, TIMESTAMP, pd.DatetimeIndex(list(self._times)))
         return frame
-
-
-def streaming_names(cfg: FeatureConfig) -> list[str]:
-    """The feature columns a :class:`StreamingFeatures` computes for ``cfg`` (per-symbol features only)."""
-    return [s.name for s in feature_specs(cfg)]
-
-
-def bars_from_records(symbol: str, records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Bars ``{timestamp, open, high, low, close, volume}`` as an OHLCV frame of ``symbol`` (order kept)."""
-    records = list(records)
-    return pd.DataFrame({TIMESTAMP: pd.to_datetime([r[TIMESTAMP] for r in records], utc=True), SYMBOL: symbol,
-                         **{c: np.array([float(r[c]) for r in records], dtype=np.float64) for c in OHLCV_COLUMNS}})

@@ -62,19 +62,37 @@ class AppArgs(RiskLimits):
         return merged
 
 
+def _config_error(exc: ValidationError) -> ConfigError:
+    first = exc.errors()[0]
+    return ConfigError(f"serve app args: {'.'.join(map(str, first['loc']))}: {first['msg']}")
+
+
+def _app_args(args: dict[str, Any], combiner_file_config: dict[str, Any] | None) -> tuple[AppArgs, dict[str, Any]]:
+    """The validated app args and the combiner's config (the file's, overridden by explicit args).
+
+    Raises:
+        ConfigError: an invalid arg, naming it.
+    """
+    try:
+        a = AppArgs.model_validate(args or {})
+        return a, a.combiner_config(combiner_file_config)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+
+
+def _options(options: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """Deployment ``name``'s options from a config file's ``deployments`` (without its ``name``)."""
+    return {k: v for k, v in options.get(name, {}).items() if k != "name"}
+
+
 def _build(args: dict[str, Any], options: dict[str, dict[str, Any]]) -> Application:
     from raytrade.tracking import resolve_tracking_uri
 
-    try:
-        a = AppArgs.model_validate(args or {})
-        combiner_config = a.combiner_config(options.get("Combiner", {}).get("user_config"))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"serve app args: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    a, combiner_config = _app_args(args, options.get("Combiner", {}).get("user_config"))
     uri = resolve_tracking_uri(a.tracking_uri, a.output_dir)
 
     def opts(name: str) -> dict[str, Any]:
-        return {k: v for k, v in options.get(name, {}).items() if k != "name"}
+        return _options(options, name)
 
     features = Features.options(**opts("Features")).bind(a.redis_url, a.store_prefix)
     forecasters = {CHAMPION: Forecaster.options(**opts("Forecaster")).bind(uri, a.forecaster_model, a.alias)}
@@ -95,15 +113,13 @@ def _build_decision(args: dict[str, Any], options: dict[str, dict[str, Any]]) ->
     from raytrade.serving.decision import Decision
     from raytrade.tracking import resolve_tracking_uri
 
-    opts = {k: v for k, v in options.get("Decision", {}).items() if k != "name"}
+    opts = _options(options, "Decision")
     user_config = dict(opts.pop("user_config", None) or {})
+    a, user_config["combiner"] = _app_args(args, user_config.get("combiner"))
     try:
-        a = AppArgs.model_validate(args or {})
-        user_config["combiner"] = a.combiner_config(user_config.get("combiner"))
         DecisionConfig.model_validate(user_config)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"serve app args: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise _config_error(exc) from None
     if a.challenger_model:
         raise ConfigError("serve app args: challenger_model: the one-hop app (build_decision_app) has no A/B arm; "
                           "use the composed app (serve_configs/ensemble.composed.yaml) for A/B tests")

@@ -80,11 +80,6 @@ class EnsembleDecider:
             return histories.take(req.symbol, bars_frame(req))
         return histories.take(req.symbol, bar_records(req))
 
-    def rows(self, bundle: Any, req: PredictRequest) -> tuple[pd.DataFrame, pd.Timestamp]:
-        """:meth:`state`'s forecaster input rows (unscaled, with ``timestamp``) and bar time."""
-        held = self.state(bundle, req)
-        return held.features.rows(), held.last
-
     def decide(self, forecaster: LoadedModel, agents: dict[str, LoadedModel], combiner: CombinerConfig,
                reqs: list[PredictRequest]) -> list[PredictResponse | RaytradeError]:
         """One decision per request, in order; a request's own error (bad bars, no history, store down) in its

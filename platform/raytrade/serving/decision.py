@@ -26,13 +26,13 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from raytrade.errors import RaytradeError
 from raytrade.serving.decider import EnsembleDecider
-from raytrade.serving.ingress import REPLICA_LOST, ItemError, add_error_handlers
+from raytrade.serving.deployments import load_on_device
+from raytrade.serving.ingress import add_error_handlers, batch_response, check_agent_names
 from raytrade.serving.metrics import record_model
 from raytrade.serving.schemas import BatchPredictRequest, BatchPredictResponse, PredictRequest, PredictResponse
 from raytrade.serving.slots import ModelSlot
-from raytrade.serving.steps import CombinerConfig
+from raytrade.serving.steps import CombinerConfig, agent_info, forecaster_info
 
 decision_api = FastAPI(title="raytrade", description="CNN+LSTM forecaster + RL agents, risk-limited ensemble "
                                                     "(one-hop CPU app)")
@@ -67,9 +67,7 @@ class Decision:
 
     def __init__(self, tracking_uri: str, forecaster_model: str, agent_models: dict[str, str],
                  alias: str = "champion", redis_url: str | None = None, store_prefix: str = "raytrade") -> None:
-        from raytrade.serving.deployments import _load_on_device
-
-        self.forecaster = ModelSlot(tracking_uri, forecaster_model, alias, loader=_load_on_device)
+        self.forecaster = ModelSlot(tracking_uri, forecaster_model, alias, loader=load_on_device)
         self.agents = {name: ModelSlot(tracking_uri, model, alias) for name, model in agent_models.items()}
         self.decider = EnsembleDecider(redis_url, store_prefix)
         self.reconfigure({})
@@ -112,18 +110,9 @@ class Decision:
     @decision_api.get("/models")
     async def models(self) -> dict[str, Any]:
         """The loaded forecaster and agents (name, version, alias, run id, loaded-at), the ensemble config, and
-        how many symbols' feature states this replica holds."""
-        b = self.forecaster.current.obj
-        agents = {}
-        for name, slot in self.agents.items():
-            p = slot.current.obj
-            agents[name] = {**slot.current.info(), "label": name, "algorithm": p.algorithm, "window": p.window,
-                            "obs_dim": p.obs_dim, "reload_interval_s": self.config.reload_interval_s}
-        return {"forecaster": {**self.forecaster.current.info(), "label": "forecaster", "min_bars": b.min_bars,
-                               "lookback": b.lookback, "n_features": len(b.scaler.columns),
-                               "horizon_bars": b.labels.horizon, "feature_set_version": b.feature_set_version,
-                               "mc_samples": b.mc_samples, "reload_interval_s": self.config.reload_interval_s},
-                "challenger": None, "agents": agents,
+        how many symbols' feature states this replica holds and how it reached them."""
+        return {"forecaster": forecaster_info(self.forecaster, "forecaster"), "challenger": None,
+                "agents": {name: agent_info(slot, name) for name, slot in self.agents.items()},
                 "ensemble": {**self.config.combiner.model_dump(), "replica": serve.get_replica_context().replica_tag},
                 "ab": {"challenger_share": 0.0}, "prediction_cache": {"enabled": False, "ttl_s": 0},
                 "app": "one-hop", "symbols_held": self.decider.symbols_held,
@@ -131,23 +120,13 @@ class Decision:
 
     @decision_api.post("/predict", response_model=PredictResponse)
     async def predict(self, req: PredictRequest) -> PredictResponse:
-        self._check_agents([req])
+        check_agent_names([req], list(self.agents))
         return await self._decide(req)
 
     @decision_api.post("/predict/batch", response_model=BatchPredictResponse)
     async def predict_batch(self, batch: BatchPredictRequest) -> BatchPredictResponse:
         """Every request decided (batched with each other and with concurrent ``/predict`` calls); the first
         failing item's error is returned with its index in ``loc``."""
-        self._check_agents(batch.requests, ["requests"])
-        results = await asyncio.gather(*(self._decide(r) for r in batch.requests), return_exceptions=True)
-        for i, r in enumerate(results):
-            if isinstance(r, BaseException):
-                if isinstance(r, (RaytradeError, *REPLICA_LOST)):
-                    raise ItemError(i, r)
-                raise r
-        return BatchPredictResponse(predictions=results)
-
-    def _check_agents(self, reqs: list[PredictRequest], loc: list[Any] | None = None) -> None:
-        from raytrade.serving.ingress import check_agent_names
-
-        check_agent_names(reqs, list(self.agents), loc)
+        check_agent_names(batch.requests, list(self.agents), ["requests"])
+        return batch_response(await asyncio.gather(*(self._decide(r) for r in batch.requests),
+                                                   return_exceptions=True))

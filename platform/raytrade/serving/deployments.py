@@ -27,9 +27,11 @@ from raytrade.serving.slots import LoadedModel, ModelSlot, load_registered
 from raytrade.serving.steps import (
     CombinerConfig,
     act_items,
+    agent_info,
     combine,
     feature_rows,
     forecast_items,
+    forecaster_info,
     forecaster_spec,
 )
 from raytrade.store import FeaturesNotFoundError, OnlineFeatureStore, bars_fingerprint
@@ -144,7 +146,7 @@ def _split(flat: list[Any], calls: list[list[Any]]) -> list[list[Any]]:
     return out
 
 
-def _load_on_device(tracking_uri: str, name: str, alias: str | None, version: str | None) -> LoadedModel:
+def load_on_device(tracking_uri: str, name: str, alias: str | None, version: str | None) -> LoadedModel:
     """Load a forecaster bundle and move its network to the GPU when the replica has one
     (``ray_actor_options: {num_gpus: 1}``, serve_configs/ensemble.gpu.yaml)."""
     import torch
@@ -163,7 +165,7 @@ class Forecaster:
     """
 
     def __init__(self, tracking_uri: str, model_name: str, alias: str = "champion", label: str = "forecaster") -> None:
-        self.slot = ModelSlot(tracking_uri, model_name, alias, loader=_load_on_device)
+        self.slot = ModelSlot(tracking_uri, model_name, alias, loader=load_on_device)
         self.label = label
 
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -181,12 +183,7 @@ class Forecaster:
         return forecaster_spec(self.slot.current.obj, self.slot.current.version)
 
     def info(self) -> dict[str, Any]:
-        model = self.slot.current
-        b = model.obj
-        return {**model.info(), "label": self.label, "min_bars": b.min_bars, "lookback": b.lookback,
-                "n_features": len(b.scaler.columns), "horizon_bars": b.labels.horizon,
-                "feature_set_version": b.feature_set_version, "mc_samples": b.mc_samples,
-                "reload_interval_s": self.slot.config.reload_interval_s}
+        return forecaster_info(self.slot, self.label)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0, batch_size_fn=_n_items)
     async def forecast(self, calls: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
@@ -219,10 +216,7 @@ class Agent:
     async def info(self) -> dict[str, Any]:
         """The loaded policy's registry entry and shape (the ingress asks every ``versions_ttl_s``)."""
         self.slot.poll()
-        p = self.slot.current.obj
-        return {**self.slot.current.info(), "label": self.label, "algorithm": p.algorithm, "window": p.window,
-                "obs_dim": p.obs_dim, "feature_names": p.feature_names,
-                "reload_interval_s": self.slot.config.reload_interval_s}
+        return agent_info(self.slot, self.label)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0, batch_size_fn=_n_items)
     async def act(self, calls: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:

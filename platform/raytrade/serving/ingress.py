@@ -190,6 +190,17 @@ def check_agent_names(reqs: list[PredictRequest], agents: list[str], loc: list[A
 
 
 
+def batch_response(results: list[PredictResponse | BaseException]) -> BatchPredictResponse:
+    """``POST /predict/batch``'s answer from the requests' results in order; the first failed item raises
+    :class:`ItemError` (its index goes in ``loc``) when its error is a request's own or a lost replica, else as is."""
+    for i, r in enumerate(results):
+        if isinstance(r, BaseException):
+            if isinstance(r, (RaytradeError, *REPLICA_LOST)):
+                raise ItemError(i, r)
+            raise r
+    return BatchPredictResponse(predictions=results)
+
+
 def bars_frame(req: PredictRequest) -> pd.DataFrame:
     """The request's bars as an OHLCV frame with ``symbol`` and UTC ``timestamp`` (order kept as sent)."""
     bars = req.bars
@@ -418,10 +429,5 @@ class Ingress:
         """Every request decided concurrently (batched with each other and with concurrent ``/predict`` calls);
         the first failing item's error is returned with its index in ``loc``."""
         self._check_agents(batch.requests, ["requests"])
-        results = await asyncio.gather(*(self._decide(r) for r in batch.requests), return_exceptions=True)
-        for i, r in enumerate(results):
-            if isinstance(r, BaseException):
-                if isinstance(r, (RaytradeError, *REPLICA_LOST)):
-                    raise ItemError(i, r)
-                raise r
-        return BatchPredictResponse(predictions=results)
+        return batch_response(await asyncio.gather(*(self._decide(r) for r in batch.requests),
+                                                   return_exceptions=True))

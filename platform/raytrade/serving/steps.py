@@ -32,6 +32,25 @@ def forecaster_spec(bundle: Any, version: str) -> dict[str, Any]:
             "lookback": bundle.lookback, "min_bars": bundle.min_bars}
 
 
+def forecaster_info(slot: Any, label: str) -> dict[str, Any]:
+    """``/models``' entry of the forecaster a :class:`~raytrade.serving.slots.ModelSlot` serves: its registry entry,
+    ``label``, input shape, horizon, feature-set version, MC samples and reload interval."""
+    b = slot.current.obj
+    return {**slot.current.info(), "label": label, "min_bars": b.min_bars, "lookback": b.lookback,
+            "n_features": len(b.scaler.columns), "horizon_bars": b.labels.horizon,
+            "feature_set_version": b.feature_set_version, "mc_samples": b.mc_samples,
+            "reload_interval_s": slot.config.reload_interval_s}
+
+
+def agent_info(slot: Any, label: str) -> dict[str, Any]:
+    """``/models``' entry of the RL policy a :class:`~raytrade.serving.slots.ModelSlot` serves: its registry entry,
+    ``label``, algorithm, window, observation size, feature names and reload interval."""
+    p = slot.current.obj
+    return {**slot.current.info(), "label": label, "algorithm": p.algorithm, "window": p.window,
+            "obs_dim": p.obs_dim, "feature_names": p.feature_names,
+            "reload_interval_s": slot.config.reload_interval_s}
+
+
 def feature_rows(bars: pd.DataFrame, spec: dict[str, Any]) -> dict[str, Any]:
     """Validate ``bars`` (one symbol, oldest first) and compute the forecaster's features at the last bar.
 

@@ -504,7 +504,7 @@ return {1, last_t, redis.call('LLEN', KEYS[1])}
         ok, last, n = self._call(f"append a bar to the log of {symbol}", lambda r: r.eval(
             self._APPEND_BAR, 1, key, item[:20], item, int(max_bars), self.ttl_s))
         last = last.decode() if isinstance(last, bytes) else str(last)
-        return bool(ok), (pd.Timestamp(int(last) - 2**63, unit="ns", tz="UTC") if last else None), int(n)
+        return bool(ok), (_ordinal_time(last) if last else None), int(n)
 
     def last_bar_time(self, symbol: str) -> pd.Timestamp | None:
         """The open time of the last bar in ``symbol``'s bar log (UTC), or None when it has none.
@@ -514,7 +514,7 @@ return {1, last_t, redis.call('LLEN', KEYS[1])}
         """
         key = self.bars_key(symbol)
         last = self._call(f"read the last bar of {symbol}", lambda r: r.lindex(key, -1))
-        return None if last is None else pd.Timestamp(int(last[:20]) - 2**63, unit="ns", tz="UTC")
+        return None if last is None else _ordinal_time(last)
 
     def tail_bars(self, symbol: str, n: int) -> list[dict[str, Any]]:
         """The last ``n`` bars of ``symbol``'s bar log as records ``{timestamp: UTC pd.Timestamp, open, high, low,
@@ -525,8 +525,7 @@ return {1, last_t, redis.call('LLEN', KEYS[1])}
         """
         key = self.bars_key(symbol)
         raw = self._call(f"read the bar log of {symbol}", lambda r: r.lrange(key, -int(n), -1))
-        return [{"timestamp": pd.Timestamp(int(x[:20]) - 2**63, unit="ns", tz="UTC"), **json.loads(x[21:])}
-                for x in raw]
+        return [_bar_record(x) for x in raw]
 
     def read_bars(self, symbol: str) -> pd.DataFrame:
         """``symbol``'s bar log as bars (``timestamp`` UTC, ``symbol``, OHLCV float64), oldest first; empty when
@@ -537,10 +536,10 @@ return {1, last_t, redis.call('LLEN', KEYS[1])}
         """
         key = self.bars_key(symbol)
         raw = self._call(f"read the bar log of {symbol}", lambda r: r.lrange(key, 0, -1))
-        docs = [json.loads(x[21:]) for x in raw]
+        records = [_bar_record(x) for x in raw]
         return pd.DataFrame({
-            "timestamp": pd.to_datetime([int(x[:20]) - 2**63 for x in raw], unit="ns", utc=True), "symbol": symbol,
-            **{c: np.array([d[c] for d in docs], dtype=np.float64) for c in OHLCV_COLUMNS}})
+            "timestamp": pd.DatetimeIndex([r["timestamp"] for r in records], dtype="datetime64[ns, UTC]"),
+            "symbol": symbol, **{c: np.array([r[c] for r in records], dtype=np.float64) for c in OHLCV_COLUMNS}})
 
     # ----------------------------------------------------------- predictions
 
@@ -632,6 +631,16 @@ def _bar_json(t_ns: int, values: Any) -> str:
     are written as ``repr``, so they read back exactly)."""
     body = json.dumps({c: float(v) for c, v in zip(OHLCV_COLUMNS, values, strict=True)})
     return f"{t_ns + 2**63:020d}|{body}"
+
+
+def _ordinal_time(item: bytes | str) -> pd.Timestamp:
+    """The open time (UTC) of a bar-log item, or of its 20-digit ordinal alone."""
+    return pd.Timestamp(int(item[:20]) - 2**63, unit="ns", tz="UTC")
+
+
+def _bar_record(item: bytes) -> dict[str, Any]:
+    """A bar-log item as ``{timestamp: UTC pd.Timestamp, open, high, low, close, volume}``."""
+    return {"timestamp": _ordinal_time(item), **json.loads(item[21:])}
 
 
 def _to_arrow(frame: pd.DataFrame) -> bytes:
