@@ -53,6 +53,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -132,16 +133,24 @@ def symbol_inputs(bars: pd.DataFrame, cfg: FeatureConfig) -> pd.DataFrame:
 
     Trailing TA-Lib windows over the symbol's own bars only, so the value at t uses its bars <= t.
     """
-    w = cfg.cross_sectional_window
     c = bars["close"].to_numpy(dtype=np.float64)
     v = bars["volume"].to_numpy(dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r1 = np.log(talib.ROCR(c, timeperiod=1))
-        ret = np.log(talib.ROCR(c, timeperiod=w))
-        vol = talib.STDDEV(r1, timeperiod=w, nbdev=1.0)
-        volu = np.log1p(v) - np.log1p(talib.SMA(v, timeperiod=w))
+    r1, ret, vol, volu = input_series(c, v, cfg.cross_sectional_window)
     ts = bars[TIMESTAMP].reset_index(drop=True)
     return pd.DataFrame({R1: r1, PREV_TS: ts.shift(1), RET: ret, VOL: vol, VOLU: volu})
+
+
+def input_series(close: np.ndarray, volume: np.ndarray, window: int,
+                 ta: Any = talib) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(r1, ret_w, vol_w, volu_w)`` of one symbol's ``close`` and ``volume`` ``(bars,)`` float64 (the module
+    docstring's per-symbol inputs, ``w = window``). ``ta``: TA-Lib's Function API, or a stand-in that runs the same
+    calls on stream handles (:mod:`raytrade.features.streaming`), so the incremental inputs are the same numbers."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r1 = np.log(ta.ROCR(close, timeperiod=1))
+        ret = np.log(ta.ROCR(close, timeperiod=window))
+        vol = ta.STDDEV(r1, timeperiod=window, nbdev=1.0)
+        volu = np.log1p(volume) - np.log1p(ta.SMA(volume, timeperiod=window))
+    return r1, ret, vol, volu
 
 
 def _rank_and_z(values: pd.Series, by: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -176,6 +185,28 @@ def _asof(values: np.ndarray, index: np.ndarray, at: np.ndarray) -> np.ndarray:
     ok = pos >= 0
     out[ok] = values[pos[ok]]
     return out
+
+
+def universe_pairs(members: pd.DataFrame) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """The universe series of member rows: ``(u, U, u_pair)`` with ``u`` the :func:`universe_return` per sorted
+    member timestamp, ``U`` its cumulative sum (left to right, so causal) and ``u_pair`` ``(rows,)`` each row's
+    universe return over its own bar-to-bar interval, ``U(t_k) - U(as of prev_k)``."""
+    universe = universe_return(members)
+    u_index = _ns(universe.index)
+    cumulative = np.cumsum(universe.to_numpy(dtype=np.float64))
+    u_pair = _asof(cumulative, u_index, _ns(members[TIMESTAMP])) - _asof(cumulative, u_index, _ns(members[PREV_TS]))
+    return universe, cumulative, u_pair
+
+
+def beta_corr(r: np.ndarray, u: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(xs_beta, xs_corr)`` over trailing ``n`` rows of a symbol's member-row returns ``r`` and universe returns
+    over the same intervals ``u`` (TA-Lib CORREL and STDDEV, population; NaN for the first ``n - 1`` rows)."""
+    c = talib.CORREL(r, u, timeperiod=n)
+    sd_r = talib.STDDEV(r, timeperiod=n, nbdev=1.0)
+    sd_u = talib.STDDEV(u, timeperiod=n, nbdev=1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        b = np.where(sd_u > _FLAT, c * sd_r / sd_u, np.where(np.isnan(sd_u), np.nan, 0.0))
+    return b, c
 
 
 def cross_sectional_step(members: pd.DataFrame, cfg: FeatureConfig) -> pd.DataFrame:
@@ -213,13 +244,8 @@ def cross_sectional_step(members: pd.DataFrame, cfg: FeatureConfig) -> pd.DataFr
     for key, col in _RANKED:
         out[f"xs_{key}_rank"], out[f"xs_{key}_z"] = _rank_and_z(members[col], ts)
 
-    universe = universe_return(members)
-    u_index = _ns(universe.index)
-    cumulative = np.cumsum(universe.to_numpy(dtype=np.float64))  # U(t): left to right, so causal
+    universe, cumulative, u_pair = universe_pairs(members)
     out["xs_universe_ret"] = universe.reindex(ts).to_numpy(dtype=np.float64)
-
-    # universe return over each row's own bar-to-bar interval: U(t_k) - U(as of prev_k)
-    u_pair = _asof(cumulative, u_index, _ns(ts)) - _asof(cumulative, u_index, _ns(members[PREV_TS]))
     r1 = members[R1].to_numpy(dtype=np.float64)
     n = cfg.beta_window
     beta = np.full(len(members), np.nan)
@@ -227,13 +253,7 @@ def cross_sectional_step(members: pd.DataFrame, cfg: FeatureConfig) -> pd.DataFr
     for idx in members.groupby(SYMBOL, sort=False).indices.values():
         if len(idx) < n:
             continue
-        r, u = r1[idx], u_pair[idx]
-        c = talib.CORREL(r, u, timeperiod=n)
-        sd_r = talib.STDDEV(r, timeperiod=n, nbdev=1.0)
-        sd_u = talib.STDDEV(u, timeperiod=n, nbdev=1.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            b = np.where(sd_u > _FLAT, c * sd_r / sd_u, np.where(np.isnan(sd_u), np.nan, 0.0))
-        corr[idx], beta[idx] = c, b
+        beta[idx], corr[idx] = beta_corr(r1[idx], u_pair[idx], n)
     out["xs_beta"], out["xs_corr"] = beta, corr
     return pd.DataFrame({name: out[name] for name in cross_sectional_columns(cfg)}, index=members.index)
 
@@ -267,7 +287,13 @@ def add_cross_sectional(frame: pd.DataFrame, cfg: FeatureConfig, columns: Iterab
                                       f"increasing (rule: one bar per timestamp, oldest first)")
         parts.append(symbol_inputs(rows, cfg).set_axis(rows.index))
     inputs = pd.concat(parts).reindex(frame.index)
-    member = frame[list(cols)].notna().all(axis=1) & inputs[[R1, RET, VOL, VOLU]].notna().all(axis=1)
-    members = pd.concat([frame.loc[member, [TIMESTAMP, SYMBOL]], inputs.loc[member]], axis=1)
-    xs = cross_sectional_step(members, cfg).reindex(frame.index)
+    xs = cross_sectional_step(member_rows(frame, inputs, cols), cfg).reindex(frame.index)
     return pd.concat([frame, xs], axis=1)
+
+
+def member_rows(frame: pd.DataFrame, inputs: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """The member rows (module docstring) of a long per-symbol feature ``frame``: ``timestamp``, ``symbol`` and the
+    :data:`INPUT_COLUMNS` (``inputs``, aligned to ``frame``'s index) of the rows whose ``columns`` and inputs are all
+    defined, in ``frame``'s order."""
+    member = frame[list(columns)].notna().all(axis=1) & inputs[[R1, RET, VOL, VOLU]].notna().all(axis=1)
+    return pd.concat([frame.loc[member, [TIMESTAMP, SYMBOL]], inputs.loc[member]], axis=1)

@@ -13,8 +13,10 @@ so opening costs one batch computation and yields the history's features too. Th
 element-wise numpy on the new bar's values. ``tests/test_streaming_features.py`` checks that every row
 :meth:`~StreamingFeatures.update` returns equals ``compute_features`` over the whole history, bit for bit.
 
-Limits: per-symbol features only (no cross-asset reference); handles cannot be pickled, so a state lives in
-one process (a Serve replica) and is rebuilt from stored bars elsewhere.
+Cross-asset features (against a reference symbol's close) stream too: the state is opened with the reference's
+close series, as :func:`~raytrade.features.technical.compute_features` takes it, and each new bar comes with the
+reference's close as of that bar (its latest close at or before the bar's time). Handles cannot be pickled, so a
+state lives in one process (a Serve replica) and is rebuilt from stored bars elsewhere.
 """
 
 from __future__ import annotations
@@ -76,6 +78,28 @@ class _UpdatingTA:
         return call
 
 
+class _ManyTA:
+    """Stands in for ``talib`` on one new bar of each of several symbols: call ``k`` feeds bar ``i``'s inputs to
+    handle ``k`` of symbol ``i`` (``handles[i]``), so the formulas run once over arrays of one value per symbol."""
+
+    def __init__(self, handles: list[list[tuple[str, Any]]]) -> None:
+        self.handles, self.k = handles, 0
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*arrays: np.ndarray, **params: Any) -> Any:
+            k = self.k
+            self.k += 1
+            if self.handles[0][k][0] != name:  # the formulas run in a fixed order; anything else is a bug here
+                raise RuntimeError(f"stream call {k} is {name}, but {self.handles[0][k][0]} was opened there")
+            cols = [a.tolist() if len(a) > 1 else [float(a[0])] * len(self.handles) for a in arrays]
+            outs = [hs[k][1].update(*(c[i] for c in cols)) for i, hs in enumerate(self.handles)]
+            if isinstance(outs[0], tuple):
+                return tuple(np.array(v, dtype=np.float64) for v in zip(*outs, strict=True))
+            return np.array(outs, dtype=np.float64)
+
+        return call
+
+
 class _Calendar:
     """The fields of one bar's timestamp the calendar features read (``DatetimeIndex``'s, as arrays)."""
 
@@ -90,14 +114,21 @@ class _StreamInputs(_Inputs):
     Opening reads a bars frame; a new bar comes as arrays of length one (no pandas on that path)."""
 
     def __init__(self, bars: pd.DataFrame | None, ta: Any, lags: list[deque], opening: bool,
-                 bar: dict[str, Any] | None = None) -> None:
+                 bar: dict[str, Any] | None = None, reference: pd.Series | None = None,
+                 reference_close: float | None = None) -> None:
         if bars is not None:
-            super().__init__(bars, None)
+            super().__init__(bars, reference)
         else:
-            self.o, self.h, self.low, self.c, self.v = (np.array([bar[k]], dtype=np.float64) for k in OHLCV_COLUMNS)
+            self.o, self.h, self.low, self.c, self.v = (np.atleast_1d(np.asarray(bar[k], dtype=np.float64))
+                                                        for k in OHLCV_COLUMNS)
             self.ts = _Calendar(bar[TIMESTAMP])
             self._reference, self._cache = None, {}
+            if reference_close is not None:  # the as-of aligned reference close of this bar (or these bars)
+                self._reference = True
+                self._cache["ref_c"] = np.broadcast_to(np.asarray(reference_close, dtype=np.float64),
+                                                       self.c.shape).copy()
         self.ta, self._lags, self._opening, self._site = ta, lags, opening, 0
+        self._many: list[list[deque]] | None = None
 
     def lag(self, a: np.ndarray, n: int) -> np.ndarray:
         site = self._site
@@ -106,6 +137,13 @@ class _StreamInputs(_Inputs):
             ring: deque = deque(a[-n:], maxlen=n)
             self._lags.append(ring)
             return _lag(a, n)
+        if self._many is not None:  # one bar of each of several symbols: their rings at this site
+            out = np.empty(len(a), dtype=np.float64)
+            for i, lags in enumerate(self._many):
+                ring = lags[site]
+                out[i] = ring[0] if len(ring) == n else np.nan
+                ring.append(float(a[i]))
+            return out
         ring = self._lags[site]
         out = np.array([ring[0] if len(ring) == n else np.nan], dtype=np.float64)
         ring.append(float(a[0]))
@@ -119,8 +157,11 @@ class StreamingFeatures:
     Args:
         bars: the symbol's validated bars, oldest first (schema of :mod:`raytrade.data.schema`); at least
             :func:`~raytrade.features.technical.warmup_bars` + 1 of them.
-        cfg: feature settings (per-symbol groups only).
+        cfg: feature settings.
         keep: how many of the latest feature rows to keep (:attr:`rows`, e.g. the forecaster's lookback).
+        reference: close of the reference symbol indexed by timestamp (UTC), as
+            :func:`~raytrade.features.technical.compute_features` takes it: adds the cross-asset features (then
+            every :meth:`update` needs the reference's close as of the bar). None leaves them out.
 
     Attributes:
         columns: the feature column names, in :func:`~raytrade.features.technical.feature_columns` order.
@@ -131,15 +172,17 @@ class StreamingFeatures:
         InsufficientDataError: fewer bars than a stream needs to open.
     """
 
-    def __init__(self, bars: pd.DataFrame, cfg: FeatureConfig, keep: int = 1) -> None:
+    def __init__(self, bars: pd.DataFrame, cfg: FeatureConfig, keep: int = 1,
+                 reference: pd.Series | None = None) -> None:
         self.cfg = cfg
-        self.specs = feature_specs(cfg)
+        self.cross_asset = reference is not None
+        self.specs = feature_specs(cfg, cross_asset=self.cross_asset)
         self.columns = [s.name for s in self.specs]
-        need = warmup_bars(cfg) + 1
+        need = warmup_bars(cfg, cross_asset=self.cross_asset) + 1
         if len(bars) < need:
             raise InsufficientDataError(f"need at least {need} bars to open the feature streams, got {len(bars)}")
         ta, self._lags = _OpeningTA(), []
-        x = _StreamInputs(bars, ta, self._lags, opening=True)
+        x = _StreamInputs(bars, ta, self._lags, opening=True, reference=reference)
         with np.errstate(invalid="ignore", divide="ignore"):
             out = {s.name: np.asarray(s.fn(x), dtype=np.float64) for s in self.specs}
         self._handles = ta.handles
@@ -156,11 +199,13 @@ class StreamingFeatures:
         self.last_bar = {TIMESTAMP: pd.Timestamp(last[TIMESTAMP]).tz_convert("UTC"),
                          **{c: float(last[c]) for c in OHLCV_COLUMNS}}
 
-    def update(self, bar: dict[str, Any]) -> np.ndarray:
+    def update(self, bar: dict[str, Any], reference_close: float | None = None) -> np.ndarray:
         """Advance the state by one closed bar (``timestamp`` and OHLCV, later than :attr:`last_bar`) and return
-        its feature row ``(n_features,)`` float64, in :attr:`columns` order.
+        its feature row ``(n_features,)`` float64, in :attr:`columns` order. ``reference_close``: the reference
+        symbol's latest close at or before the bar's time (required, and only used, with cross-asset features).
 
         Raises:
+            ValueError: a state with cross-asset features gets no ``reference_close``.
             DataValidationError: the bar breaks a rule of :func:`~raytrade.data.validation.validate_bars` together
                 with the last bar held (not later than it, high below low, a non-positive price, ...); the
                 state is then unchanged.
@@ -169,11 +214,14 @@ class StreamingFeatures:
         ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
         values = {c: float(bar[c]) for c in OHLCV_COLUMNS}
         new = {TIMESTAMP: ts, **values}
+        if self.cross_asset and reference_close is None:
+            raise ValueError(f"symbol {self.symbol}: the cross-asset features need the reference close as of {ts}")
         validate_next_bar(self.symbol, self.last_bar, new)  # the batch path's error rules, for one bar
         # the handles and rings move together: work on copies and commit only when every feature was computed
         handles = [(name, h.copy()) for name, h in self._handles]
         lags = [deque(r, maxlen=r.maxlen) for r in self._lags]
-        x = _StreamInputs(None, _UpdatingTA(handles), lags, opening=False, bar=new)
+        x = _StreamInputs(None, _UpdatingTA(handles), lags, opening=False, bar=new,
+                          reference_close=reference_close if self.cross_asset else None)
         with np.errstate(invalid="ignore", divide="ignore"):
             row = np.array([np.asarray(s.fn(x), dtype=np.float64)[0] for s in self.specs], dtype=np.float64)
         self._handles, self._lags = handles, lags
@@ -181,6 +229,50 @@ class StreamingFeatures:
         self._times.append(ts)
         self.last_bar = new
         return row
+
+    @staticmethod
+    def update_many(states: list[StreamingFeatures], bars: list[dict[str, Any]],
+                    reference_close: float | None = None) -> np.ndarray:
+        """:meth:`update` of several symbols' states at one timestamp, each with its own new bar, running the
+        formulas once over arrays of one value per symbol (the TA-Lib stream handles still advance one by one):
+        the rows are the ones :meth:`update` gives, in a fraction of the time for many symbols.
+
+        Args:
+            states: the symbols' states, all of one feature set (same ``cfg`` and ``cross_asset``).
+            bars: ``states[i]``'s new bar (``timestamp`` and OHLCV), all at the same timestamp.
+            reference_close: the reference symbol's latest close at or before that timestamp (cross-asset only).
+
+        Returns:
+            ``(len(states), n_features)`` float64, in :attr:`columns` order.
+
+        Raises:
+            DataValidationError: a bar breaks a rule with its state's last bar; no state has changed then.
+            ValueError: cross-asset states and no ``reference_close``.
+        """
+        first = states[0]
+        if first.cross_asset and reference_close is None:
+            raise ValueError("the cross-asset features need the reference close as of the bars' time")
+        news = []
+        for st, bar in zip(states, bars, strict=True):
+            ts = pd.Timestamp(bar[TIMESTAMP])
+            new = {TIMESTAMP: ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC"),
+                   **{c: float(bar[c]) for c in OHLCV_COLUMNS}}
+            validate_next_bar(st.symbol, st.last_bar, new)  # every bar before any state moves
+            news.append(new)
+        columns = {c: np.array([b[c] for b in news], dtype=np.float64) for c in OHLCV_COLUMNS}
+        x = _StreamInputs(None, _ManyTA([st._handles for st in states]), first._lags, opening=False,
+                          bar={TIMESTAMP: news[0][TIMESTAMP], **columns},
+                          reference_close=reference_close if first.cross_asset else None)
+        x._many = [st._lags for st in states]
+        n = len(states)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rows = np.stack([np.broadcast_to(np.asarray(s.fn(x), dtype=np.float64), (n,)) for s in first.specs],
+                            axis=1)
+        for st, new, row in zip(states, news, rows, strict=True):
+            st._rows.append(row)
+            st._times.append(new[TIMESTAMP])
+            st.last_bar = new
+        return rows
 
     def matrix(self, columns: list[str]) -> np.ndarray:
         """The latest ``keep`` rows of ``columns`` (a subset of :attr:`columns`, in the order given) as float64
