@@ -8,7 +8,8 @@ from :data:`START` (``data.symbol_policy: exclude``: a symbol that fails validat
 how many were served). The universe pipeline (:func:`raytrade.pipeline.run_pipeline`) trains a tiny pooled
 forecaster (lookback 16, 8 conv channels, LSTM 16, 8 MC-dropout passes, one epoch) and one PPO portfolio agent (one
 short iteration) in a temporary MLflow store, or an existing run is reused (``RAYTRADE_BENCH_PORTFOLIO_RUN=<its
-output_dir>``). The app is deployed as the tests deploy it (:func:`raytrade.serving.deploy.deploy_portfolio` with
+output_dir>``; its Redis is reused when it answers). The app is deployed as the tests deploy it
+(:func:`raytrade.serving.deploy.deploy_portfolio` with
 :meth:`~raytrade.serving.portfolio_steps.PortfolioParams.from_run` and the run's agent, default deployment options).
 
 Every request is ``{"bars": {symbol: last N bars}, "weights": the run's last forecaster_risk_limited book,
@@ -20,25 +21,36 @@ JSON-encoded once, before the clock starts; the encoding time and size are repor
 * **Serve, closed loop** at concurrency 1 and 8 over real HTTP (httpx): each client sends its next request when
   the last one answers, for ``RAYTRADE_BENCH_PORTFOLIO_SECONDS`` (default 15) after a 3 s warm-up; the requests
   started in that window count, each awaited to its answer (at concurrency 8 one takes seconds); p50/p95/p99
-  latency (ms), requests/s, errors (any non-200). The app runs with its default deployment options (Features,
-  Forecaster and the agent autoscale); replica counts before and after the load are reported.
-* **Baseline, in process** (no HTTP, no Serve, 1 torch thread as in a replica): the functions the ingress and its
-  deployments call for one request, step by step (pydantic parse, request checks and bar frames,
-  :func:`~raytrade.serving.portfolio_steps.universe_features`, :func:`~raytrade.serving.steps.forecast_items` with
-  MC dropout, :func:`~raytrade.serving.portfolio_steps.decide`, the agent's
+  latency (ms), requests/s, errors (any non-200). The app is the default one-hop app
+  (:mod:`raytrade.serving.portfolio_decision`, one replica); replica counts before and after the load are reported.
+* **New bars** (the one-hop app's universe state): one client sends a full history once, then steps through the
+  calendar, each request carrying every symbol's last bar sent and its new bar, in time order, for the same
+  seconds. The same bodies with a book of an agent the app does not serve are refused (422) before any work: that
+  latency is the floor of HTTP, Serve's proxy and FastAPI's parsing under any answer.
+* **Composed app** (a deployment per stage, ``app="composed"``), whole histories at concurrency 1: the starting
+  point.
+* **Baseline, in process** (no HTTP, no Serve, 1 torch thread as in a replica): the functions the composed app's
+  ingress and deployments call for one whole-history request, step by step (pydantic parse, request checks and bar
+  frames, :func:`~raytrade.serving.portfolio_steps.universe_features`, :func:`~raytrade.serving.steps.forecast_items`
+  with MC dropout, :func:`~raytrade.serving.portfolio_steps.decide`, the agent's
   :func:`~raytrade.serving.portfolio_steps.agent_weights`, the response's JSON), medians over :data:`REPEATS`
-  decisions cycling through the same bodies; Serve's p50 at concurrency 1 over their sum is the overhead ratio.
+  decisions cycling through the same bodies; and a new-bar decision of
+  :class:`~raytrade.serving.portfolio_decider.PortfolioDecider` (the one-hop app's), step by step. Serve's p50 at
+  concurrency 1 over each is the overhead ratio.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +60,7 @@ import pandas as pd
 from benchmarks.serve_load import WARMUP_S
 
 NAME = "portfolio_serve"
-TITLE = "POST /portfolio at 30 assets: Ray Serve closed-loop latency vs the in-process decision"
+TITLE = "POST /portfolio at 30 assets: Ray Serve latency (whole histories and new bars) vs in process"
 CONCURRENCY = (1, 8)
 N_BODIES = 16
 REPEATS = 20
@@ -90,22 +102,30 @@ def _config(workdir: Path, data_path: Path, redis_url: str) -> dict[str, Any]:
     }
 
 
+def _reused_report() -> tuple[Path, dict[str, Any]] | None:
+    """The report of ``RAYTRADE_BENCH_PORTFOLIO_RUN`` (an output_dir), or None when the variable is unset."""
+    reuse = os.environ.get("RAYTRADE_BENCH_PORTFOLIO_RUN")
+    if not reuse:
+        return None
+    reports = sorted(Path(reuse).glob("*/report.json"), key=lambda p: p.stat().st_mtime)
+    if not reports:
+        raise FileNotFoundError(f"no <run>/report.json under {reuse}")
+    return reports[-1], json.loads(reports[-1].read_text())
+
+
 def _run(workdir: Path, redis_url: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """(config, report, info) of the universe run to serve: ``RAYTRADE_BENCH_PORTFOLIO_RUN`` (an output_dir) or a
     fresh one trained here."""
     from raytrade.config import parse_config
     from raytrade.pipeline import run_pipeline
 
-    reuse = os.environ.get("RAYTRADE_BENCH_PORTFOLIO_RUN")
-    if reuse:
-        reports = sorted(Path(reuse).glob("*/report.json"), key=lambda p: p.stat().st_mtime)
-        if not reports:
-            raise FileNotFoundError(f"no <run>/report.json under {reuse}")
-        report = json.loads(reports[-1].read_text())
+    reused = _reused_report()
+    if reused:
+        path, report = reused
         cfg = parse_config(report["config"])
         if not cfg.store.enabled or cfg.store.url != redis_url:
-            raise ValueError(f"{reports[-1]}: the reused run must have published its windows to {redis_url}")
-        return cfg, report, {"reused": str(reports[-1].parent), "train_s": None}
+            raise ValueError(f"{path}: the reused run must have published its windows to {redis_url}")
+        return cfg, report, {"reused": str(path.parent), "train_s": None}
     data = universe_file(workdir / "universe30.parquet")
     cfg = parse_config(_config(workdir, Path(data["path"]), redis_url))
     _log(f"training the universe run on {data['symbols']} symbols from {START} (tiny model, 1 epoch, PPO 1 iteration)")
@@ -146,6 +166,62 @@ def _bodies(cfg: Any, report: dict[str, Any], n_bars: int) -> tuple[list[bytes],
     return bodies, {"ends": [e.isoformat() for e in ends], "held_weights": held, "symbols": symbols,
                     "excluded": dict(universe.excluded), "kb_median": statistics.median(len(b) for b in bodies) / 1024,
                     "json_encode_ms_median": statistics.median(encode)}
+
+
+def _new_bar_bodies(cfg: Any, report: dict[str, Any], n_bars: int) -> tuple[bytes, list[bytes], dict[str, Any]]:
+    """A full-history body (``n_bars`` bars of every symbol) at the first bar every symbol has them, then one body
+    per later bar of the calendar with each symbol's last bar sent and its new bar (the one-hop app's new-bar
+    request), in time order, each with the run's last book as ``weights``."""
+    from raytrade.dataset.prepare import load_universe_data
+    from raytrade.pipeline import portfolio_payload
+
+    universe = load_universe_data(cfg)
+    symbols = list(report["backtest"]["symbols"])
+    bars = universe.bars[universe.bars["symbol"].isin(symbols)]
+    stamps = pd.DatetimeIndex(universe.panel.timestamps)
+    counts = bars.groupby("symbol")["timestamp"].apply(lambda t: pd.DatetimeIndex(t).sort_values()[n_bars - 1])
+    start = stamps.searchsorted(counts.max())
+    last = report["strategies"]["forecaster_risk_limited"]["weights"]
+    held = {s: float(w) for s, w in last.items() if s in symbols and abs(float(w)) > 1e-9}
+    opening = json.dumps(portfolio_payload(bars, stamps[start], n_bars, held, 0.0)).encode()
+    bodies = [json.dumps(portfolio_payload(bars[bars["timestamp"] >= stamps[i - 1]], t, 2, held, 0.0)).encode()
+              for i, t in enumerate(stamps[start + 1:], start=start + 1)]
+    return opening, bodies, {"open_at": stamps[start].isoformat(), "bars": len(bodies),
+                             "first": stamps[start + 1].isoformat(), "last": stamps[-1].isoformat(),
+                             "kb_median": statistics.median(len(b) for b in bodies) / 1024}
+
+
+def _compute_new_bar(cfg: Any, report: dict[str, Any], params: Any, opening: bytes,
+                     bodies: list[bytes]) -> dict[str, Any]:
+    """Median in-process ms per step of a new-bar ``POST /portfolio`` decision of the one-hop app
+    (:class:`~raytrade.serving.portfolio_decider.PortfolioDecider` after a full history; 1 torch thread)."""
+    import torch
+
+    from benchmarks.common import StepTimer
+    from raytrade.serving.portfolio_decider import PortfolioDecider
+    from raytrade.serving.portfolio_schemas import PortfolioRequest
+    from raytrade.serving.slots import load_registered
+
+    torch.set_num_threads(1)
+    uri = report["mlflow"]["tracking_uri"]
+    fc = load_registered(uri, cfg.tracking.forecaster_model, cfg.tracking.alias, params.forecaster_version)
+    agents = {n: load_registered(uri, m, cfg.tracking.alias, params.agent_versions.get(n))
+              for n, m in report["mlflow"]["agent_models"].items()}
+    decider = PortfolioDecider()
+    timed = StepTimer()
+    t0 = time.perf_counter()
+    decider.decide(fc, agents, params, PortfolioRequest.model_validate_json(opening))
+    open_ms = (time.perf_counter() - t0) * 1e3
+    warmup, n = 3, min(REPEATS * 5, len(bodies))
+    for i in range(n):
+        req = timed("parse request (pydantic)", PortfolioRequest.model_validate_json, bodies[i])
+        resp = decider.decide(fc, agents, params, req, timed)
+        timed("response JSON", resp.model_dump_json)
+        if i < warmup:
+            timed.clear()
+    med = timed.medians()
+    med["total"] = sum(med.values())
+    return {"repeats": n - warmup, "steps_ms": med, "open_ms": open_ms, "counts": dict(decider.counts)}
 
 
 # ---------------------------------------------------------------------------------------------- in process
@@ -212,7 +288,59 @@ def _response_json(feats: dict[str, Any], by_symbol: dict[str, Any], agent_w: di
 
 
 # ---------------------------------------------------------------------------------------------- serve
-def _serve(cfg: Any, report: dict[str, Any], params: Any, bodies: list[bytes], symbols: list[str]) -> dict[str, Any]:
+def _new_bar_loop(url: str, opening: bytes | None, bodies: list[bytes], expect: int = 200) -> dict[str, Any]:
+    """One client stepping the universe bar by bar: the full history ``opening`` (untimed), then each new-bar body in
+    time order as soon as the last is answered, for :func:`_seconds` after a warm-up (or until the bars run out).
+    ``expect``: the status that counts as answered (the floor run sends bodies the app refuses at once, 422)."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=120) as client:
+        if opening is not None:
+            first = client.post("/portfolio", content=opening, headers={"content-type": "application/json"})
+            if first.status_code != 200:
+                raise RuntimeError(f"POST /portfolio (full history) answered {first.status_code}: "
+                                   f"{first.text[:2000]}")
+        start = time.perf_counter()
+        measured_from, end = start + WARMUP_S, start + WARMUP_S + _seconds()
+        records: list[tuple[float, float, int]] = []
+        for body in bodies:
+            t0 = time.perf_counter()
+            if t0 >= end:
+                break
+            code = client.post("/portfolio", content=body, headers={"content-type": "application/json"}).status_code
+            records.append((t0, time.perf_counter(), code))
+    window = [(t0, t1, c) for t0, t1, c in records if t0 >= measured_from]
+    ok = np.array([(t1 - t0) * 1e3 for t0, t1, c in window if c == expect])
+    span = (window[-1][1] - window[0][0]) if window else float("nan")
+    pct = (lambda q: float(np.percentile(ok, q))) if len(ok) else (lambda q: float("nan"))
+    return {"concurrency": 1, "requests": len(window), "ok": int(len(ok)), "errors": len(window) - int(len(ok)),
+            "status_codes": dict(Counter(str(c) for _, _, c in window)), "seconds": span,
+            "requests_per_s": len(ok) / span if window else float("nan"),
+            "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99), "bars_sent": len(records)}
+
+
+def _composed(cfg: Any, report: dict[str, Any], params: Any, bodies: list[bytes]) -> dict[str, Any]:
+    """The composed app (a deployment per stage, ``app="composed"``) beside the one-hop one, at ``/composed``:
+    whole-history requests at concurrency 1 (the starting point of the one-hop app)."""
+    from ray import serve
+
+    from benchmarks.serve_load import _closed_loop, _wait_http
+    from raytrade.serving.deploy import deploy_portfolio
+    from raytrade.serving.portfolio_app import PORTFOLIO_APP_NAME
+
+    url = deploy_portfolio(cfg, report["mlflow"]["tracking_uri"], params, route_prefix="/composed",
+                           agent_models=report["mlflow"]["agent_models"], app="composed")
+    try:
+        _wait_http(url + "/health")
+        row = asyncio.run(_closed_loop(url, "/portfolio", bodies, 1, _seconds(), count_started=True))
+        _log(f"composed c=1: p50 {row['p50_ms']:.1f} ms, {row['requests_per_s']:.2f} req/s, {row['errors']} errors")
+    finally:
+        serve.delete(f"{PORTFOLIO_APP_NAME}-composed")
+    return row
+
+
+def _serve(cfg: Any, report: dict[str, Any], params: Any, bodies: list[bytes], symbols: list[str],
+           opening: bytes, new_bars: list[bytes]) -> dict[str, Any]:
     import httpx
 
     from benchmarks.serve_load import _closed_loop, _free_port, _replicas, _wait_http
@@ -249,7 +377,18 @@ def _serve(cfg: Any, report: dict[str, Any], params: Any, bodies: list[bytes], s
         _log(f"store c={c}: p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
              f"{row['requests_per_s']:.2f} req/s, {row['errors']} errors")
         store_rows.append(row)
-    return {"url": url, "deploy_s": deploy_s, "load": rows, "store_load": store_rows,
+    new_bar = _new_bar_loop(url, opening, new_bars)
+    _log(f"new bars c=1: p50 {new_bar['p50_ms']:.1f} ms, p99 {new_bar['p99_ms']:.1f} ms, "
+         f"{new_bar['requests_per_s']:.2f} req/s, {new_bar['errors']} errors")
+    new_bar["models"] = httpx.get(url + "/models", timeout=30).json().get("universe_state")
+    # the floor: the same bodies with a book of an agent the app does not serve, refused (422) before any work
+    refused = [json.dumps({**json.loads(b), "agent_books": {"none": {}}}).encode() for b in new_bars[:400]]
+    floor = _new_bar_loop(url, None, refused, expect=422)
+    _log(f"floor (422 before any work) c=1: p50 {floor['p50_ms']:.1f} ms")
+    new_bar["floor"] = floor
+    composed = _composed(cfg, report, params, bodies)
+    return {"url": url, "deploy_s": deploy_s, "load": rows, "store_load": store_rows, "new_bar": new_bar,
+            "composed": composed,
             "store_timestamp": stored.json()["timestamp"], "replicas_before_load": before,
             "replicas_after_load": _replicas(PORTFOLIO_APP_NAME),
             "sample": {"timestamp": body["timestamp"], "forecasts": len(body["forecasts"]),
@@ -294,15 +433,37 @@ def _markdown(res: dict[str, Any]) -> str:
         lines.append(f"| Ray Serve, HTTP, `{{\"symbols\": [...]}}` from Redis | {r['concurrency']} | "
                      f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['requests_per_s']:.2f} | "
                      f"{r['errors']} |")
+    nb, cnew, nbr = serve["new_bar"], res["compute_new_bar"], res["new_bar_requests"]
+    lines.append(f"| **Ray Serve, HTTP, new bars** (one-hop app, universe state) | 1 | **{nb['p50_ms']:.1f}** | "
+                 f"{nb['p95_ms']:.1f} | {nb['p99_ms']:.1f} | {nb['requests_per_s']:.2f} | {nb['errors']} |")
+    comp_row = serve["composed"]
+    lines.append(f"| Ray Serve, HTTP, composed app (a deployment per stage) | 1 | {comp_row['p50_ms']:.1f} | "
+                 f"{comp_row['p95_ms']:.1f} | {comp_row['p99_ms']:.1f} | {comp_row['requests_per_s']:.2f} | "
+                 f"{comp_row['errors']} |")
     total = comp["steps_ms"]["total"]
+    total_new = cnew["steps_ms"]["total"]
     lines += [f"| in process (baseline), median of {comp['repeats']} | 1 | {total:.1f} | | | {1e3 / total:.2f} | |",
+              f"| in process, new bars (`PortfolioDecider`), median of {cnew['repeats']} | 1 | {total_new:.1f} | | | "
+              f"{1e3 / total_new:.2f} | |",
+              "", f"The new-bar row steps one client through the calendar: a full history of every symbol at "
+              f"{nbr['open_at'][:10]} (untimed), then per bar a body with each symbol's last bar sent and its new bar "
+              f"({nbr['kb_median']:.1f} KB), in time order, {nb['requests']} requests timed after the warm-up "
+              f"(universe state: {nb['models']}). The app keeps the universe's feature state "
+              "(`StreamingUniverse`): one timestamp's features, cross-section and turbulence index per request.",
+              "", "In-process steps of a new-bar decision (median ms, 1 torch thread):", "", "| step | ms |",
+              "|---|---:|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in cnew["steps_ms"].items()]
+    lines += [f"| (opening the state on the full history, once) | {cnew['open_ms']:.0f} |",
               "", "The Redis rows send only the symbol names: the app reads each symbol's latest window and bars "
               "that the pipeline published (`store.enabled`; the run's last bar, "
               f"{serve['store_timestamp'][:10]}) instead of computing features from the request's bars.",
-              "", f"**Overhead**: Serve p50 at concurrency 1 / in-process median = **{res['overhead_ratio']:.2f}x** "
+              "", f"**Overhead**, whole history: Serve p50 at concurrency 1 / in-process median = "
+              f"**{res['overhead_ratio']:.2f}x** "
               f"({serve['load'][0]['p50_ms'] - total:+.1f} ms per request: the body over HTTP, FastAPI's JSON "
-              f"parsing, Serve's proxy and handles, the {len(req['symbols'])} bar frames and feature rows passed "
-              "between the ingress, Features, Forecaster and agent replicas; the client shares the CPUs).", "",
+              "parsing and Serve's proxy; the client shares the CPUs). New bars: "
+              f"{nb['p50_ms'] / total_new:.2f}x ({nb['p50_ms'] - total_new:+.1f} ms); the same bodies refused at once "
+              f"(422, a book of an agent the app does not serve: HTTP, the proxy, the replica's FastAPI parsing, no "
+              f"work) take {nb['floor']['p50_ms']:.1f} ms at the median, the floor under any new-bar answer.", "",
               f"Replicas (deployment defaults, `serve.status()`): before the load "
               f"{_counts(serve['replicas_before_load'])}; after it {_counts(serve['replicas_after_load'])}. "
               f"Sample answer at {sample['timestamp'][:10]}: {sample['forecasts']} forecasts, gross exposure "
@@ -314,17 +475,40 @@ def _markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _store(workdir: Path) -> Iterator[str]:
+    """The reused run's Redis when it answers (its windows are there), else a fresh server for a fresh run."""
+    from benchmarks.common import redis_server
+
+    reused = _reused_report()
+    if reused:
+        import redis
+
+        from raytrade.config import parse_config
+
+        url = parse_config(reused[1]["config"]).store.url
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        except redis.exceptions.ConnectionError:
+            url = None
+        if url:
+            yield url
+            return
+    with redis_server(workdir) as url:
+        yield url
+
+
 def run() -> str:
     import ray
     from ray import serve
 
-    from benchmarks.common import load_average, redis_server, write_results
+    from benchmarks.common import load_average, write_results
     from raytrade.serving.portfolio_steps import min_bars
     from raytrade.serving.steps import forecaster_spec
     from raytrade.tracking import load_model_dir
 
     load_at_start = load_average()
-    with tempfile.TemporaryDirectory(prefix="portfolio_serve_") as tmp, redis_server(Path(tmp)) as redis_url:
+    with tempfile.TemporaryDirectory(prefix="portfolio_serve_") as tmp, _store(Path(tmp)) as redis_url:
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False)
         try:
@@ -338,7 +522,10 @@ def run() -> str:
             _log(f"{len(requests['symbols'])} symbols, {n_bars} bars each, {requests['kb_median']:.0f} KB per body")
             compute = _compute(cfg, report, params, bodies)
             _log(f"in process: {compute['steps_ms']['total']:.1f} ms per decision")
-            served = _serve(cfg, report, params, bodies, requests["symbols"])
+            opening, new_bars, new_bar_info = _new_bar_bodies(cfg, report, n_bars)
+            compute_new = _compute_new_bar(cfg, report, params, opening, new_bars)
+            _log(f"in process, new bar: {compute_new['steps_ms']['total']:.1f} ms per decision")
+            served = _serve(cfg, report, params, bodies, requests["symbols"], opening, new_bars)
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -346,7 +533,8 @@ def run() -> str:
     res = {"seconds": _seconds(), "warmup_s": WARMUP_S, "n_bodies": N_BODIES, "n_bars": n_bars, "min_bars": need,
            "turbulence_window": params.turbulence_window, "run": run_info,
            "agent_models": report["mlflow"]["agent_models"], "params": params.model_dump(mode="json"),
-           "requests": requests, "compute": compute, "serve": served,
+           "requests": requests, "compute": compute, "serve": served, "new_bar_requests": new_bar_info,
+           "compute_new_bar": compute_new,
            "overhead_ratio": p50 / compute["steps_ms"]["total"], "load_average_at_start": load_at_start}
     markdown = _markdown(res)
     write_results(NAME, res, markdown)

@@ -307,11 +307,16 @@ def portfolio_served(ray_local, redis_server, tmp_path_factory):
     serve.delete(PORTFOLIO_APP_NAME)
 
 
-def _bars_payload(universe, end: pd.Timestamp, symbols=UNIVERSE, n_bars: int | None = None) -> dict:  # noqa: ANN001
-    """Every symbol's bars of the run (from data.start) up to ``end``, as ``POST /portfolio`` takes them."""
+def _bars_payload(universe, end: pd.Timestamp, symbols=UNIVERSE, n_bars: int | None = None,  # noqa: ANN001
+                  start: pd.Timestamp | None = None) -> dict:
+    """Every symbol's bars of the run (from data.start, or from ``start``: a one-hop new-bar request's last bar sent
+    and new bar) up to ``end``, as ``POST /portfolio`` takes them."""
     out = {}
     for symbol in symbols:
-        rows = universe.bars[(universe.bars["symbol"] == symbol) & (universe.bars["timestamp"] <= end)]
+        keep = (universe.bars["symbol"] == symbol) & (universe.bars["timestamp"] <= end)
+        if start is not None:
+            keep &= universe.bars["timestamp"] >= start
+        rows = universe.bars[keep]
         rows = rows if n_bars is None else rows.tail(n_bars)
         out[symbol] = [{"timestamp": r.timestamp.isoformat(), "open": r.open, "high": r.high, "low": r.low,
                         "close": r.close, "volume": r.volume} for r in rows.itertuples()]
@@ -546,3 +551,86 @@ def test_symbols_from_the_online_store_get_the_backtests_weights(portfolio_serve
     finally:
         for s in UNIVERSE:
             store.delete(s)
+
+
+@pytest.mark.slow
+@pytest.mark.serve
+def test_new_bars_step_the_universe_state_to_the_backtests_weights(portfolio_served):
+    """The one-hop app (the default): after a full history, requests with each symbol's last bar sent and its new bar
+    get, bar after bar, the backtest's target weights, forecasts and turbulence index; a request sent again gets the
+    same answer; a request that skips a bar is 422 ``history_gap`` naming the symbol and leaves the state alone."""
+    rep, c, report = portfolio_served["replay"], portfolio_served["client"], portfolio_served["report"]
+    n = len(rep["bars"])
+    first = n - 12
+    held = {s: float(w) for s, w in zip(UNIVERSE, rep["held"][first], strict=True) if w != 0.0}
+    opened = c.post("/portfolio", json={"bars": _bars_payload(rep["universe"], rep["stamps"][first]), "weights": held,
+                                        "drawdown": float(rep["drawdown"][first])})
+    assert opened.status_code == 200, opened.text[:2000]
+    before = c.get("/models").json()["universe_state"]
+    for t in range(first + 1, n):
+        stamp, previous = rep["stamps"][t], rep["stamps"][t - 1]
+        held = {s: float(w) for s, w in zip(UNIVERSE, rep["held"][t], strict=True) if w != 0.0}
+        body = {"bars": _bars_payload(rep["universe"], stamp, start=previous), "weights": held,
+                "drawdown": float(rep["drawdown"][t]), "rebalance": bool(rep["rebalance"][t])}
+        assert max(len(b) for b in body["bars"].values()) <= 2
+        resp = c.post("/portfolio", json=body)
+        assert resp.status_code == 200, resp.text[:2000]
+        got = resp.json()
+        assert pd.Timestamp(got["timestamp"]) == stamp
+        np.testing.assert_allclose([got["weights"][s] for s in UNIVERSE], rep["limited"][t], rtol=0, atol=1e-6,
+                                   err_msg=f"bar {t} {stamp}")
+        for a, s in enumerate(UNIVERSE):
+            assert got["forecasts"][s]["expected_return"] == pytest.approx(rep["scores"][t, a], rel=1e-4, abs=1e-6)
+        assert got["risk"]["turbulence"] == pytest.approx(rep["turbulence"][rep["bars"][t]], rel=1e-9)
+        assert got["model_versions"]["agent_ppo"] == report["model_versions"]["ppo"]
+        if t == first + 3:  # a retry of the same request: the same answer, nothing appended twice
+            again = c.post("/portfolio", json=body).json()
+            assert again["weights"] == got["weights"] and again["timestamp"] == got["timestamp"]
+    after = c.get("/models").json()["universe_state"]
+    assert after["appended"] - before.get("appended", 0) == n - 1 - first
+    assert after.get("resent", 0) - before.get("resent", 0) == 1
+    # a skipped bar: the replica never computes across the hole
+    last = rep["stamps"][n - 1]
+    gap = c.post("/portfolio", json={"bars": _bars_payload(rep["universe"], last, start=last)})
+    assert gap.status_code == 200  # the last bar again: resent, the state's answer
+    hole = _bars_payload(rep["universe"], last, start=last)
+    hole["IBM"][0] = {**hole["IBM"][0], "timestamp": (last + pd.Timedelta(days=3)).isoformat()}
+    detail = _detail(c.post("/portfolio", json={"bars": hole}))
+    assert detail[0]["loc"][:3] == ["body", "bars", "IBM"] and detail[0]["type"] == "history_gap", detail
+
+
+@pytest.mark.slow
+@pytest.mark.serve
+def test_the_composed_app_answers_as_the_one_hop_app(portfolio_served):
+    """The composed portfolio app (a deployment per stage, for GPU clusters) deployed beside the default one-hop app
+    gives the same weights, forecasts, agents and risk for a full-history request."""
+    from ray import serve
+
+    from raytrade.serving.deploy import deploy_portfolio
+    from raytrade.serving.portfolio_app import PORTFOLIO_APP_NAME
+
+    rep, c, cfg, report = (portfolio_served[k] for k in ("replay", "client", "cfg", "report"))
+    url = deploy_portfolio(cfg, report["mlflow"]["tracking_uri"], portfolio_served["params"], route_prefix="/composed",
+                           agent_models=report["mlflow"]["agent_models"], app="composed")
+    try:
+        t = len(rep["bars"]) - 5
+        held = {s: float(w) for s, w in zip(UNIVERSE, rep["held"][t], strict=True) if w != 0.0}
+        body = {"bars": _bars_payload(rep["universe"], rep["stamps"][t]), "weights": held,
+                "drawdown": float(rep["drawdown"][t])}
+        one_hop = c.post("/portfolio", json=body).json()
+        with httpx.Client(base_url=url, timeout=120) as composed_client:
+            assert composed_client.get("/models").json()["portfolio"]["symbols"] == UNIVERSE
+            composed = composed_client.post("/portfolio", json=body)
+        assert composed.status_code == 200, composed.text[:2000]
+        composed = composed.json()
+        assert composed["timestamp"] == one_hop["timestamp"] and composed["tradable"] == one_hop["tradable"]
+        for s in UNIVERSE:
+            assert composed["weights"][s] == pytest.approx(one_hop["weights"][s], abs=1e-6)
+            assert composed["forecasts"][s]["expected_return"] == pytest.approx(
+                one_hop["forecasts"][s]["expected_return"], rel=1e-4, abs=1e-6)
+            assert composed["agents"]["ppo"][s] == pytest.approx(one_hop["agents"]["ppo"][s], abs=1e-6)
+        assert composed["risk"]["turbulence"] == pytest.approx(one_hop["risk"]["turbulence"], rel=1e-12)
+        assert composed["risk"]["turbulent"] == one_hop["risk"]["turbulent"]
+        assert c.get("/models").json()["app"] == "one-hop"
+    finally:
+        serve.delete(f"{PORTFOLIO_APP_NAME}-composed")

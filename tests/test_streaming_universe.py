@@ -24,7 +24,7 @@ from raytrade.features.streaming_universe import StreamingUniverse
 from raytrade.features.technical import compute_features, feature_columns
 from raytrade.rl.portfolio_decision import past_log_returns
 from raytrade.rl.portfolio_risk import turbulence_index
-from raytrade.serving.portfolio_steps import universe_features
+from raytrade.serving.portfolio_steps import turbulence_at_last, universe_features
 
 CFG = FeatureConfig(reference_symbol="SPY")
 OWN = feature_columns(CFG, cross_asset=True)
@@ -61,7 +61,12 @@ def batch(bars) -> pd.DataFrame:
 
 def open_at(bars: pd.DataFrame, cut: pd.Timestamp) -> StreamingUniverse:
     return StreamingUniverse(frames_of(bars[bars["timestamp"] <= cut]), CFG, COLUMNS, LOOKBACK, OWN,
-                             reference_symbol="SPY", turbulence_window=TURBULENCE)
+                             reference_symbol="SPY", keep_closes=TURBULENCE + 2)
+
+
+def turbulence_of(state: StreamingUniverse) -> float:
+    close, times = state.closes()
+    return turbulence_at_last(close, state.symbols, times, TURBULENCE)[0]
 
 
 def records(rows: pd.DataFrame) -> dict[str, list[dict]]:
@@ -82,7 +87,8 @@ def test_every_streamed_row_equals_the_batch_features(bars, batch):
         now = bars[bars["timestamp"] == t]
         assert state.update(records(now)) == 1
         assert state.timestamp == t
-        assert state.turbulence == turbulence[at[t]] or (np.isnan(state.turbulence) and np.isnan(turbulence[at[t]]))
+        got = turbulence_of(state)
+        assert got == turbulence[at[t]] or (np.isnan(got) and np.isnan(turbulence[at[t]]))
         for symbol in now["symbol"]:
             got = state.window(symbol)
             rows = complete.get(symbol, batch.iloc[:0].set_index("timestamp"))
@@ -92,7 +98,7 @@ def test_every_streamed_row_equals_the_batch_features(bars, batch):
                 assert got is None
                 continue
             values, times = got
-            assert list(times) == list(expect.index)
+            assert list(pd.DatetimeIndex(times, tz="UTC")) == list(expect.index)
             np.testing.assert_array_equal(values[:, : len(OWN)], expect[OWN].to_numpy())
             np.testing.assert_allclose(values[:, len(OWN):], expect[XS].to_numpy(), rtol=0, atol=1e-9)
             checked += 1
@@ -107,11 +113,11 @@ def test_a_few_timestamps_equal_the_served_batch_path(bars):
         state.update(records(bars[bars["timestamp"] == t]))
     served = universe_features(frames_of(bars[bars["timestamp"] <= stamps[419]]), spec, "SPY", TURBULENCE)
     assert served["timestamp"] == state.timestamp
-    assert served["turbulence"] == state.turbulence
+    assert served["turbulence"] == turbulence_of(state)
     assert set(served["rows"]) == {s for s in state.symbols if state.window(s) is not None}
     for symbol, rows in served["rows"].items():
         values, times = state.window(symbol)
-        assert list(times) == list(pd.DatetimeIndex(rows["timestamp"]))
+        assert list(pd.DatetimeIndex(times, tz="UTC")) == list(pd.DatetimeIndex(rows["timestamp"]))
         np.testing.assert_allclose(values, rows[COLUMNS].to_numpy(), rtol=0, atol=1e-9)
 
 

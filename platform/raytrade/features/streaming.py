@@ -80,24 +80,37 @@ class _UpdatingTA:
 
 class _ManyTA:
     """Stands in for ``talib`` on one new bar of each of several symbols: call ``k`` feeds bar ``i``'s inputs to
-    handle ``k`` of symbol ``i`` (``handles[i]``), so the formulas run once over arrays of one value per symbol."""
+    handle ``k`` of symbol ``i``, so the formulas run once over arrays of one value per symbol. ``calls[k]`` is
+    ``(name, [handle k of each symbol])`` (:func:`many_calls`)."""
 
-    def __init__(self, handles: list[list[tuple[str, Any]]]) -> None:
-        self.handles, self.k = handles, 0
+    def __init__(self, calls: list[tuple[str, list[Any]]]) -> None:
+        self.calls, self.k = calls, 0
 
     def __getattr__(self, name: str) -> Any:
         def call(*arrays: np.ndarray, **params: Any) -> Any:
-            k = self.k
+            opened, handles = self.calls[self.k]
+            if opened != name:  # the formulas run in a fixed order; anything else is a bug here
+                raise RuntimeError(f"stream call {self.k} is {name}, but {opened} was opened there")
             self.k += 1
-            if self.handles[0][k][0] != name:  # the formulas run in a fixed order; anything else is a bug here
-                raise RuntimeError(f"stream call {k} is {name}, but {self.handles[0][k][0]} was opened there")
-            cols = [a.tolist() if len(a) > 1 else [float(a[0])] * len(self.handles) for a in arrays]
-            outs = [hs[k][1].update(*(c[i] for c in cols)) for i, hs in enumerate(self.handles)]
+            n = len(handles)
+            cols = [a.tolist() if len(a) > 1 else [float(a[0])] * n for a in arrays]
+            if len(cols) == 1:
+                outs = [h.update(x) for h, x in zip(handles, cols[0], strict=True)]
+            elif len(cols) == 2:
+                outs = [h.update(x, y) for h, x, y in zip(handles, cols[0], cols[1], strict=True)]
+            else:
+                outs = [h.update(*xs) for h, *xs in zip(handles, *cols, strict=True)]
             if isinstance(outs[0], tuple):
                 return tuple(np.array(v, dtype=np.float64) for v in zip(*outs, strict=True))
             return np.array(outs, dtype=np.float64)
 
         return call
+
+
+def many_calls(handles: list[list[tuple[str, Any]]]) -> list[tuple[str, list[Any]]]:
+    """Several symbols' handle lists (each ``[(name, handle), ...]`` in call order) as :class:`_ManyTA`'s ``calls``:
+    per call, its name and every symbol's handle. The handles advance in place, so the result can be kept."""
+    return [(name, [hs[k][1] for hs in handles]) for k, (name, _) in enumerate(handles[0])]
 
 
 class _Calendar:
@@ -232,7 +245,8 @@ class StreamingFeatures:
 
     @staticmethod
     def update_many(states: list[StreamingFeatures], bars: list[dict[str, Any]],
-                    reference_close: float | None = None) -> np.ndarray:
+                    reference_close: float | None = None,
+                    calls: list[tuple[str, list[Any]]] | None = None) -> np.ndarray:
         """:meth:`update` of several symbols' states at one timestamp, each with its own new bar, running the
         formulas once over arrays of one value per symbol (the TA-Lib stream handles still advance one by one):
         the rows are the ones :meth:`update` gives, in a fraction of the time for many symbols.
@@ -241,6 +255,7 @@ class StreamingFeatures:
             states: the symbols' states, all of one feature set (same ``cfg`` and ``cross_asset``).
             bars: ``states[i]``'s new bar (``timestamp`` and OHLCV), all at the same timestamp.
             reference_close: the reference symbol's latest close at or before that timestamp (cross-asset only).
+            calls: ``many_calls([st._handles for st in states])``, when the caller keeps it for these states.
 
         Returns:
             ``(len(states), n_features)`` float64, in :attr:`columns` order.
@@ -260,7 +275,8 @@ class StreamingFeatures:
             validate_next_bar(st.symbol, st.last_bar, new)  # every bar before any state moves
             news.append(new)
         columns = {c: np.array([b[c] for b in news], dtype=np.float64) for c in OHLCV_COLUMNS}
-        x = _StreamInputs(None, _ManyTA([st._handles for st in states]), first._lags, opening=False,
+        calls = calls if calls is not None else many_calls([st._handles for st in states])
+        x = _StreamInputs(None, _ManyTA(calls), first._lags, opening=False,
                           bar={TIMESTAMP: news[0][TIMESTAMP], **columns},
                           reference_close=reference_close if first.cross_asset else None)
         x._many = [st._lags for st in states]

@@ -1,6 +1,6 @@
 """Incremental features of a universe: every symbol's forecaster row at each new bar (per-symbol, cross-asset and
-cross-sectional ``xs_`` columns) and FinRL's turbulence index, in O(symbols) per bar instead of recomputing every
-symbol's whole history.
+cross-sectional ``xs_`` columns) and the closes FinRL's turbulence index reads, in O(symbols) per bar instead of
+recomputing every symbol's whole history.
 
 The batch path of ``POST /portfolio`` (:func:`raytrade.serving.portfolio_steps.universe_features`) recomputes, for
 30 symbols x 338 bars, the per-symbol features, the cross-section of every timestamp and the turbulence index over
@@ -15,12 +15,13 @@ universe's history with that same batch computation, then takes one timestamp's 
   running cumulative ``U``, and each member's universe return over its own bar-to-bar interval
   ``U(t) - U(as of its previous bar)``; beta and correlation over the last ``beta_window`` member rows of the
   symbol (TA-Lib CORREL / STDDEV on those rows, :func:`~raytrade.features.cross_sectional.beta_corr`);
-* the turbulence index (:func:`raytrade.rl.portfolio_risk.turbulence_index`) on the last ``window + 2`` closes of
-  the union calendar, as the batch path reads them: bit-identical.
+* the last closes of the union calendar (:meth:`StreamingUniverse.closes`), from which the serving layer computes
+  the turbulence index as the batch path does (:func:`raytrade.serving.portfolio_steps.turbulence_at_last`), bit
+  for bit.
 
 The ``xs_`` values equal the batch ones up to floating-point summation order (pandas' grouped mean and std use
 compensated sums; TA-Lib's CORREL over a whole series keeps running sums): ``tests/test_streaming_universe.py``
-checks every row of every symbol over a year of Dow 30 + SPY bars against the batch path, the per-symbol and
+checks every row of every symbol over a year of Dow + SPY bars against the batch path, the per-symbol and
 cross-asset columns and the turbulence index bit for bit, the ``xs_`` columns to 1e-9.
 
 Causal: a timestamp's bars are taken in only after the previous timestamp's, so a bar older than the universe's
@@ -44,7 +45,6 @@ from raytrade.data.validation import validate_next_bar
 from raytrade.errors import DataValidationError
 from raytrade.features.cross_sectional import (
     _FLAT,
-    INPUT_COLUMNS,
     PREV_TS,
     R1,
     RET,
@@ -59,9 +59,7 @@ from raytrade.features.cross_sectional import (
     member_rows,
     universe_pairs,
 )
-from raytrade.features.streaming import StreamingFeatures, _ManyTA, _OpeningTA
-from raytrade.rl.portfolio_decision import past_log_returns
-from raytrade.rl.portfolio_risk import turbulence_index
+from raytrade.features.streaming import StreamingFeatures, _ManyTA, _OpeningTA, many_calls
 
 __all__ = ["StreamingUniverse"]
 
@@ -102,7 +100,7 @@ class _Symbol:
 
 
 class StreamingUniverse:
-    """A universe's forecaster rows and turbulence index, updated one timestamp at a time.
+    """A universe's forecaster rows and recent closes, updated one timestamp at a time.
 
     Args:
         frames: symbol -> its validated bars (OHLCV, UTC ``timestamp``, ``symbol``), oldest first, in the universe's
@@ -115,12 +113,11 @@ class StreamingUniverse:
         reference_symbol: the symbol the cross-asset features are measured against (one of ``frames``), or None
             when the forecaster has none.
         cross_sectional: whether the forecaster has ``xs_`` columns.
-        turbulence_window: ``portfolio.turbulence_window`` (bars).
+        keep_closes: rows of the calendar's closes to keep (:meth:`closes`; the turbulence index needs
+            ``portfolio.turbulence_window + 2``).
 
     Attributes:
         timestamp: the latest bar time of any symbol (the decision bar).
-        turbulence: the index at :attr:`timestamp` (NaN with fewer than ``turbulence_window + 2`` bars), and
-            ``turbulence_assets`` the number of assets in it.
 
     Raises:
         InsufficientDataError: a symbol has too few bars to open its streams.
@@ -129,10 +126,10 @@ class StreamingUniverse:
 
     def __init__(self, frames: Mapping[str, pd.DataFrame], cfg: FeatureConfig, columns: Sequence[str],
                  lookback: int, own_columns: Sequence[str], reference_symbol: str | None = None,
-                 cross_sectional: bool = True, turbulence_window: int = 252) -> None:
+                 cross_sectional: bool = True, keep_closes: int = 254) -> None:
         self.cfg, self.columns, self.lookback = cfg, list(columns), int(lookback)
         self.own_columns, self.reference_symbol = list(own_columns), reference_symbol
-        self.cross_sectional, self.turbulence_window = bool(cross_sectional), int(turbulence_window)
+        self.cross_sectional, self.keep_closes = bool(cross_sectional), max(int(keep_closes), 1)
         self.symbols = list(frames)
         reference = None
         if reference_symbol is not None:
@@ -144,6 +141,7 @@ class StreamingUniverse:
             reference = pd.Series(ref["close"].to_numpy(dtype=np.float64), index=pd.DatetimeIndex(ref[TIMESTAMP]))
         w = cfg.cross_sectional_window
         self._state: dict[str, _Symbol] = {}
+        self._calls: dict[tuple[str, ...], tuple[list, list]] = {}
         parts, inputs = [], []
         for symbol, bars in frames.items():
             bars = bars.reset_index(drop=True)
@@ -181,12 +179,10 @@ class StreamingUniverse:
             if len(ok):
                 st.last_complete = st.times[-1]
         panel = Panel.from_bars(pd.concat(list(frames.values()), ignore_index=True), self.symbols)
-        self._closes: deque = deque(np.asarray(panel.close, dtype=np.float64)[-(self.turbulence_window + 2):],
-                                    maxlen=self.turbulence_window + 2)
-        self._times: deque = deque(pd.DatetimeIndex(panel.timestamps)[-(self.turbulence_window + 2):],
-                                   maxlen=self.turbulence_window + 2)
+        self._closes: deque = deque(np.asarray(panel.close, dtype=np.float64)[-self.keep_closes:],
+                                    maxlen=self.keep_closes)
+        self._times: deque = deque(pd.DatetimeIndex(panel.timestamps)[-self.keep_closes:], maxlen=self.keep_closes)
         self.timestamp = _utc(self._times[-1])
-        self._turbulence()
 
     # ---- opening --------------------------------------------------------------------------------
     def _open_cross_section(self, frame: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame:
@@ -259,11 +255,17 @@ class StreamingUniverse:
         if self.reference_symbol is not None:
             ref_bar = bars.get(self.reference_symbol)
             ref_close = (ref_bar if ref_bar is not None else self._state[self.reference_symbol].recent[-1])["close"]
-        rows = StreamingFeatures.update_many([st.features for st in states], [bars[s] for s in symbols], ref_close)
+        key = tuple(symbols)
+        if key not in self._calls:  # the handles advance in place: their per-call lists are kept per symbol set
+            self._calls[key] = (many_calls([st.features._handles for st in states]),
+                                many_calls([st.input_handles for st in states]))
+        feature_calls, input_calls = self._calls[key]
+        rows = StreamingFeatures.update_many([st.features for st in states], [bars[s] for s in symbols], ref_close,
+                                             feature_calls)
         close = np.array([bars[s]["close"] for s in symbols], dtype=np.float64)
         volume = np.array([bars[s]["volume"] for s in symbols], dtype=np.float64)
-        inputs = np.stack(input_series(close, volume, self.cfg.cross_sectional_window,
-                                       _ManyTA([st.input_handles for st in states])), axis=1)  # (n, 4)
+        inputs = np.stack(input_series(close, volume, self.cfg.cross_sectional_window, _ManyTA(input_calls)),
+                          axis=1)  # (n, 4)
         for s, st in zip(symbols, states, strict=True):
             st.recent.append(bars[s])
         own = rows[:, self._own_index]
@@ -281,7 +283,6 @@ class StreamingUniverse:
         self._closes.append(np.array([by_symbol.get(s, np.nan) for s in self.symbols]))
         self._times.append(t)
         self.timestamp = t
-        self._turbulence()
 
     def _cross_section(self, states: list[_Symbol], own: np.ndarray, inputs: np.ndarray) -> np.ndarray:
         """The ``xs_`` values ``(n, len(xs columns))`` of the symbols with a bar at this timestamp (``own``: their
@@ -315,31 +316,34 @@ class StreamingUniverse:
             st.u_prev = self._U
         return out
 
-    def _turbulence(self) -> None:
-        w = self.turbulence_window
-        past = past_log_returns(np.asarray(self._closes))[-(w + 1):]
-        if len(past) < w + 1:
-            self.turbulence, self.turbulence_assets = float("nan"), 0
-            return
-        stamps = pd.DatetimeIndex(list(self._times))[-(w + 1):]
-        self.turbulence = float(turbulence_index(past, w, symbols=self.symbols, index=stamps)[-1])
-        self.turbulence_assets = int(np.isfinite(past).all(axis=0).sum())
+    def closes(self) -> tuple[np.ndarray, list[pd.Timestamp]]:
+        """The last ``keep_closes`` closes of the universe's calendar (the union of the symbols' bar times):
+        ``(rows, len(symbols))`` float64, NaN where a symbol has no bar, and their times, oldest first; what the
+        turbulence index looks back on (:func:`raytrade.serving.portfolio_steps.turbulence_at_last`)."""
+        return np.asarray(self._closes), list(self._times)
 
     # ---- reading --------------------------------------------------------------------------------
+    def held(self, symbol: str, bar: Mapping[str, Any]) -> bool | None:
+        """Whether ``bar`` of ``symbol`` is one of the last bars the state holds: True (same time and values), False
+        (a held time with other values), None (not held)."""
+        return self._state[symbol].held({TIMESTAMP: _utc(bar[TIMESTAMP]), **{c: float(bar[c]) for c in OHLCV_COLUMNS}})
+
     def last_bar(self, symbol: str) -> pd.Timestamp:
         """The latest bar time of ``symbol``."""
         return self._state[symbol].last
 
-    def window(self, symbol: str) -> tuple[np.ndarray, pd.DatetimeIndex] | None:
+    def window(self, symbol: str) -> tuple[np.ndarray, np.ndarray] | None:
         """``symbol``'s forecaster input at :attr:`timestamp`: its last ``lookback`` complete rows ``(lookback,
-        len(columns))`` float64 unscaled, oldest first, and their times; None when the symbol has no bar at
-        :attr:`timestamp` (not tradable there) or fewer than ``lookback`` complete rows ending at its last bar."""
+        len(columns))`` float64 unscaled, oldest first, and their times (``datetime64[ns]``, UTC); None when the
+        symbol has no bar at :attr:`timestamp` (not tradable there) or fewer than ``lookback`` complete rows ending at
+        its last bar."""
         st = self._state[symbol]
         if st.last != self.timestamp or st.last_complete != st.last or len(st.rows) < self.lookback:
             return None
-        return np.asarray(st.rows), pd.DatetimeIndex(list(st.times))
+        return np.asarray(st.rows), np.fromiter((t.value for t in st.times), np.int64, len(st.times)).view(
+            "datetime64[ns]")
 
     def complete_at_last_bar(self, symbol: str) -> tuple[bool, int]:
-        """(whether ``symbol``'s row at its last bar is complete with ``lookback`` complete rows, complete rows held)."""
+        """(``symbol``'s row at its last bar is complete and ``lookback`` complete rows are held, rows held)."""
         st = self._state[symbol]
         return st.last_complete == st.last and len(st.rows) >= self.lookback, len(st.rows)

@@ -119,7 +119,7 @@ def deploy_to_cluster(config: str | Path, address: str, tracking_uri: str | None
 
 def deploy_portfolio(cfg: PipelineConfig, tracking_uri: str | None, params: PortfolioParams | dict[str, Any],
                      route_prefix: str = "/", options: dict[str, dict[str, Any]] | None = None,
-                     agent_models: dict[str, str] | None = None) -> str:
+                     agent_models: dict[str, str] | None = None, app: str = "one-hop") -> str:
     """Deploy the portfolio app (:mod:`raytrade.serving.portfolio_app`, ``POST /portfolio``) of a universe run on the
     connected Ray cluster and return its URL (``http://serve.host:serve.port`` + ``route_prefix``) once every
     deployment is running; the app outlives the calling driver.
@@ -131,8 +131,11 @@ def deploy_portfolio(cfg: PipelineConfig, tracking_uri: str | None, params: Port
     with the deployment. The store (``store.enabled``) answers ``{"symbols": [...]}`` requests. ``agent_models``:
     portfolio agent -> registered model name (``tracking.agent_model(name)``), each pinned to
     ``params.agent_versions[name]`` (else ``@tracking.alias``); their weights are the response's ``agents``.
-    ``options``: deployment options by name (``PortfolioIngress``, ``Features``, ``Forecaster``, ``Agent-<name>``),
-    default small CPU ones.
+    ``app``: ``one-hop`` (default; :mod:`raytrade.serving.portfolio_decision`, one deployment keeping the universe's
+    feature state, so a request may send only the new bars; named ``raytrade-portfolio``) or ``composed``
+    (:mod:`raytrade.serving.portfolio_app`, a deployment per stage for GPU clusters; named
+    ``raytrade-portfolio-composed``). ``options``: deployment options by name (one-hop: ``PortfolioDecision``;
+    composed: ``PortfolioIngress``, ``Features``, ``Forecaster``, ``Agent-<name>``), default small CPU ones.
 
     Raises:
         ConfigError: invalid ``params``.
@@ -143,7 +146,11 @@ def deploy_portfolio(cfg: PipelineConfig, tracking_uri: str | None, params: Port
     from raytrade import tracking
     from raytrade.errors import ModelNotFoundError
     from raytrade.serving.portfolio_app import PORTFOLIO_APP_NAME, PortfolioAppArgs, portfolio_app
+    from raytrade.serving.portfolio_decision import portfolio_decision_app
     from raytrade.serving.portfolio_steps import PortfolioParams
+
+    if app not in ("one-hop", "composed"):
+        raise ConfigError(f"portfolio app: {app!r} is not one of 'one-hop', 'composed'")
 
     uri = tracking_uri or tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
     try:
@@ -157,7 +164,12 @@ def deploy_portfolio(cfg: PipelineConfig, tracking_uri: str | None, params: Port
     args = PortfolioAppArgs(tracking_uri=uri, forecaster_model=name, alias=alias, params=p,
                             agent_models=dict(agent_models or {}),
                             redis_url=cfg.store.url if cfg.store.enabled else None, store_prefix=cfg.store.prefix)
-    app = portfolio_app(args, options)  # a pinned version that is not registered fails the Forecaster's start
+    if app == "one-hop":  # a pinned version that is not registered fails the replica's start
+        application = portfolio_decision_app(args, (options or {}).get("PortfolioDecision"))
+        name = PORTFOLIO_APP_NAME
+    else:
+        application = portfolio_app(args, options)
+        name = f"{PORTFOLIO_APP_NAME}-composed"
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(app, name=PORTFOLIO_APP_NAME, route_prefix=route_prefix, blocking=False)
+    serve.run(application, name=name, route_prefix=route_prefix, blocking=False)
     return f"http://{cfg.serve.host}:{cfg.serve.port}{route_prefix.rstrip('/')}"

@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -141,17 +142,17 @@ async def _replica_lost(request: Request, exc: Exception) -> JSONResponse:
                    "replica_unavailable")
 
 
-def add_error_handlers(app: FastAPI) -> None:
+def add_error_handlers(app: FastAPI, overrides: dict[type, Callable[..., Any]] | None = None) -> None:
     """The app's error answers: 422 for a bad body, bad bars or no stored window (naming the field and rule), 503
-    for an unreachable store or a lost replica; and the request counter. Shared by every raytrade HTTP app."""
-    app.add_exception_handler(RequestValidationError, _invalid_body)
-    app.add_exception_handler(ItemError, _item_error)
-    app.add_exception_handler(DataValidationError, _bad_bars)
-    app.add_exception_handler(InsufficientDataError, _bad_bars)
-    app.add_exception_handler(FeaturesNotFoundError, _no_window)
-    app.add_exception_handler(StoreUnavailableError, _store_down)
-    for exc in REPLICA_LOST:
-        app.add_exception_handler(exc, _replica_lost)
+    for an unreachable store or a lost replica; and the request counter. Shared by every raytrade HTTP app;
+    ``overrides``: exception type -> handler where an app names its fields otherwise (``/portfolio``'s bars are
+    per symbol)."""
+    handlers: dict[type, Callable[..., Any]] = {
+        RequestValidationError: _invalid_body, ItemError: _item_error, DataValidationError: _bad_bars,
+        InsufficientDataError: _bad_bars, FeaturesNotFoundError: _no_window, StoreUnavailableError: _store_down,
+        **dict.fromkeys(REPLICA_LOST, _replica_lost), **(overrides or {})}
+    for exc, handler in handlers.items():
+        app.add_exception_handler(exc, handler)
     app.middleware("http")(_count)
 
 

@@ -24,7 +24,6 @@ is 503; never a 500 for bad input.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the route signatures' types at runtime
-import time
 from typing import Any
 
 import numpy as np
@@ -41,8 +40,7 @@ from ray.serve.handle import DeploymentHandle
 from raytrade.data.schema import OHLCV_COLUMNS
 from raytrade.errors import ConfigError, DataValidationError, InsufficientDataError
 from raytrade.serving.deployments import Agent, Features, Forecaster
-from raytrade.serving.ingress import REPLICA_LOST
-from raytrade.serving.metrics import record_request
+from raytrade.serving.ingress import add_error_handlers
 from raytrade.serving.portfolio_schemas import PortfolioRequest, PortfolioResponse
 from raytrade.serving.portfolio_steps import PortfolioParams, agent_items, decide
 from raytrade.serving.schemas import POSITION_LIMIT, BarIn
@@ -59,25 +57,10 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "Agent": {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 32},
 }
 
-portfolio_api = FastAPI(title="raytrade portfolio", description="pooled CNN+LSTM forecaster -> top-k weights -> "
-                                                                 "exposure limits -> drawdown cut and turbulence rule")
-
-
 def _detail(status: int, loc: list[Any], msg: str, kind: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": [{"loc": loc, "msg": msg, "type": kind}]})
 
 
-@portfolio_api.exception_handler(RequestValidationError)
-async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """Schema violations: 422 with each error's ``loc``, ``msg`` and ``type`` (the input is not echoed: it may be NaN
-    or infinity, which JSON cannot carry)."""
-    errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-              for e in exc.errors()]
-    return JSONResponse(status_code=422, content={"detail": errors})
-
-
-@portfolio_api.exception_handler(DataValidationError)
-@portfolio_api.exception_handler(InsufficientDataError)
 async def _bad_bars(request: Request, exc: Exception) -> JSONResponse:
     """Bars that break a rule (or are too few): 422 at ``["body", "bars", symbol, column]`` naming the rule."""
     symbol, column = getattr(exc, "symbol", None), getattr(exc, "column", None)
@@ -85,7 +68,6 @@ async def _bad_bars(request: Request, exc: Exception) -> JSONResponse:
     return _detail(422, loc, str(exc), getattr(exc, "rule", type(exc).__name__))
 
 
-@portfolio_api.exception_handler(FeaturesNotFoundError)
 async def _no_window(request: Request, exc: Exception) -> JSONResponse:
     """Symbols the online store has no window of, or no store at all: 422 on ``symbols``."""
     symbol = getattr(exc, "symbol", None)
@@ -93,28 +75,22 @@ async def _no_window(request: Request, exc: Exception) -> JSONResponse:
                    f"not in the online store: {exc}; send the recent bars of every symbol as `bars`", "missing")
 
 
-@portfolio_api.exception_handler(StoreUnavailableError)
 async def _store_down(request: Request, exc: Exception) -> JSONResponse:
     return _detail(503, ["body", "symbols"], f"{exc}; send the recent bars of every symbol as `bars` to decide without "
                                              "the online store", "store_unavailable")
 
 
-async def _replica_lost(request: Request, exc: Exception) -> JSONResponse:
-    return _detail(503, [], f"a model replica was unavailable ({type(exc).__name__}); retry the request",
-                   "replica_unavailable")
+def add_portfolio_error_handlers(app: FastAPI) -> None:
+    """The portfolio apps' error answers (:func:`raytrade.serving.ingress.add_error_handlers`, with bars, stored
+    windows and the store named per symbol: 422 naming field and rule for bad input, 503 for an unreachable store or
+    a lost replica, never 500 for bad input) and request metrics, on ``app`` (the composed and the one-hop app)."""
+    add_error_handlers(app, {DataValidationError: _bad_bars, InsufficientDataError: _bad_bars,
+                             FeaturesNotFoundError: _no_window, StoreUnavailableError: _store_down})
 
 
-for _exc in REPLICA_LOST:
-    portfolio_api.add_exception_handler(_exc, _replica_lost)
-
-
-@portfolio_api.middleware("http")
-async def _count(request: Request, call_next):  # noqa: ANN001, ANN202
-    started = time.perf_counter()
-    response = await call_next(request)
-    route = request.scope.get("route")
-    record_request(getattr(route, "path", "unmatched"), response.status_code, (time.perf_counter() - started) * 1e3)
-    return response
+portfolio_api = FastAPI(title="raytrade portfolio", description="pooled CNN+LSTM forecaster -> top-k weights -> "
+                                                                 "exposure limits -> drawdown cut and turbulence rule")
+add_portfolio_error_handlers(portfolio_api)
 
 
 def _invalid(loc: tuple[Any, ...], msg: str, kind: str) -> RequestValidationError:
@@ -277,6 +253,35 @@ class PortfolioAppArgs(BaseModel):
     params: PortfolioParams | None = None
 
 
+def checked_app_args(args: dict[str, Any] | PortfolioAppArgs, options: dict[str, Any], deployment: str,
+                     require_params: bool) -> tuple[PortfolioAppArgs, dict[str, Any]]:
+    """The validated app ``args`` and the options of the ``deployment`` that holds the decision's parameters, with
+    ``args.params`` as its ``user_config`` (overriding the options'), checked.
+
+    Raises:
+        ConfigError: invalid args or params (names the field), or (``require_params``) params neither in the args
+            nor in the options' ``user_config``.
+    """
+    try:
+        a = PortfolioAppArgs.model_validate(args) if isinstance(args, dict) else args
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"portfolio app args: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    options = dict(options)
+    if a.params is not None:
+        options["user_config"] = a.params.model_dump(mode="json")
+    if "user_config" not in options and require_params:
+        raise ConfigError("portfolio app args: params: the decision's parameters are required (from the universe "
+                          f"run: PortfolioParams.from_run), as args or as the {deployment} user_config")
+    if "user_config" in options:
+        try:
+            PortfolioParams.model_validate(options["user_config"])
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ConfigError(f"portfolio params: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return a, options
+
+
 def portfolio_app(args: dict[str, Any] | PortfolioAppArgs, options: dict[str, dict[str, Any]] | None = None,
                   require_params: bool = True) -> Application:
     """The portfolio application: ``PortfolioIngress`` over ``Features`` and the pooled ``Forecaster``, with
@@ -288,28 +293,12 @@ def portfolio_app(args: dict[str, Any] | PortfolioAppArgs, options: dict[str, di
     """
     from raytrade.tracking import resolve_tracking_uri
 
-    try:
-        a = PortfolioAppArgs.model_validate(args) if isinstance(args, dict) else args
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"portfolio app args: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     options = {**DEFAULT_OPTIONS, **(options or {})}
 
     def opts(name: str) -> dict[str, Any]:
         return {k: v for k, v in options.get(name, {}).items() if k != "name"}
 
-    ingress_opts = opts("PortfolioIngress")
-    if a.params is not None:
-        ingress_opts["user_config"] = a.params.model_dump(mode="json")
-    if "user_config" not in ingress_opts and require_params:
-        raise ConfigError("portfolio app args: params: the decision's parameters are required (from the universe "
-                          "run: PortfolioParams.from_run), as args or as the PortfolioIngress user_config")
-    if "user_config" in ingress_opts:
-        try:
-            PortfolioParams.model_validate(ingress_opts["user_config"])
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise ConfigError(f"portfolio params: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    a, ingress_opts = checked_app_args(args, opts("PortfolioIngress"), "PortfolioIngress", require_params)
     forecaster_opts = opts("Forecaster")
     if a.params is not None and a.params.forecaster_version is not None:
         forecaster_opts["user_config"] = {**forecaster_opts.get("user_config", {}),

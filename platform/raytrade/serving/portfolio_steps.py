@@ -17,7 +17,7 @@ members, so the numbers differ from the backtest's (as for ``/predict``).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -34,7 +34,8 @@ from raytrade.features.technical import compute_features, feature_columns, warmu
 from raytrade.rl.portfolio_decision import past_log_returns, portfolio_decision
 from raytrade.rl.portfolio_risk import turbulence_index
 
-__all__ = ["PortfolioParams", "SymbolDataError", "agent_items", "agent_weights", "decide", "min_bars",
+__all__ = ["PortfolioParams", "SymbolDataError", "agent_items", "agent_weights", "check_universe_bars", "decide",
+           "layout", "min_bars", "turbulence_at_last",
            "portfolio_observation", "universe_features", "universe_features_from_store"]
 
 
@@ -120,7 +121,7 @@ class PortfolioParams(BaseModel):
                 "threshold": float("nan") if self.turbulence_threshold is None else self.turbulence_threshold}
 
 
-def _layout(spec: Mapping[str, Any]) -> tuple[FeatureConfig, bool, bool, list[str]]:
+def layout(spec: Mapping[str, Any]) -> tuple[FeatureConfig, bool, bool, list[str]]:
     """(feature config, cross-asset on, cross-sectional on, per-symbol feature columns) of a forecaster spec."""
     cfg = FeatureConfig.model_validate(spec["features"])
     columns = set(spec["columns"])
@@ -135,7 +136,7 @@ def min_bars(spec: Mapping[str, Any]) -> int:
     :func:`raytrade.serving.steps.forecaster_spec`): the per-symbol warm-up (with the cross-asset features when the
     model has them), then the cross-sectional warm-up (:func:`raytrade.features.cross_sectional.cross_sectional_warmup`)
     when it has ``xs_`` columns, plus ``lookback``."""
-    cfg, cross_asset, cross_sectional, _ = _layout(spec)
+    cfg, cross_asset, cross_sectional, _ = layout(spec)
     warm = warmup_bars(cfg, cross_asset=cross_asset)
     return (cross_sectional_warmup(cfg, warm) if cross_sectional else warm) + int(spec["lookback"])
 
@@ -144,13 +145,43 @@ def _turbulence(bars: pd.DataFrame, symbols: list[str], window: int) -> tuple[fl
     """FinRL's turbulence index at the last bar of the union calendar of ``bars`` (every symbol), the number of
     assets in it, and that bar's time. NaN (0 assets) with fewer than ``window + 2`` bars of any symbol."""
     panel = Panel.from_bars(bars, symbols)
-    past = past_log_returns(panel.close)[-(window + 1):]
-    t = panel.timestamps[-1]
+    value, n_assets = turbulence_at_last(panel.close, panel.symbols, panel.timestamps, window)
+    return value, n_assets, panel.timestamps[-1]
+
+
+def turbulence_at_last(close: np.ndarray, symbols: Sequence[str], timestamps: Any, window: int) -> tuple[float, int]:
+    """FinRL's turbulence index (:func:`raytrade.rl.portfolio_risk.turbulence_index`) at the last row of a close panel
+    ``(T, assets)`` on one calendar (NaN where an asset has no bar), and the number of assets in it; NaN and 0 with
+    fewer than ``window + 2`` rows. Only the last ``window + 2`` rows are read."""
+    past = past_log_returns(close[-(window + 2):])[-(window + 1):]
     if len(past) < window + 1:
-        return float("nan"), 0, t
-    value = float(turbulence_index(past, window, symbols=panel.symbols, index=panel.timestamps[-(window + 1):])[-1])
-    n_assets = int(np.isfinite(past).all(axis=0).sum())
-    return value, n_assets, t
+        return float("nan"), 0
+    value = float(turbulence_index(past, window, symbols=symbols, index=list(timestamps)[-(window + 1):])[-1])
+    return value, int(np.isfinite(past).all(axis=0).sum())
+
+
+def check_universe_bars(frames: Mapping[str, pd.DataFrame], spec: Mapping[str, Any],
+                        reference_symbol: str | None) -> None:
+    """The checks of a full-history universe request: every symbol's bars validated
+    (:func:`raytrade.data.validation.validate_bars`), at least :func:`min_bars` of each, and the reference symbol
+    present when the forecaster has cross-asset features.
+
+    Raises:
+        DataValidationError: a rule broken (names rule, column, symbol, timestamp), or no reference symbol (rule
+            ``reference_symbol``).
+        SymbolDataError: a symbol has fewer than :func:`min_bars` bars (names the symbol).
+    """
+    lookback, need = int(spec["lookback"]), min_bars(spec)
+    for symbol, frame in frames.items():
+        validate_bars(frame)
+        if len(frame) < need:
+            raise SymbolDataError(symbol,
+                f"symbol {symbol}: need at least {need} bars (feature warm-up, cross-sectional warm-up and lookback "
+                f"{lookback}), got {len(frame)}")
+    if layout(spec)[1] and reference_symbol not in frames:
+        raise DataValidationError(
+            "reference_symbol", f"the forecaster's cross-asset features are measured against {reference_symbol}; "
+            f"send its bars too", column=None, symbol=reference_symbol)
 
 
 def universe_features(frames: Mapping[str, pd.DataFrame], spec: Mapping[str, Any], reference_symbol: str | None,
@@ -181,21 +212,11 @@ def universe_features(frames: Mapping[str, pd.DataFrame], spec: Mapping[str, Any
         SymbolDataError: (an ``InsufficientDataError``) a symbol has fewer than :func:`min_bars` bars, or no
             complete window at its last bar (names the symbol).
     """
-    cfg, cross_asset, cross_sectional, own_columns = _layout(spec)
+    cfg, cross_asset, cross_sectional, own_columns = layout(spec)
     columns, lookback = list(spec["columns"]), int(spec["lookback"])
-    need = min_bars(spec)
-    for symbol, frame in frames.items():
-        validate_bars(frame)
-        if len(frame) < need:
-            raise SymbolDataError(symbol,
-                f"symbol {symbol}: need at least {need} bars (feature warm-up, cross-sectional warm-up and lookback "
-                f"{lookback}), got {len(frame)}")
+    check_universe_bars(frames, spec, reference_symbol)
     reference = None
     if cross_asset:
-        if reference_symbol not in frames:
-            raise DataValidationError(
-                "reference_symbol", f"the forecaster's cross-asset features are measured against {reference_symbol}; "
-                f"send its bars too", column=None, symbol=reference_symbol)
         ref = frames[reference_symbol]
         reference = pd.Series(ref["close"].to_numpy(dtype=np.float64), index=pd.DatetimeIndex(ref[TIMESTAMP]))
     parts = [compute_features(frame.reset_index(drop=True), cfg, reference=reference) for frame in frames.values()]
@@ -299,6 +320,14 @@ def agent_items(feats: Mapping[str, Any], by_symbol: Mapping[str, Mapping[str, A
             | {"timestamps": feats["rows"][s][TIMESTAMP].to_numpy()} for s, fc in by_symbol.items()}
 
 
+def _ns_times(times: Any) -> np.ndarray:
+    """Sorted bar times (datetime64, Timestamps or a DatetimeIndex) as int64 UTC nanoseconds."""
+    a = np.asarray(times)
+    if a.dtype.kind == "M":
+        return a.astype("datetime64[ns]").view(np.int64)
+    return pd.DatetimeIndex(a).as_unit("ns").asi8
+
+
 def portfolio_observation(policy: Any, items: Mapping[str, Mapping[str, Any]], weights: Mapping[str, float],
                           unrealised_pnl: float = 0.0, drawdown: float = 0.0) -> np.ndarray:
     """A portfolio agent's observation at the request's bar, laid out as the portfolio env's
@@ -334,8 +363,8 @@ def portfolio_observation(policy: Any, items: Mapping[str, Mapping[str, Any]], w
     symbols = list(dict.fromkeys(n.split("/", 1)[0] for n in names))
     per_asset = [n.split("/", 1)[1] for n in names[: len(names) // len(symbols)]]
     window = int(policy.window)
-    stamps = pd.DatetimeIndex(sorted(set().union(*(pd.DatetimeIndex(it["timestamps"]) for it in items.values()))))
-    stamps = stamps[-window:]
+    times = {s: _ns_times(it["timestamps"]) for s, it in items.items()}
+    stamps = np.unique(np.concatenate(list(times.values())))[-window:]  # the calendar's last bars, sorted
     feats = np.zeros((window, len(symbols), len(per_asset)), dtype=np.float32)
     rows = {s: forecast_inputs(it["outputs"], it["return_scale"], policy.forecast_inputs)[0]
             for s, it in items.items()}
@@ -346,8 +375,9 @@ def portfolio_observation(policy: Any, items: Mapping[str, Mapping[str, Any]], w
         if it is None:
             continue
         cols = [list(it["columns"]).index(n) for n in per_asset]
-        at = pd.DatetimeIndex(it["timestamps"]).get_indexer(stamps)
-        ok = at >= 0
+        own = times[symbol]
+        at = np.minimum(np.searchsorted(own, stamps), len(own) - 1)
+        ok = own[at] == stamps  # the symbol has a row at that bar
         feats[window - len(stamps):][ok, a] = np.asarray(it["window"], dtype=np.float32)[at[ok]][:, cols]
         fc[a] = rows[symbol]
     held = np.array([float(weights.get(s, 0.0)) for s in symbols])
