@@ -171,6 +171,26 @@ def test_request_checks_name_the_symbol_and_field():
             PortfolioRequest.model_validate(body)
 
 
+def test_both_portfolio_apps_check_their_args_and_params_alike():
+    """The one-hop and the composed app builders refuse the same bad args and params with the same one-line
+    ConfigError, naming the deployment that holds the params; good ones build an application."""
+    from ray.serve import Application
+
+    from raytrade.errors import ConfigError
+    from raytrade.serving.portfolio_app import portfolio_app
+    from raytrade.serving.portfolio_decision import portfolio_decision_app
+
+    good = {"tracking_uri": "sqlite:///unused.db", "params": {"symbols": ["SPY", "QQQ"], "top_k": 1}}
+    for build, holder in ((portfolio_decision_app, "PortfolioDecision"), (portfolio_app, "PortfolioIngress")):
+        assert isinstance(build(good), Application)
+        with pytest.raises(ConfigError, match=f"as args or as the {holder} user_config"):
+            build({"tracking_uri": "sqlite:///unused.db"})
+        with pytest.raises(ConfigError, match="portfolio params: top_k"):
+            build({"tracking_uri": "sqlite:///unused.db"}, {holder: {"user_config": {"symbols": ["SPY"], "top_k": 0}}}
+                  if build is portfolio_app else {"user_config": {"symbols": ["SPY"], "top_k": 0}})
+        with pytest.raises(ConfigError, match="portfolio app args: agent_models"):
+            build({**good, "agent_models": ["ppo"]})
+
 
 def test_served_features_are_causal_and_name_the_symbol():
     """The served input at a bar ``t`` (features per symbol, then across the request's symbols; turbulence) equals
