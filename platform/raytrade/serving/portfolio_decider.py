@@ -198,10 +198,10 @@ class PortfolioDecider:
         run = timed or _run
         feats = run("features (universe state)", self.features, symbols, req, spec, params)
         with_rows = list(feats["windows"])
-        scaler = bundle.scaler
+        scaler, fsv = bundle.scaler, spec["feature_set_version"]
         outs = run(f"forecaster + MC dropout ({len(with_rows)} windows)", forecast_items, bundle, forecaster.version, [
-            {"window": scaler.transform_values(feats["windows"][s][0])[None],
-             "feature_set_version": bundle.feature_set_version} for s in with_rows])
+            {"window": scaler.transform_values(feats["windows"][s][0])[None], "feature_set_version": fsv}
+            for s in with_rows])
         by_symbol = dict(zip(with_rows, outs, strict=True))
         decision = run("decide (portfolio_decision)", decide, params, symbols,
                        {s: o["forecast"]["expected_return"] for s, o in by_symbol.items()}, feats["tradable"],

@@ -83,7 +83,8 @@ def forecast_items(bundle: Any, version: str, items: list[dict[str, Any]]) -> li
     another feature-set version gets ``{"stale": True, "version"}`` (the caller rebuilds it). The MC draws use
     :func:`raytrade.rl.inputs.agent_outputs`' fixed seed, so a window gets the same numbers as in the backtest.
     """
-    fresh = [i for i, it in enumerate(items) if it["feature_set_version"] == bundle.feature_set_version]
+    fsv = bundle.feature_set_version  # a hash of the feature config: once per batch
+    fresh = [i for i, it in enumerate(items) if it["feature_set_version"] == fsv]
     results: list[dict[str, Any]] = [{"stale": True, "version": version} for _ in items]
     if not fresh:
         return results
