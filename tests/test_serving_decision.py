@@ -44,14 +44,10 @@ def _running() -> bool:
     return serve.status().applications[APP_NAME].status == "RUNNING"
 
 
-@pytest.fixture(scope="module")
-def one_hop(smoke_run):
-    from ray import serve
+def _deploy(report: dict, runtime_env: dict | None = None) -> None:
+    """The shipped config pointed at the smoke run's registry and Redis, deployed as ``serve deploy`` does it."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    from raytrade.data import load_bars
-
-    report = smoke_run["report"]
     raw = yaml.safe_load(CONFIG.read_text())
     raw["http_options"]["port"] = PORT
     app = raw["applications"][0]
@@ -60,7 +56,18 @@ def one_hop(smoke_run):
                        redis_url=report["store"]["url"], store_prefix="onehop")
     (decision,) = app["deployments"]
     decision["user_config"]["combiner"]["weights"] = report["backtest"]["serve_weights"]
+    if runtime_env is not None:
+        app["runtime_env"] = runtime_env
     ServeSubmissionClient(os.environ["RAYTRADE_TEST_DASHBOARD"]).deploy_applications(raw)
+
+
+@pytest.fixture(scope="module")
+def one_hop(smoke_run):
+    from ray import serve
+
+    from raytrade.data import load_bars
+
+    _deploy(smoke_run["report"])
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         try:
@@ -272,3 +279,41 @@ def test_the_proxy_middleware_turns_an_unanswered_request_into_a_503_and_leaves_
         assert sent[0]["status"] == 503 and (b"retry-after", b"1") in sent[0]["headers"]
         assert json.loads(sent[1]["body"])["detail"][0]["type"] == "replica_unavailable"
     assert [m.get("status") for m in asyncio.run(call(answered))] == [200, None]
+
+
+def test_with_an_api_key_only_requests_carrying_it_reach_the_models(one_hop, tmp_path):
+    """The app redeployed with ``RAYTRADE_API_KEY_FILE`` in its runtime_env (the key in a file, not in the config):
+    ``/health`` stays open; a request without the key, with a wrong one or another scheme is 401 with
+    ``WWW-Authenticate: Bearer`` and never reaches the models (its symbol gets no bar log in Redis); with the key the
+    same request is answered."""
+    import secrets
+
+    from raytrade.store import OnlineFeatureStore
+
+    report, c, bars = one_hop["report"], one_hop["client"], one_hop["bars"]
+    key = secrets.token_urlsafe(32)
+    (tmp_path / "api_key").write_text(key + "\n")
+    _deploy(report, {"env_vars": {"RAYTRADE_API_KEY_FILE": str(tmp_path / "api_key")}})
+    deadline, refused = time.monotonic() + 240, 0
+    while refused < 10:  # every replica of the new version refuses a request without the key
+        assert time.monotonic() < deadline, "the app did not come back with the API key"
+        try:
+            refused = refused + 1 if c.get("/models").status_code == 401 else 0
+        except httpx.HTTPError:
+            refused = 0
+        time.sleep(0.2)
+    store = OnlineFeatureStore(report["store"]["url"], feature_set_version="-", prefix="onehop")
+    body = {**request_payload(bars, bars["timestamp"].iloc[399], 400), "symbol": "KEYED"}
+    assert c.get("/health").status_code == 200
+    for headers in ({}, {"Authorization": f"Bearer {key[:-1]}x"}, {"Authorization": f"Basic {key}"},
+                    {"Authorization": "Bearer"}):
+        resp = c.post("/predict", json=body, headers=headers)
+        assert resp.status_code == 401, (headers, resp.text)
+        assert resp.headers["www-authenticate"] == "Bearer"
+        assert resp.json()["detail"][0]["type"] == "unauthorized"
+    assert store.last_bar_time("KEYED") is None  # nothing reached the decision
+    ok = c.post("/predict", json=body, headers={"Authorization": f"Bearer {key}"})
+    assert ok.status_code == 200, ok.text
+    assert store.last_bar_time("KEYED") == pd.Timestamp(bars["timestamp"].iloc[399])
+    models = c.get("/models", headers={"Authorization": f"Bearer {key}"})
+    assert models.status_code == 200 and models.json()["app"] == "one-hop"

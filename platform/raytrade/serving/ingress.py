@@ -38,6 +38,7 @@ from ray.serve.handle import DeploymentHandle
 
 from raytrade.data.schema import OHLCV_COLUMNS
 from raytrade.errors import DataValidationError, InsufficientDataError, RaytradeError
+from raytrade.serving.auth import require_api_key
 from raytrade.serving.metrics import record_cache, record_request
 from raytrade.serving.schemas import (
     BatchPredictRequest,
@@ -144,7 +145,8 @@ async def _replica_lost(request: Request, exc: Exception) -> JSONResponse:
 
 def add_error_handlers(app: FastAPI, overrides: dict[type, Callable[..., Any]] | None = None) -> None:
     """The app's error answers: 422 for a bad body, bad bars or no stored window (naming the field and rule), 503
-    for an unreachable store or a lost replica; and the request counter. Shared by every raytrade HTTP app;
+    for an unreachable store or a lost replica; the API key check (:mod:`raytrade.serving.auth`: 401 without the
+    configured key) and the request counter. Shared by every raytrade HTTP app;
     ``overrides``: exception type -> handler where an app names its fields otherwise (``/portfolio``'s bars are
     per symbol)."""
     handlers: dict[type, Callable[..., Any]] = {
@@ -153,6 +155,7 @@ def add_error_handlers(app: FastAPI, overrides: dict[type, Callable[..., Any]] |
         **dict.fromkeys(REPLICA_LOST, _replica_lost), **(overrides or {})}
     for exc, handler in handlers.items():
         app.add_exception_handler(exc, handler)
+    require_api_key(app)  # inside the counter, so refused requests are counted too
     app.middleware("http")(_count)
 
 
