@@ -14,7 +14,7 @@ export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH := raytrade.serving.proxy:get_m
 # every test run lists its 15 slowest tests
 PYTEST  := $(BIN)/python -m pytest --durations=15
 
-.PHONY: setup demo test test-fast test-slow test-all lint bench notebooks-strip clean
+.PHONY: setup demo test test-fast test-slow test-all lint bench notebooks-strip clean cluster-up cluster-down
 
 setup: $(STAMP)
 
@@ -45,6 +45,13 @@ test-fast: setup
 # the demo config, notebooks, job submission, walk-forward, long learning runs (CI runs it after make test)
 test-slow: setup
 	$(PYTEST) -m slow
+
+# a multi-node Ray cluster on this machine: head + worker node, MLflow tracking server, Redis (raytrade.localcluster)
+cluster-up: setup
+	$(BIN)/raytrade cluster up
+
+cluster-down: setup
+	$(BIN)/raytrade cluster down
 
 test-all: setup
 	$(PYTEST) -m ""

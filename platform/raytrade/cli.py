@@ -244,6 +244,40 @@ def submit(
 
 
 @app.command()
+def cluster(
+    action: Annotated[str, typer.Argument(help="up | down | status")],
+    workdir: Annotated[Path, typer.Option(help="the cluster's directory (state, logs, MLflow store)")] = Path(
+        ".cluster"),
+    workers: Annotated[int, typer.Option(help="worker nodes (up)")] = 1,
+    worker_cpus: Annotated[int, typer.Option(help="CPUs of each worker node (up)")] = 1,
+) -> None:
+    """A multi-node Ray cluster on this machine (raytrade.localcluster): a head and worker nodes (`ray start`), an
+    MLflow tracking server and Redis. `up` prints where each answers; `down` stops them all."""
+    import json
+    from dataclasses import asdict
+
+    from raytrade.errors import ConfigError
+    from raytrade.localcluster import load_local_cluster, start_local_cluster, stop_local_cluster
+
+    if action == "up":
+        found = load_local_cluster(workdir) if (workdir / "cluster.json").is_file() else None
+        if found is not None:
+            raise ConfigError(f"cluster up: {workdir} already records a cluster (dashboard {found.dashboard}); "
+                              "run `raytrade cluster down` first")
+        info = start_local_cluster(workdir, workers=workers, worker_cpus=worker_cpus)
+        typer.echo(json.dumps(asdict(info), indent=2))
+        typer.echo(f"export RAY_ADDRESS={info.gcs_address} MLFLOW_TRACKING_URI={info.tracking_uri}\n"
+                   f"raytrade submit pipeline --address {info.dashboard} --config jobs/configs/smoke.yaml "
+                   f"--set tracking.uri={info.tracking_uri} --set store.url={info.redis_url}")
+    elif action == "down":
+        typer.echo("stopped: " + ", ".join(stop_local_cluster(workdir)))
+    elif action == "status":
+        typer.echo(json.dumps(asdict(load_local_cluster(workdir)), indent=2))
+    else:
+        raise ConfigError(f"cluster: unknown action {action!r}; use up, down or status")
+
+
+@app.command()
 def report(
     run: Annotated[str, typer.Argument(help="run directory, a run name under --runs, or 'latest'")] = "latest",
     runs: Annotated[Path, typer.Option(help="where runs land (the config's output_dir)")] = Path("runs"),
