@@ -3,7 +3,8 @@ node and a worker node started as separate Ray nodes, an MLflow tracking server 
 
 Checked: both nodes are alive in Ray's state API with the resources that force placement; a Ray job submitted
 through the head's Jobs API runs a task pinned to the worker node, which logs an MLflow run through the tracking
-server (not a local file path) and writes to Redis; ``raytrade cluster down`` stops every process. Ray's token
+server (not a local file path) and writes to Redis; with the tracking server stopped, training fails with one line
+naming it; ``raytrade cluster down`` stops every process. Ray's token
 authentication is still off here, as in the rest of the suite (``tests/conftest.py``).
 """
 
@@ -82,6 +83,23 @@ def test_a_job_pins_work_to_the_worker_node_which_reaches_the_tracking_server_an
     run = MlflowClient(info["tracking_uri"]).get_run(run_id)  # logged through the server, stored in its workdir
     assert run.data.metrics["answer"] == 42.0 and (workdir / "mlflow.db").is_file()
     assert redis.Redis.from_url(info["redis_url"]).get("cluster-probe").decode() == run_id
+
+
+@pytest.mark.slow
+def test_with_the_tracking_server_stopped_training_fails_in_one_line_naming_it(cluster, tmp_path):
+    """A lost MLflow server: ``raytrade train`` pointed at it exits 1 with one line naming the server, before Ray
+    Train starts (not after MLflow's own retries), and nothing is registered anywhere else."""
+    from raytrade.localcluster import stop_local_cluster
+
+    workdir, info = cluster
+    assert stop_local_cluster(workdir, only="mlflow") == ["mlflow"]
+    out = _cli("train", "--config", "jobs/configs/smoke.yaml", "--set", f"tracking.uri={info['tracking_uri']}",
+               "--set", f"output_dir={tmp_path / 'runs'}")
+    assert out.returncode == 1, (out.stdout[-2000:], out.stderr[-2000:])
+    (line,) = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]  # progress lines go to stderr too
+    assert line.startswith(f"error: the MLflow tracking server at {info['tracking_uri']} does not answer"), line
+    assert out.stderr.rstrip().endswith(line) and "Traceback" not in out.stderr
+    assert "Ray Train:" not in out.stderr and not list((tmp_path / "runs").rglob("mlflow.db"))
 
 
 @pytest.mark.slow

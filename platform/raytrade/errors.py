@@ -70,5 +70,9 @@ class ModelNotFoundError(RaytradeError):
     """A model (or alias) is not in the MLflow registry."""
 
 
+class TrackingServerError(RaytradeError):
+    """The MLflow tracking server (an ``http(s)://`` ``tracking.uri``) does not answer."""
+
+
 class InsufficientDataError(RaytradeError):
     """Too few bars for the requested lookback/horizon/split."""

@@ -25,7 +25,7 @@ import mlflow.pyfunc
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from raytrade.errors import ModelNotFoundError
+from raytrade.errors import ModelNotFoundError, TrackingServerError
 
 MODEL_DIR_KEY = "model_dir"
 
@@ -46,14 +46,40 @@ def _quiet_mlflow() -> Iterator[None]:
 
 
 def resolve_tracking_uri(uri: str | None, output_dir: str | Path) -> str:
-    """Config value, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<abs output_dir>/mlflow.db``."""
-    if uri:
-        return uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    """Config value, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<abs output_dir>/mlflow.db``. A tracking server
+    (``http(s)://``) must answer first (:func:`check_tracking_server`).
+
+    Raises:
+        TrackingServerError: the tracking server does not answer (names it).
+    """
+    if uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        resolved = uri or os.environ["MLFLOW_TRACKING_URI"]
+        check_tracking_server(resolved)
+        return resolved
     root = Path(output_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
+    """For an ``http(s)://`` tracking URI, ``GET <uri>/health`` (MLflow's health route) within ``timeout_s``, so a
+    stopped server is one clear error before any work, not minutes of MLflow's own retries halfway through a run.
+    Other URIs (``sqlite:///``, ``file:``, ``databricks``) are not checked.
+
+    Raises:
+        TrackingServerError: no answer, or not 200 (names the URI and what happened).
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import httpx
+
+    try:
+        status = httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout_s).status_code
+    except httpx.HTTPError as exc:
+        raise TrackingServerError(f"the MLflow tracking server at {uri} does not answer ({type(exc).__name__}): "
+                                  "start it (mlflow server) or set tracking.uri to one that runs") from None
+    if status != 200:
+        raise TrackingServerError(f"the MLflow tracking server at {uri} answered {status} on /health")
 
 
 def _artifact_root(tracking_uri: str) -> str | None:
