@@ -7,7 +7,6 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 export RAY_USAGE_STATS_ENABLED := 0
-export RAY_AUTH_MODE := disabled
 # Serve's HTTP proxy answers 503 (retry), not 500, for a request whose replica died (raytrade/serving/proxy.py)
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH := raytrade.serving.proxy:get_middlewares
 

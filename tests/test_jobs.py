@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from conftest import REPO, free_port
+from raytrade.rayauth import auth_headers
 
 BIN = Path(sys.executable).parent
 STAGES = ("ingest", "features", "train_forecaster", "tune_forecaster", "train_agents", "backtest", "deploy",
@@ -137,7 +138,7 @@ def ray_head(tmp_path_factory):
     deadline = time.monotonic() + 120
     while True:
         try:
-            if httpx.get(f"{address}/api/version", timeout=2).status_code == 200:
+            if httpx.get(f"{address}/api/version", headers=auth_headers(), timeout=2).status_code == 200:
                 break
         except httpx.HTTPError:
             pass
@@ -146,6 +147,9 @@ def ray_head(tmp_path_factory):
             pytest.fail(f"ray start --head did not come up (exit {proc.poll()})")
         time.sleep(1)
     _wait_for_the_job_agent(address, deadline + 120, proc)
+    # Ray's token authentication is on (tests/conftest.py): the Jobs API refuses a caller without the token
+    assert httpx.get(f"{address}/api/jobs/", timeout=5).status_code == 401
+    assert httpx.get(f"{address}/api/jobs/", headers={"Authorization": "Bearer wrong"}, timeout=5).status_code == 403
     yield address
     proc.send_signal(signal.SIGTERM)
     try:

@@ -103,6 +103,7 @@ LAYERS: list[set[str]] = [
     {"raytrade"},  # the package __init__ (a docstring and __version__)
     {"raytrade.errors"},
     {"raytrade.config"},
+    {"raytrade.rayauth"},
     {"raytrade.tracking", "raytrade.runtime", "raytrade.submission", "raytrade.localcluster"},
     {"raytrade.data"},
     {"raytrade.features"},

@@ -167,6 +167,10 @@ class TrainConfig(_Section):
     data_loading: Literal["cached", "streaming"] = Field(
         "cached", description="cached: read each worker's shard once into memory; streaming: Ray Data every epoch")
     max_failures: int = Field(2, ge=-1, description="worker-group restarts from the last checkpoint; -1 = unlimited")
+    storage_path: str | None = Field(
+        None, description="Ray Train checkpoints (under <storage_path>/<run dir name>): storage every node reaches on "
+        "a multi-node cluster, a shared directory (NFS) or a URI (s3://, gs://); None = <run dir>/ray_train, "
+        "enough on one machine")
     seed: int = 0
 
 
@@ -261,6 +265,12 @@ class RLConfig(_Section):
     episode_length: int = Field(500, gt=0, description="bars per training episode (random start)")
     num_env_runners: int = Field(0, ge=0, description="RLlib env runner actors per agent (0 = in the agent's task)")
     cpus_per_agent: float = Field(1.0, gt=0, description="CPUs reserved by each agent's Ray task")
+    resources_per_agent: dict[str, float] = Field(
+        default_factory=dict, description="extra resources of each agent's Ray task (and so of its learner), e.g. "
+        "{raytrade_worker: 0.01} to place it on the nodes that have them")
+    resources_per_env_runner: dict[str, float] = Field(
+        default_factory=dict, description="custom resources of each RLlib env runner actor (num_env_runners > 0), "
+        "e.g. {raytrade_worker: 0.01}")
     hidden: tuple[int, ...] = (64, 64)
     seed: int = 0
 
@@ -392,6 +402,9 @@ class ServeConfig(_Section):
     config: Path = Field(Path("serve_configs/ensemble.yaml"), description="Serve config file of the app")
     host: str = Field("127.0.0.1", description="HTTP host of Serve's proxy")
     port: int = Field(8000, gt=0, lt=65536, description="HTTP port of Serve's proxy")
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode", description="Serve's HTTP proxies: one per node, each answering on serve.port (EveryNode), or "
+        "one on the head (HeadOnly; needed where several Ray nodes share one machine, as on the local cluster)")
     n_requests: int = Field(3, ge=0, description="demo requests posted after deploying")
     shutdown: bool = Field(True, description="shut Serve down after the demo requests (false: keep serving)")
 

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from raytrade.errors import ConfigError, RaytradeError
+from raytrade.rayauth import enable_for_client
 
 #: The runtime environment every submitted job gets (relative to the repository root).
 RUNTIME_ENV = Path("jobs/runtime_env.yaml")
@@ -57,6 +58,7 @@ def job_entrypoint(job: str, config: str | Path, overrides: list[str] | None = N
 def _client(address: str) -> Any:
     from ray.job_submission import JobSubmissionClient
 
+    enable_for_client()  # the cluster's token, if this machine holds one, goes with every request
     try:
         return JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -226,8 +226,9 @@ def train_agents(names: Sequence[str], cfg: RLConfig, train_env: dict[str, Any],
     """Train every agent in ``names`` as its own Ray task, in parallel; policies saved to ``out_dir/<name>/policy``
     (and ``out_dir/<name>/window_<k>`` with ``retrain``).
 
-    Each task reserves ``cfg.cpus_per_agent`` CPUs; RLlib agents with ``cfg.num_env_runners > 0`` also start
-    that many env-runner actors. The tasks' per-iteration lines come back through a ``ray.util.queue.Queue``
+    Each task reserves ``cfg.cpus_per_agent`` CPUs and ``cfg.resources_per_agent``; RLlib agents with
+    ``cfg.num_env_runners > 0`` also start that many env-runner actors (each with
+    ``cfg.resources_per_env_runner``). The tasks' per-iteration lines come back through a ``ray.util.queue.Queue``
     and go to ``on_log`` as they arrive (None = dropped); ``on_done`` is called as each agent finishes.
     Returns ``{name: AgentOutcome}`` in the order of ``names``.
 
@@ -257,7 +258,8 @@ def train_agents(names: Sequence[str], cfg: RLConfig, train_env: dict[str, Any],
 
     task = ray.remote(_fit_agent_task)
     pending = {
-        task.options(num_cpus=cfg.cpus_per_agent, name=f"agent-{name}", max_retries=0).remote(
+        task.options(num_cpus=cfg.cpus_per_agent, resources=cfg.resources_per_agent or None, name=f"agent-{name}",
+                     max_retries=0).remote(
             name, cfg, train_ref, val_ref, periods_per_year, list(feature_names), str(out_dir / name / "checkpoint"),
             max(1, int(cfg.cpus_per_agent)), plan_ref, lines): name
         for name in names

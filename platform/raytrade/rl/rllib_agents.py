@@ -93,7 +93,8 @@ def algo_config(algorithm: str, cfg: RLConfig, env_config: dict[str, Any], num_e
     return (
         config.environment(env=register_trading_env(), env_config=env_config)
         .framework("torch")
-        .env_runners(num_env_runners=cfg.num_env_runners, num_envs_per_env_runner=n_envs, sample_timeout_s=None)
+        .env_runners(num_env_runners=cfg.num_env_runners, num_envs_per_env_runner=n_envs, sample_timeout_s=None,
+                     custom_resources_per_env_runner=dict(cfg.resources_per_env_runner))
         .learners(num_learners=0)
         .callbacks(on_environment_created=pin_env_runner_threads)
         .debugging(seed=cfg.seed)

@@ -22,6 +22,7 @@ import yaml
 
 from raytrade.config import PipelineConfig
 from raytrade.errors import ConfigError
+from raytrade.rayauth import enable_for_client
 
 if TYPE_CHECKING:
     from raytrade.serving.portfolio_steps import PortfolioParams
@@ -59,7 +60,7 @@ def deploy_ensemble(cfg: PipelineConfig, tracking_uri: str | None = None,
         **({"ensemble_weights": weights} if weights else {}), **cfg.risk_limits.model_dump(),
         "redis_url": cfg.store.url if cfg.store.enabled else None, "store_prefix": cfg.store.prefix,
     })
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.start(proxy_location=cfg.serve.proxy_location, http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(app, name=APP_NAME, route_prefix=app_cfg.get("route_prefix", "/"), blocking=False)
     return f"http://{cfg.serve.host}:{cfg.serve.port}"
 
@@ -113,6 +114,7 @@ def deploy_to_cluster(config: str | Path, address: str, tracking_uri: str | None
     applications = raw.get("applications") or []
     for application in applications if tracking_uri else []:
         application.setdefault("args", {})["tracking_uri"] = tracking_uri
+    enable_for_client()  # the cluster's token, if this machine holds one, goes with the request
     ServeSubmissionClient(address).deploy_applications(raw)
     return [a.get("name", "?") for a in applications]
 
@@ -170,6 +172,6 @@ def deploy_portfolio(cfg: PipelineConfig, tracking_uri: str | None, params: Port
     else:
         application = portfolio_app(args, options)
         name = f"{PORTFOLIO_APP_NAME}-composed"
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.start(proxy_location=cfg.serve.proxy_location, http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(application, name=name, route_prefix=route_prefix, blocking=False)
     return f"http://{cfg.serve.host}:{cfg.serve.port}{route_prefix.rstrip('/')}"

@@ -78,6 +78,14 @@ def new_run_dir(cfg: PipelineConfig, kind: str | None = None) -> Path:
     return run_dir
 
 
+def train_storage(cfg: PipelineConfig, run_dir: Path) -> str:
+    """Where Ray Train keeps this run's checkpoints: ``<train.storage_path>/<run dir name>`` (storage every node
+    reaches: a shared directory or an s3:// / gs:// URI), or ``<run dir>/ray_train`` when none is set."""
+    if cfg.train.storage_path is None:
+        return str(run_dir / "ray_train")
+    return f"{cfg.train.storage_path.rstrip('/')}/{run_dir.name}"
+
+
 def train_forecaster(cfg: PipelineConfig, prepared: PreparedData, run_dir: Path, tracking_uri: str,
                      progress: Progress, data_info: dict[str, Any], alias: str | None = None) -> ForecasterRun:
     """Train with Ray Train, save the bundle to ``run_dir/forecaster``, log the run and register the model.
@@ -89,7 +97,7 @@ def train_forecaster(cfg: PipelineConfig, prepared: PreparedData, run_dir: Path,
 
     windows = prepared.windows(cfg.model.lookback)
     outcome = fit_forecaster(windows["train"], windows["val"], cfg.model, cfg.train, scaler=prepared.scaler,
-                             features=cfg.features, labels=cfg.labels, storage_dir=run_dir / "ray_train",
+                             features=cfg.features, labels=cfg.labels, storage_dir=train_storage(cfg, run_dir),
                              name="forecaster")
     for row in outcome.history.to_dict("records"):
         progress.note("epoch {epoch:.0f}: train_loss {train_loss:.4f} val_loss {val_loss:.4f} val_accuracy "

@@ -36,7 +36,7 @@ from raytrade.evaluation.walk_forward import (
 )
 from raytrade.features.scaler import FeatureScaler
 from raytrade.runtime import Progress, ray_session
-from raytrade.stages.common import file_sha256, new_run_dir, resolve_annualisation
+from raytrade.stages.common import file_sha256, new_run_dir, resolve_annualisation, train_storage
 
 
 def _clean(value: Any) -> Any:
@@ -108,7 +108,8 @@ def run_walk_forward(cfg: PipelineConfig, data_path: str | Path | None = None) -
                     model_cfg = cfg.model.model_copy(update={"name": model})
                     outcome = fit_forecaster(w["train"], w["val"], model_cfg, cfg.train, scaler=scaler,
                                              features=cfg.features, labels=cfg.labels,
-                                             storage_dir=run_dir / "ray_train", name=f"fold{f.index}-{model}")
+                                             storage_dir=train_storage(cfg, run_dir),
+                                             name=f"fold{f.index}-{model}")
                     fc = outcome.bundle.forecast_windows(test.x)
                     rows = {"probs": fc["probs"], "y_class": test.y_class, "expected_return": fc["expected_return"],
                             "y_return": test.y_return, "next_return": test.next_return}

@@ -130,7 +130,8 @@ def fit_forecaster(
     Args:
         train, val: scaled windows ``x (n, lookback, n_features)`` with labels.
         scaler, features, labels: saved inside every checkpoint so each one is a complete bundle.
-        storage_dir: Ray Train storage path (checkpoints land in ``storage_dir/name/checkpoint_*/epoch_NNNN``).
+        storage_dir: Ray Train storage path, a directory or a URI such as ``s3://bucket/prefix`` (checkpoints land
+            in ``storage_dir/name/checkpoint_*/epoch_NNNN``); on a multi-node cluster every node must reach it.
         epochs: overrides ``train_cfg.epochs`` (Tune trials).
         callbacks: Ray Train ``UserCallback`` objects, e.g. Ray Tune's ``TuneReportCallback``.
 
@@ -155,7 +156,7 @@ def fit_forecaster(
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
         run_config=RunConfig(
             name=name,
-            storage_path=str(Path(storage_dir).resolve()),
+            storage_path=storage_dir if "://" in str(storage_dir) else str(Path(storage_dir).resolve()),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
             failure_config=FailureConfig(max_failures=train_cfg.max_failures),
             callbacks=callbacks or None,
@@ -169,8 +170,10 @@ def fit_forecaster(
         ((ckpt, m) for ckpt, m in result.best_checkpoints if int(m["epoch"]) == best_epoch),
         min(result.best_checkpoints, key=lambda cm: (cm[1]["val_loss"], cm[1]["epoch"])))
     keep = [c for c in HISTORY_COLUMNS if c in history.columns]
+    with best_ckpt.as_directory() as local:  # the checkpoint itself, or a download of it from remote storage
+        bundle = ForecasterBundle.load(local)
     return TrainOutcome(
-        bundle=ForecasterBundle.load(best_ckpt.path),
+        bundle=bundle,
         history=history[keep].reset_index(drop=True),
         best_metrics={k: float(v) for k, v in best_metrics.items() if k in keep},
         checkpoint_path=best_ckpt.path,
