@@ -547,6 +547,26 @@ def test_serve_configs_are_valid_serve_deploy_files(name):
     assert np.isfinite(float(deployments["Combiner"]["user_config"]["max_drawdown"]))
 
 
+def test_the_cluster_serve_config_spreads_two_replicas_over_nodes_and_gives_mlflow_one_try():
+    """serve_configs/ensemble.cluster.yaml (tests/test_local_cluster.py deploys it on two nodes): a valid `serve
+    deploy` file of the one-hop app, one replica per node, the same combiner as ensemble.yaml."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from raytrade.serving.decision import DecisionConfig
+
+    raw = yaml.safe_load((REPO / "serve_configs" / "ensemble.cluster.yaml").read_text())
+    app = ServeDeploySchema.parse_obj(raw).applications[0]
+    assert app.import_path == "raytrade.serving.app:build_decision_app"
+    (decision,) = raw["applications"][0]["deployments"]
+    assert decision["num_replicas"] == 2 and decision["max_replicas_per_node"] == 1
+    DecisionConfig.model_validate(decision["user_config"])
+    env = decision["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert env == {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    single = yaml.safe_load((REPO / "serve_configs" / "ensemble.yaml").read_text())["applications"][0]
+    assert decision["user_config"]["combiner"] == single["deployments"][0]["user_config"]["combiner"]
+    assert raw["applications"][0]["args"] == single["args"]
+
+
 def _replay(env, act) -> dict[int, dict[str, float]]:  # noqa: ANN001
     """One deterministic episode of ``env`` from ``reset(seed=0)``, as :meth:`raytrade.rl.policy.Policy.evaluate`
     runs it; ``act(obs, t, account)`` gives each step's action. Per bar ``t`` (``info["t"]`` before the step): the

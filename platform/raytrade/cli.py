@@ -245,19 +245,23 @@ def submit(
 
 @app.command()
 def cluster(
-    action: Annotated[str, typer.Argument(help="up | down | status")],
+    action: Annotated[str, typer.Argument(help="up | down | status | add-worker | kill")],
+    name: Annotated[str | None, typer.Argument(help="kill: the process to lose (worker-1, mlflow, ...)")] = None,
     workdir: Annotated[Path, typer.Option(help="the cluster's directory (state, logs, MLflow store)")] = Path(
         ".cluster"),
     workers: Annotated[int, typer.Option(help="worker nodes (up)")] = 1,
     worker_cpus: Annotated[int, typer.Option(help="CPUs of each worker node (up)")] = 1,
 ) -> None:
     """A multi-node Ray cluster on this machine (raytrade.localcluster): a head and worker nodes (`ray start`), an
-    MLflow tracking server and Redis. `up` prints where each answers; `down` stops them all."""
+    MLflow tracking server and Redis, with Ray's token authentication on. `up` prints where each answers; `down`
+    stops them all; `kill NAME` loses one process at once (SIGKILL: a failure drill); `add-worker` starts another
+    worker node."""
     import json
     from dataclasses import asdict
 
     from raytrade.errors import ConfigError
-    from raytrade.localcluster import load_local_cluster, start_local_cluster, stop_local_cluster
+    from raytrade.localcluster import add_worker_node, load_local_cluster, start_local_cluster, stop_local_cluster
+    from raytrade.rayauth import token_source
 
     if action == "up":
         found = load_local_cluster(workdir) if (workdir / "cluster.json").is_file() else None
@@ -266,15 +270,23 @@ def cluster(
                               "run `raytrade cluster down` first")
         info = start_local_cluster(workdir, workers=workers, worker_cpus=worker_cpus)
         typer.echo(json.dumps(asdict(info), indent=2))
-        typer.echo(f"export RAY_ADDRESS={info.gcs_address} MLFLOW_TRACKING_URI={info.tracking_uri}\n"
+        typer.echo(f"Ray token authentication: on; the token is in {token_source()}")
+        typer.echo(f"export RAY_ADDRESS={info.gcs_address} MLFLOW_TRACKING_URI={info.tracking_uri} "
+                   f"RAY_AUTH_MODE=token\n"
                    f"raytrade submit pipeline --address {info.dashboard} --config jobs/configs/smoke.yaml "
                    f"--set tracking.uri={info.tracking_uri} --set store.url={info.redis_url}")
     elif action == "down":
         typer.echo("stopped: " + ", ".join(stop_local_cluster(workdir)))
     elif action == "status":
         typer.echo(json.dumps(asdict(load_local_cluster(workdir)), indent=2))
+    elif action == "add-worker":
+        typer.echo("started: " + add_worker_node(workdir))
+    elif action == "kill":
+        if name is None:
+            raise ConfigError("cluster kill: name the process to lose, e.g. `raytrade cluster kill worker-1`")
+        typer.echo("killed: " + ", ".join(stop_local_cluster(workdir, only=name, hard=True)))
     else:
-        raise ConfigError(f"cluster: unknown action {action!r}; use up, down or status")
+        raise ConfigError(f"cluster: unknown action {action!r}; use up, down, status, add-worker or kill")
 
 
 @app.command()

@@ -192,12 +192,19 @@ def set_alias(tracking_uri: str, registered_name: str, alias: str, version: str)
 
 
 def aliased_version(tracking_uri: str, registered_name: str, alias: str) -> str | None:
-    """The version ``registered_name@alias`` points at, or None when the model or alias does not exist."""
+    """The version ``registered_name@alias`` points at, or None when the model or alias does not exist.
+
+    Raises:
+        MlflowException: the registry did not answer (e.g. the tracking server is down): not the same as "no such
+            alias", so a serving replica keeps its model and reports the failure instead of taking it for one.
+    """
     use_tracking_uri(tracking_uri)
     try:
         return str(MlflowClient().get_model_version_by_alias(registered_name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:  # no model / no such alias
+            return None
+        raise
 
 
 def log_text(text: str, artifact_file: str) -> None:

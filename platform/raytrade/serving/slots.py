@@ -89,6 +89,8 @@ class ModelSlot:
         self.current = loader(tracking_uri, name, alias, version)
         self._checked = time.monotonic()
         self._task: asyncio.Task | None = None
+        #: why the last background reload failed (``"<UTC time>: <error>"``; the model kept), None once one succeeds
+        self.reload_error: str | None = None
 
     def configure(self, config: dict[str, Any] | ModelSlotConfig) -> bool:
         """Apply a ``user_config``; loads the configured version now if it differs. Returns True on a swap."""
@@ -118,7 +120,9 @@ class ModelSlot:
     async def _refresh(self) -> None:
         try:
             await asyncio.to_thread(self._refresh_now)
+            self.reload_error = None
         except Exception as exc:  # keep serving the loaded version; the next poll tries again
+            self.reload_error = f"{datetime.now(UTC).isoformat(timespec='seconds')}: {str(exc)[:300]}"
             log.warning("reload of %s@%s failed, still serving version %s: %s", self.name, self.config.alias,
                         self.current.version, exc)
 
