@@ -71,6 +71,11 @@ def test_cluster_yaml_passes_rays_own_launcher_validation():
                      types["gpu_worker"]["worker_setup_commands"]):
         assert f"pip install -q -e {mount}" in " ".join(commands) and "torch==2.13.0" in " ".join(commands)
     assert "download.pytorch.org/whl/cu" in " ".join(types["gpu_worker"]["worker_setup_commands"])
+    # Ray's token authentication on every node, with the token copied from the user's machine (never from git)
+    commands = prepared["head_start_ray_commands"] + prepared["worker_start_ray_commands"]
+    starts = [c for c in commands if "ray start" in c]
+    assert len(starts) == 2 and all(c.startswith("RAY_AUTH_MODE=token ") for c in starts)
+    assert prepared["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
 
 
 def test_job_configs_load():

@@ -188,7 +188,7 @@ def test_the_pipeline_ran_on_the_worker_node_and_serves_through_the_tracking_ser
     # models registered through the tracking server: registry in its database, artifacts in its artifact store
     client = MlflowClient(info["tracking_uri"])
     for model in ("raytrade-forecaster", "raytrade-agent-ppo"):
-        assert client.get_model_version_by_alias(model, "champion").version == "1"
+        assert str(client.get_model_version_by_alias(model, "champion").version) == "1"
     assert pipeline["report"]["mlflow"]["tracking_uri"] == info["tracking_uri"]
     assert list((workdir / "mlartifacts").rglob("*.pt"))
     # Serve: 2 replicas, one per node, each answering with models it loaded from the tracking server

@@ -238,6 +238,10 @@ def _kill(pid: int, timeout_s: float = 30.0, hard: bool = False) -> None:
         return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        try:  # a node this process started (add_worker_node) stays a zombie until reaped here
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:
