@@ -102,6 +102,10 @@ def cluster(tmp_path_factory):
     assert down.returncode == 0, down.stderr[-2000:]
     assert sorted(down.stdout.strip().removeprefix("stopped: ").split(", ")) == sorted(live)
     for pid in {**info["pids"], **live}.values():  # every process group is gone, and Ray's temp dir
+        try:  # a node add_worker_node started in this process is its child: reap it (the CLI stopped it)
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)
     assert not os.path.exists(info["ray_temp_dir"]) and not (workdir / "cluster.json").exists()
