@@ -217,8 +217,13 @@ def start_local_cluster(workdir: str | Path, workers: int = 1, head_cpus: int = 
         shutil.rmtree(temp, ignore_errors=True)
         raise
     cluster.pids = started
-    (root / STATE_FILE).write_text(json.dumps(asdict(cluster), indent=2))
+    _save(cluster)
     return cluster
+
+
+def _save(cluster: LocalCluster) -> None:
+    """Record ``cluster`` in ``<workdir>/cluster.json`` (what :func:`load_local_cluster` reads)."""
+    (Path(cluster.workdir) / STATE_FILE).write_text(json.dumps(asdict(cluster), indent=2))
 
 
 def _port_open(port: int) -> bool:
@@ -287,7 +292,7 @@ def stop_local_cluster(workdir: str | Path, only: str | None = None, hard: bool 
             shutil.rmtree(cluster.ray_temp_dir, ignore_errors=True)
     else:
         del cluster.pids[only]
-        (Path(workdir) / STATE_FILE).write_text(json.dumps(asdict(cluster), indent=2))
+        _save(cluster)
     return names
 
 
@@ -307,7 +312,6 @@ def add_worker_node(workdir: str | Path, timeout_s: float = 180.0) -> str:
     proc = _spawn(name, _node(False, gcs_port, cluster.worker_cpus, Path(cluster.ray_temp_dir),
                               _free_ports(len(_NODE_PORTS)), name=name), logs)
     _wait(name, lambda: _node_alive(cluster.gcs_address, name), proc, logs, timeout_s)
-    cluster = load_local_cluster(workdir)
     cluster.pids[name] = proc.pid
-    (Path(workdir) / STATE_FILE).write_text(json.dumps(asdict(cluster), indent=2))
+    _save(cluster)
     return name

@@ -30,6 +30,14 @@ if TYPE_CHECKING:
 __all__ = ["deploy_ensemble", "deploy_portfolio", "deploy_to_cluster", "serve_locally"]
 
 
+def _start_serve(cfg: PipelineConfig) -> None:
+    """Start Serve on the connected cluster (or keep the running one) with the config's proxies: ``serve.host``,
+    ``serve.port``, ``serve.proxy_location``."""
+    from ray import serve
+
+    serve.start(proxy_location=cfg.serve.proxy_location, http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+
+
 def deploy_ensemble(cfg: PipelineConfig, tracking_uri: str | None = None,
                     weights: dict[str, float] | None = None) -> str:
     """Deploy the Serve app of ``serve.config`` on the connected Ray cluster (local or a job's) with this
@@ -60,7 +68,7 @@ def deploy_ensemble(cfg: PipelineConfig, tracking_uri: str | None = None,
         **({"ensemble_weights": weights} if weights else {}), **cfg.risk_limits.model_dump(),
         "redis_url": cfg.store.url if cfg.store.enabled else None, "store_prefix": cfg.store.prefix,
     })
-    serve.start(proxy_location=cfg.serve.proxy_location, http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    _start_serve(cfg)
     serve.run(app, name=APP_NAME, route_prefix=app_cfg.get("route_prefix", "/"), blocking=False)
     return f"http://{cfg.serve.host}:{cfg.serve.port}"
 
@@ -172,6 +180,6 @@ def deploy_portfolio(cfg: PipelineConfig, tracking_uri: str | None, params: Port
     else:
         application = portfolio_app(args, options)
         name = f"{PORTFOLIO_APP_NAME}-composed"
-    serve.start(proxy_location=cfg.serve.proxy_location, http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    _start_serve(cfg)
     serve.run(application, name=name, route_prefix=route_prefix, blocking=False)
     return f"http://{cfg.serve.host}:{cfg.serve.port}{route_prefix.rstrip('/')}"

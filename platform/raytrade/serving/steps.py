@@ -32,16 +32,21 @@ def forecaster_spec(bundle: Any, version: str) -> dict[str, Any]:
             "lookback": bundle.lookback, "min_bars": bundle.min_bars}
 
 
+def _slot_info(slot: Any, label: str) -> dict[str, Any]:
+    """What every ``/models`` entry has: the slot's registry entry, ``label``, reload interval, the registry's
+    tracking URI and why the last background reload failed (None when it did not)."""
+    return {**slot.current.info(), "label": label, "reload_interval_s": slot.config.reload_interval_s,
+            "tracking_uri": slot.tracking_uri, "reload_error": slot.reload_error}
+
+
 def forecaster_info(slot: Any, label: str) -> dict[str, Any]:
     """``/models``' entry of the forecaster a :class:`~raytrade.serving.slots.ModelSlot` serves: its registry entry,
     ``label``, input shape, horizon, feature-set version, MC samples, reload interval, the registry's tracking URI
     and why the last background reload failed (None when it did not)."""
     b = slot.current.obj
-    return {**slot.current.info(), "label": label, "min_bars": b.min_bars, "lookback": b.lookback,
+    return {**_slot_info(slot, label), "min_bars": b.min_bars, "lookback": b.lookback,
             "n_features": len(b.scaler.columns), "horizon_bars": b.labels.horizon,
-            "feature_set_version": b.feature_set_version, "mc_samples": b.mc_samples,
-            "reload_interval_s": slot.config.reload_interval_s, "tracking_uri": slot.tracking_uri,
-            "reload_error": slot.reload_error}
+            "feature_set_version": b.feature_set_version, "mc_samples": b.mc_samples}
 
 
 def agent_info(slot: Any, label: str) -> dict[str, Any]:
@@ -49,10 +54,8 @@ def agent_info(slot: Any, label: str) -> dict[str, Any]:
     ``label``, algorithm, window, observation size, feature names, reload interval, the registry's tracking URI and
     why the last background reload failed (None when it did not)."""
     p = slot.current.obj
-    return {**slot.current.info(), "label": label, "algorithm": p.algorithm, "window": p.window,
-            "obs_dim": p.obs_dim, "feature_names": p.feature_names,
-            "reload_interval_s": slot.config.reload_interval_s, "tracking_uri": slot.tracking_uri,
-            "reload_error": slot.reload_error}
+    return {**_slot_info(slot, label), "algorithm": p.algorithm, "window": p.window, "obs_dim": p.obs_dim,
+            "feature_names": p.feature_names}
 
 
 def feature_rows(bars: pd.DataFrame, spec: dict[str, Any]) -> dict[str, Any]:
