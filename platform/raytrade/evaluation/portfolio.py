@@ -41,6 +41,7 @@ from raytrade_envs.accounting import POSITION_TOLERANCE, simulate
 
 __all__ = [
     "PortfolioResult",
+    "book_step",
     "portfolio_backtest",
     "portfolio_metrics_table",
     "run_portfolio_backtests",
@@ -293,3 +294,17 @@ def portfolio_metrics_table(results: Mapping[str, PortfolioResult]) -> str:
     rows = [line + "  " + "  ".join(c.rjust(wd) for c, wd in zip(row, widths, strict=True))
             for line, row in zip(base[2:], cells, strict=True)]
     return "\n".join([header, "-" * len(header), *rows])
+
+
+def book_step(next_log_returns: np.ndarray, cost_bps: float, *, gap_returns: np.ndarray | None = None,
+              slippage: np.ndarray | None = None, tradable: np.ndarray | None = None):
+    """The book of one bar over ``(T, A)`` market arrays, ``(t, held (A,), target (A,)) -> (simple net return of
+    bar t after costs, weights held after it)``: :func:`raytrade_envs.accounting.simulate` on row ``t`` (the step
+    :func:`raytrade.rl.portfolio_risk.risk_limit_weights` walks)."""
+    def step(t: int, held: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
+        book = simulate(target[None], next_log_returns[t][None], cost_bps, initial_position=held,
+                        gap_returns=None if gap_returns is None else gap_returns[t][None],
+                        slippage=None if slippage is None else slippage[t][None],
+                        tradable=None if tradable is None else tradable[t][None])
+        return float(book.net[0]), book.held_end
+    return step

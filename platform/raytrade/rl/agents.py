@@ -18,7 +18,7 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from raytrade.evaluation.metrics import total_return
 from raytrade.rl.ensemble import sharpe_or_zero
 from raytrade.rl.policy import Policy
 
-__all__ = ["AgentOutcome", "RetrainPlan", "fit_agent", "policy_meta", "train_agents"]
+__all__ = ["AgentOutcome", "RetrainPlan", "fit_agent", "policy_meta", "train_agent_runs", "train_agents"]
 
 
 @dataclass
@@ -240,9 +240,28 @@ def train_agents(names: Sequence[str], cfg: RLConfig, train_env: dict[str, Any],
         ValueError: an unknown agent name (before anything starts).
         ray.exceptions.RayTaskError: an agent's training failed (the error names the agent's task).
     """
+    return train_agent_runs({name: (name, cfg) for name in names}, train_env, val_env, periods_per_year,
+                            feature_names, out_dir, on_done=on_done, on_log=on_log, retrain=retrain)
+
+
+def train_agent_runs(runs: Mapping[str, tuple[str, RLConfig]], train_env: dict[str, Any], val_env: dict[str, Any],
+                     periods_per_year: float, feature_names: Sequence[str], out_dir: str | Path,
+                     on_done: Callable[[AgentOutcome], None] | None = None,
+                     on_log: Callable[[str], None] | None = None,
+                     retrain: RetrainPlan | None = None) -> dict[str, AgentOutcome]:
+    """:func:`train_agents` for runs that differ in more than the agent, e.g. the same agents under several seeds:
+    ``runs`` maps a run key (a relative path such as ``"seed_1/ppo"``) to ``(agent name, its RLConfig)``; every
+    run is one Ray task named ``agent-<key>`` (``cfg.cpus_per_agent`` CPUs and ``cfg.resources_per_agent`` of its
+    own config), all submitted at once, so Ray runs as many side by side as the cluster has CPUs. Policies land in
+    ``out_dir/<key>/policy`` (and ``window_<k>``). Returns ``{key: AgentOutcome}`` in the order of ``runs``.
+
+    Raises:
+        ValueError: an unknown agent name (before anything starts).
+        ray.exceptions.RayTaskError: a run's training failed (the error names its task).
+    """
     import ray
 
-    for name in names:
+    for name, _ in runs.values():
         parse_agent_name(name)
     from ray.util.queue import Queue
 
@@ -258,11 +277,11 @@ def train_agents(names: Sequence[str], cfg: RLConfig, train_env: dict[str, Any],
 
     task = ray.remote(_fit_agent_task)
     pending = {
-        task.options(num_cpus=cfg.cpus_per_agent, resources=cfg.resources_per_agent or None, name=f"agent-{name}",
+        task.options(num_cpus=cfg.cpus_per_agent, resources=cfg.resources_per_agent or None, name=f"agent-{key}",
                      max_retries=0).remote(
-            name, cfg, train_ref, val_ref, periods_per_year, list(feature_names), str(out_dir / name / "checkpoint"),
-            max(1, int(cfg.cpus_per_agent)), plan_ref, lines): name
-        for name in names
+            name, cfg, train_ref, val_ref, periods_per_year, list(feature_names), str(out_dir / key / "checkpoint"),
+            max(1, int(cfg.cpus_per_agent)), plan_ref, lines): key
+        for key, (name, cfg) in runs.items()
     }
     outcomes: dict[str, AgentOutcome] = {}
     try:
@@ -271,19 +290,19 @@ def train_agents(names: Sequence[str], cfg: RLConfig, train_env: dict[str, Any],
             drain()
             if not done:
                 continue
-            name = pending.pop(done[0])
+            key = pending.pop(done[0])
             res = ray.get(done[0])
             policy, *window_policies = [
-                Policy.load(_unpack(packed, out_dir / name / ("policy" if k == 0 else f"window_{k - 1}")))
+                Policy.load(_unpack(packed, out_dir / key / ("policy" if k == 0 else f"window_{k - 1}")))
                 for k, packed in enumerate(res["policies"])]
-            outcomes[name] = AgentOutcome(
-                name=name, backend=res["backend"], algorithm=res["algorithm"], policy=policy,
+            outcomes[key] = AgentOutcome(
+                name=res["name"], backend=res["backend"], algorithm=res["algorithm"], policy=policy,
                 history=pd.DataFrame(res["history"]), best_iteration=res["best_iteration"],
                 val_positions=res["val_positions"], val_returns=res["val_returns"], checkpoint=res["checkpoint"],
                 worker_pid=res["worker_pid"], window_policies=window_policies)
             if on_done is not None:
-                on_done(outcomes[name])
+                on_done(outcomes[key])
         drain()
     finally:
         lines.shutdown()
-    return {name: outcomes[name] for name in names}
+    return {key: outcomes[key] for key in runs}

@@ -53,11 +53,12 @@ if TYPE_CHECKING:
     from raytrade.data.universe import Panel, Universe
     from raytrade.dataset.prepare import PreparedData
     from raytrade.dataset.windows import Windows
+    from raytrade.features.scaler import FeatureScaler
     from raytrade.models.bundle import ForecasterBundle
     from raytrade.rl.policy import Policy
 
-__all__ = ["VOL_WINDOW", "PortfolioData", "backtest_inputs", "portfolio_agent_weights", "portfolio_data",
-           "portfolio_env_kwargs", "portfolio_rollout", "slippage_volatility", "weight_limits"]
+__all__ = ["VOL_WINDOW", "PortfolioData", "backtest_inputs", "calendar_arrays", "portfolio_agent_weights",
+           "portfolio_data", "portfolio_env_kwargs", "portfolio_rollout", "slippage_volatility", "weight_limits"]
 
 #: bars of the slippage volatility (the one-asset env's ``ohlcv_arrays`` default too)
 VOL_WINDOW = 24
@@ -133,6 +134,34 @@ def _cells(panel: Panel, timestamps: Any, symbols: Any) -> tuple[np.ndarray, np.
     return rows, cols
 
 
+def calendar_arrays(cfg: PipelineConfig, panel: Panel, frame: pd.DataFrame, scaler: FeatureScaler,
+                    names: list[str]) -> dict[str, np.ndarray]:
+    """The forecaster-free portfolio-env arrays of EVERY calendar row (module docstring), ``T`` = calendar rows:
+    ``features`` ``(T, A * F_asset)`` float32 (the ``names`` columns of each asset's feature row scaled with
+    ``scaler``, 0 where the asset has none), ``returns`` / ``gap_returns`` / ``volatility`` ``(T, A)`` float64
+    (``returns`` and ``gap_returns`` NaN on the last row, which has no next bar) and ``tradable`` ``(T, A)`` bool
+    (fillable for ``rl.fill`` and with a feature row), plus ``has_row`` ``(T, A)`` bool.
+
+    Args:
+        frame: every symbol's feature rows (``timestamp``, ``symbol`` and the scaler's columns).
+        scaler: fitted on training rows only (the caller's split).
+
+    Raises:
+        ConfigError: a row of ``frame`` is not on the panel's calendar.
+    """
+    n_cal, n_assets = panel.shape
+    scaled = scaler.transform(frame[[TIMESTAMP, SYMBOL, *scaler.columns]])
+    f_rows, f_cols = _cells(panel, frame[TIMESTAMP].to_numpy(), frame[SYMBOL].to_numpy())
+    feats = np.zeros((n_cal, n_assets, len(names)), dtype=np.float32)
+    feats[f_rows, f_cols] = scaled[names].to_numpy(dtype=np.float32)
+    has_row = np.zeros((n_cal, n_assets), dtype=bool)
+    has_row[f_rows, f_cols] = True
+    vol = slippage_volatility(panel) if cfg.rl.slippage_vol_mult > 0 else np.zeros((n_cal, n_assets))
+    return {"features": feats.reshape(n_cal, -1), "returns": panel.next_log_returns(),
+            "gap_returns": panel.next_gap_returns(), "volatility": vol,
+            "tradable": panel.fillable(cfg.rl.fill) & has_row, "has_row": has_row}
+
+
 def portfolio_data(cfg: PipelineConfig, universe: Universe, prepared: PreparedData, bundle: ForecasterBundle,
                    windows: Mapping[str, Windows]) -> PortfolioData:
     """The portfolio env's inputs of every split (module docstring) from ``bundle``'s outputs on ``windows``.
@@ -153,16 +182,9 @@ def portfolio_data(cfg: PipelineConfig, universe: Universe, prepared: PreparedDa
     n_cal, n_assets = panel.shape
     names = _asset_features(cfg, prepared)
     window = cfg.rl.window
-    frame = prepared.features.frame
-    scaled = bundle.scaler.transform(frame[[TIMESTAMP, SYMBOL, *bundle.scaler.columns]])
-    f_rows, f_cols = _cells(panel, frame[TIMESTAMP].to_numpy(), frame[SYMBOL].to_numpy())
-    feats = np.zeros((n_cal, n_assets, len(names)), dtype=np.float32)
-    feats[f_rows, f_cols] = scaled[names].to_numpy(dtype=np.float32)
-    has_row = np.zeros((n_cal, n_assets), dtype=bool)
-    has_row[f_rows, f_cols] = True
-    tradable_all = panel.fillable(cfg.rl.fill) & has_row
-    nlr, gap = panel.next_log_returns(), panel.next_gap_returns()
-    vol = slippage_volatility(panel) if cfg.rl.slippage_vol_mult > 0 else np.zeros((n_cal, n_assets))
+    cal = calendar_arrays(cfg, panel, prepared.features.frame, bundle.scaler, names)
+    feats, tradable_all, nlr, gap, vol = (cal[k] for k in ("features", "tradable", "returns", "gap_returns",
+                                                            "volatility"))
     scale = float(bundle.model_kwargs.get("return_scale", 1.0))
 
     arrays, rows_of, stamps, outs = {}, {}, {}, {}
@@ -186,7 +208,7 @@ def portfolio_data(cfg: PipelineConfig, universe: Universe, prepared: PreparedDa
         returns, gaps = nlr[rows].copy(), gap[rows].copy()
         for arr in (returns, gaps):  # the last env row is never traded; the calendar's last row has no next bar
             arr[-1] = np.where(np.isfinite(arr[-1]), arr[-1], 0.0)
-        arrays[split] = {"features": feats[rows].reshape(len(rows), -1), "forecasts": fc.reshape(len(rows), -1),
+        arrays[split] = {"features": feats[rows], "forecasts": fc.reshape(len(rows), -1),
                          "returns": returns, "gap_returns": gaps, "volatility": vol[rows],
                          "tradable": tradable_all[rows]}
         rows_of[split], stamps[split], outs[split] = rows, panel.timestamps[rows], out

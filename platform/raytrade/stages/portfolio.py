@@ -36,7 +36,7 @@ from raytrade.data.universe import Universe
 from raytrade.dataset.prepare import PreparedData
 from raytrade.evaluation.cross_section import cross_sectional_metrics
 from raytrade.evaluation.metrics import Annualisation
-from raytrade.evaluation.portfolio import PortfolioResult, portfolio_metrics_table, run_portfolio_backtests
+from raytrade.evaluation.portfolio import PortfolioResult, book_step, portfolio_metrics_table, run_portfolio_backtests
 from raytrade.evaluation.portfolio_baselines import (
     equal_weight_buy_and_hold,
     equal_weight_rebalanced,
@@ -48,7 +48,6 @@ from raytrade.rl.portfolio_inputs import slippage_volatility
 from raytrade.rl.portfolio_risk import turbulence_index, turbulence_threshold
 from raytrade.runtime import Progress
 from raytrade.stages.common import PortfolioAgents
-from raytrade_envs.accounting import simulate
 from raytrade_envs.actions import project_weights
 
 
@@ -92,15 +91,10 @@ class PortfolioBars:
     train_rows: np.ndarray
 
     def step(self, cost_bps: float):
-        """The book of one bar, ``(t, held (A,), target (A,)) -> (net, held after)``: :func:`simulate` on bar ``t``
+        """The book of one bar, ``(t, held (A,), target (A,)) -> (net, held after)``: :func:`book_step` on bar ``t``
         with its fills, costs and tradable mask (what the risk layer walks)."""
-        def step(t: int, held: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
-            book = simulate(target[None], self.next_log_returns[t][None], cost_bps, initial_position=held,
-                            gap_returns=None if self.gap_returns is None else self.gap_returns[t][None],
-                            slippage=None if self.slippage is None else self.slippage[t][None],
-                            tradable=self.tradable[t][None])
-            return float(book.net[0]), book.held_end
-        return step
+        return book_step(self.next_log_returns, cost_bps, gap_returns=self.gap_returns, slippage=self.slippage,
+                         tradable=self.tradable)
 
 
 def forecaster_rebalance_bars(cfg: PipelineConfig) -> int:
