@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, shared
 from raytrade.rayauth import auth_headers
 
 BIN = Path(sys.executable).parent
@@ -183,6 +183,20 @@ def test_submitted_smoke_pipeline_succeeds_and_its_mlflow_runs_exist(ray_head, t
         assert run.info.status == "FINISHED", stage
     forecaster = client.get_run(report["mlflow_run_ids"]["forecaster"])
     assert forecaster.data.metrics["test_accuracy"] == pytest.approx(report["forecaster_metrics"]["test"]["accuracy"])
+
+
+@pytest.mark.slow
+def test_submitted_finrl_protocol_runs_with_data_on_the_cluster_path(ray_head, tmp_path):
+    """`raytrade submit finrl_protocol`: the data path is the cluster's (here the same machine's absolute path),
+    the seeds come through --set; the job writes its report and its metrics hash."""
+    out = _raytrade("submit", "finrl_protocol", "--address", ray_head, "--config",
+                    "jobs/configs/finrl_dow30_smoke.yaml", "--data", str(shared("stooq_dow30_1d.parquet")),
+                    "--set", f"output_dir={tmp_path / 'runs'}", "--set", "finrl.seeds=1", "--follow")
+    assert out.returncode == 0, (out.stdout[-4000:], out.stderr[-2000:])
+    assert out.stdout.rstrip().endswith("SUCCEEDED") and "metrics sha256: " in out.stdout
+    (report_path,) = (tmp_path / "runs").glob("finrl-smoke-finrl-*/finrl_protocol.json")
+    report = json.loads(report_path.read_text())
+    assert report["seeds"] == [0] and "| ensemble |" in report["table_markdown"]
 
 
 @pytest.mark.slow

@@ -381,6 +381,21 @@ class PortfolioConfig(_Section):
                                                                      "in-sample (train) values: go to cash")
 
 
+class FinRLConfig(_Section):
+    """The FinRL ensemble protocol (``jobs/finrl_protocol.py``; Yang, Liu, Zhong, Walid, "Deep Reinforcement Learning
+    for Automated Stock Trading: An Ensemble Strategy", ICAIF 2020): from ``trade_start`` on, every
+    ``ensemble.window_bars`` bars each of ``rl.agents`` is retrained on all bars before the previous window,
+    validated on that window, and the one with the best validation Sharpe trades the next window; FinRL's turbulence
+    rule (``portfolio.turbulence_*``) forces cash. Costs are ``backtest.cost_bps``; retraining is
+    ``ensemble.retrain_iterations`` iterations of ``rl.train_batch_size`` env steps per window after ``rl.iterations``
+    first ones; the Sharpe intervals use ``walk_forward.n_bootstrap`` stationary-bootstrap resamples."""
+
+    trade_start: str = Field("2016-01-01", description="first day of the trading period (UTC date); the first "
+                                                       "validation window is the window_bars bars before it")
+    seeds: int = Field(1, gt=0, description="times the whole protocol runs, with rl.seed, rl.seed + 1, ...; agents "
+                                            "of every seed train in parallel as Ray tasks")
+
+
 class TrackingConfig(_Section):
     """MLflow tracking and registry."""
 
@@ -444,6 +459,7 @@ class PipelineConfig(_Section):
     ensemble: EnsembleConfig = EnsembleConfig()
     backtest: BacktestConfig = BacktestConfig()
     portfolio: PortfolioConfig = PortfolioConfig()
+    finrl: FinRLConfig = FinRLConfig()
     tracking: TrackingConfig = TrackingConfig()
     serve: ServeConfig = ServeConfig()
     store: StoreConfig = StoreConfig()
