@@ -60,8 +60,8 @@ PAPER_TABLE_II: dict[str, dict[str, float]] = {
     "DJIA": {"sharpe": 0.47},
 }
 
-#: strategy columns of the report, in table order: the ensemble, each agent (``agent:<name>``), the baselines
-BASELINES = ("buy_and_hold", "min_variance")
+#: the metrics of every strategy in the report (keys of :func:`raytrade.evaluation.metrics.summarize` and
+#: :class:`~raytrade.evaluation.portfolio.PortfolioResult`)
 METRICS = ("total_return", "annual_return", "annual_volatility", "sharpe", "max_drawdown", "sortino", "calmar",
            "turnover", "avg_gross_exposure", "costs_paid")
 
@@ -157,10 +157,10 @@ def summary_table(summary: dict[str, dict[str, Any]], n_seeds: int) -> str:
     lines = [head, "|---|" + "---:|" * 8]
 
     def cell(stats: dict[str, float], pct: bool) -> str:
-        mean, std = stats["mean"] * (100 if pct else 1), stats["std"] * (100 if pct else 1)
-        unit = "%" if pct else ""
-        return f"{mean:.1f}{unit}" + (f" ± {std:.1f}" if n_seeds > 1 and std > 0 else "") if pct else \
-            f"{mean:.2f}" + (f" ± {std:.2f}" if n_seeds > 1 and std > 0 else "")
+        scale, digits, unit = (100, 1, "%") if pct else (1, 2, "")
+        mean, std = stats["mean"] * scale, stats["std"] * scale
+        spread = f" ± {std:.{digits}f}" if n_seeds > 1 and std > 0 else ""
+        return f"{mean:.{digits}f}{unit}{spread}"
 
     for name, row in summary.items():
         m = row["metrics"]
@@ -188,9 +188,7 @@ def _market(cfg: PipelineConfig, universe: Any, progress: Any) -> dict[str, Any]
     unknown = [n for n in names if n not in pre.feature_columns]
     if unknown:
         raise ConfigError(f"rl.features: unknown feature(s) {unknown}; see docs/FEATURES.md")
-    has_row = np.zeros(len(panel.timestamps), dtype=bool)
-    has_row[panel.index_of(pd.DatetimeIndex(frame[TIMESTAMP].unique()))] = True
-    first_row = int(np.flatnonzero(has_row)[0])
+    first_row = int(panel.index_of(pd.DatetimeIndex([frame[TIMESTAMP].min()]))[0])  # the first feature row
     windows = protocol_windows(panel.timestamps, cfg.finrl.trade_start, cfg.ensemble.window_bars, first_row,
                                min_train_bars=max(cfg.rl.window + 2, cfg.portfolio.turbulence_window + 2))
     fit_end = panel.timestamps[windows[0].val_start]
@@ -380,9 +378,10 @@ def run_finrl_protocol(cfg: PipelineConfig, data_path: str | Path | None = None,
         for name, series in returns.items():
             rows = ([per_seed[str(s)][name] for s in seed_list] if name not in baselines
                     else [_result_metrics(baselines[name], ppy, cfg.walk_forward.n_bootstrap)])
-            _, low, high = _sharpe_ci(np.column_stack(series), ppy, cfg.walk_forward.n_bootstrap)
+            ci = (rows[0]["sharpe_ci95"] if len(series) == 1  # one series: its own interval, not computed twice
+                  else list(_sharpe_ci(np.column_stack(series), ppy, cfg.walk_forward.n_bootstrap)[1:]))
             summary[name] = {"n_seeds": len(rows), "metrics": {k: _stats([r[k] for r in rows]) for k in METRICS},
-                             "sharpe_ci95": [low, high]}
+                             "sharpe_ci95": ci}
         table = summary_table(summary, n_seeds)
         progress.note("\n" + table)
     with progress.stage("report", "Report, figure and MLflow"):
@@ -403,13 +402,15 @@ def run_finrl_protocol(cfg: PipelineConfig, data_path: str | Path | None = None,
         digest = hashlib.sha256(text.encode()).hexdigest()
         figure = plot_equity(results0, stamps.to_numpy(), run_dir / "equity.png",
                              title=f"FinRL protocol, seed {seed_list[0]}, after {cfg.backtest.cost_bps:g} bps")
-        report = {"run_dir": str(run_dir), "metrics_sha256": digest, **metrics, "table_markdown": table,
-                  "paper_table_ii": PAPER_TABLE_II, "timings_s": progress.timings,
-                  "first_training_seconds": {k: o.summary()["train_seconds"] for k, o in trained["outcomes"].items()}}
-        (run_dir / "finrl_protocol.json").write_text(json.dumps(report, indent=2, default=float))
         (run_dir / "finrl_protocol.md").write_text(f"# FinRL ensemble protocol: {cfg.name}\n\n{table}\n")
         tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
         with tracking.start_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-finrl") as run_id:
+            report = {"run_dir": str(run_dir), "metrics_sha256": digest, **metrics, "table_markdown": table,
+                      "paper_table_ii": PAPER_TABLE_II, "timings_s": progress.timings,
+                      "first_training_seconds": {k: o.summary()["train_seconds"]
+                                                 for k, o in trained["outcomes"].items()},
+                      "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id}}
+            (run_dir / "finrl_protocol.json").write_text(json.dumps(report, indent=2, default=float))
             tracking.log_params({"finrl": cfg.finrl.model_dump(mode="json"), "rl": cfg.rl.model_dump(mode="json"),
                                  "ensemble": cfg.ensemble.model_dump(mode="json"), "seeds": seed_list,
                                  "cost_bps": cfg.backtest.cost_bps, "data": data_path.name,
@@ -419,6 +420,4 @@ def run_finrl_protocol(cfg: PipelineConfig, data_path: str | Path | None = None,
             for name in ("finrl_protocol.json", "metrics.json", "finrl_protocol.md"):
                 tracking.log_artifact(run_dir / name)
             tracking.log_artifact(figure)
-        report["mlflow"] = {"tracking_uri": tracking_uri, "run_id": run_id}
-        (run_dir / "finrl_protocol.json").write_text(json.dumps(report, indent=2, default=float))
     return report
