@@ -175,8 +175,9 @@ def pipeline(cluster, tmp_path_factory):
 
 
 def test_the_pipeline_ran_on_the_worker_node_and_serves_through_the_tracking_server(cluster, pipeline):
-    from mlflow.tracking import MlflowClient
     from ray.util.state import list_tasks
+
+    from raytrade import tracking
 
     workdir, info = cluster
     dash = info["dashboard"]
@@ -189,17 +190,15 @@ def test_the_pipeline_ran_on_the_worker_node_and_serves_through_the_tracking_ser
     # checkpoints went to train.storage_path (shared storage), not to the run directory
     assert list((pipeline["out"] / "shared").rglob("epoch_*"))
     assert not (Path(pipeline["report"]["run_dir"]) / "ray_train").exists()
-    # models registered through the tracking server: registry in its database, artifacts in its artifact store
-    client = MlflowClient(info["tracking_uri"])
-    registered = pipeline["report"]["model_versions"]
+    # models registered through the tracking server: registry in its database, artifacts in its artifact store; one
+    # version each, from this pipeline's runs (registry_client: this session's earlier tests set MLflow's
+    # process-wide registry URI to their own SQLite stores, which MlflowClient(uri) alone would read)
+    client = tracking.registry_client(info["tracking_uri"])
+    report = pipeline["report"]
     for key, model in (("forecaster", "raytrade-forecaster"), ("ppo", "raytrade-agent-ppo")):
-        versions = [(v.version, v.run_id) for v in client.search_model_versions(f"name='{model}'")]
-        print(f"[cluster] {model}: champion {registered[key]}; versions in the registry {versions}")
-        if len(versions) > 1:  # keep the server's side of it in the failure output
-            print("\n".join((workdir / "logs" / "mlflow.log").read_text(errors="replace").splitlines()[-40:]))
-        # the version this run registered, not a literal "1": CI once saw "2" from one pipeline run (cause not
-        # seen; MLflow's client retries POSTs, so a retried registration is one candidate), printed above on failure
-        assert str(client.get_model_version_by_alias(model, "champion").version) == str(registered[key])
+        versions = [(str(v.version), v.run_id) for v in client.search_model_versions(f"name='{model}'")]
+        assert versions == [(str(report["model_versions"][key]), report["mlflow_run_ids"][key])]
+        assert str(client.get_model_version_by_alias(model, "champion").version) == versions[0][0]
     assert pipeline["report"]["mlflow"]["tracking_uri"] == info["tracking_uri"]
     assert list((workdir / "mlartifacts").rglob("*.pt"))
     # Serve: 2 replicas, one per node, each answering with models it loaded from the tracking server
@@ -216,7 +215,7 @@ def test_the_pipeline_ran_on_the_worker_node_and_serves_through_the_tracking_ser
     for models in seen.values():
         assert models["forecaster"]["tracking_uri"] == info["tracking_uri"]
         assert models["agents"]["ppo"]["tracking_uri"] == info["tracking_uri"]
-        assert models["forecaster"]["version"] == str(registered["forecaster"])
+        assert models["forecaster"]["version"] == str(report["model_versions"]["forecaster"])
         assert models["forecaster"]["reload_error"] is None
 
 

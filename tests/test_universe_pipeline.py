@@ -93,7 +93,7 @@ def test_the_risk_layer_keeps_the_exposure_limits_and_cash_in_turbulence(univers
 def test_portfolio_agents_and_their_ensembles_trade_within_the_limits(universe_run):
     """Each agent's test targets and each ensemble (through the risk layer) keep every exposure limit at every bar;
     the rolling selection trades, in each window, exactly the targets of one member."""
-    import mlflow
+    from raytrade import tracking
 
     report, cfg = universe_run["report"], universe_run["cfg"]
     limits = cfg.portfolio
@@ -112,7 +112,7 @@ def test_portfolio_agents_and_their_ensembles_trade_within_the_limits(universe_r
     for weights in vote["weights"]:
         assert sum(weights.values()) == pytest.approx(1.0)
     # every agent is registered in MLflow under its model name
-    client = mlflow.MlflowClient(report["mlflow"]["tracking_uri"])
+    client = tracking.registry_client(report["mlflow"]["tracking_uri"])
     for agent, model in report["mlflow"]["agent_models"].items():
         assert client.get_model_version(model, report["model_versions"][agent]).status == "READY"
 

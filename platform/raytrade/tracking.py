@@ -104,6 +104,16 @@ def use_tracking_uri(tracking_uri: str) -> None:
             os.environ[name] = value
 
 
+def registry_client(tracking_uri: str) -> MlflowClient:
+    """An ``MlflowClient`` whose tracking AND registry are ``tracking_uri``.
+
+    ``MlflowClient(tracking_uri)`` alone takes its registry from the process-wide registry URI when one was set
+    (``mlflow.set_registry_uri``, which :func:`use_tracking_uri` calls), so in a process that used another store
+    before (a test session, a notebook) it reads model versions and aliases from THAT store.
+    """
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
 def _ensure_experiment(tracking_uri: str, experiment: str) -> str:
     """Id of ``experiment``, created (artifacts next to a SQLite store) when missing."""
     client = MlflowClient()
@@ -187,8 +197,7 @@ def log_model_dir(local_dir: str | Path, loader: str, registered_name: str, alia
 
 def set_alias(tracking_uri: str, registered_name: str, alias: str, version: str) -> None:
     """Point ``registered_name@alias`` at ``version``."""
-    use_tracking_uri(tracking_uri)
-    MlflowClient().set_registered_model_alias(registered_name, alias, str(version))
+    registry_client(tracking_uri).set_registered_model_alias(registered_name, alias, str(version))
 
 
 def aliased_version(tracking_uri: str, registered_name: str, alias: str) -> str | None:
@@ -198,9 +207,8 @@ def aliased_version(tracking_uri: str, registered_name: str, alias: str) -> str 
         MlflowException: the registry did not answer (e.g. the tracking server is down): not the same as "no such
             alias", so a serving replica keeps its model and reports the failure instead of taking it for one.
     """
-    use_tracking_uri(tracking_uri)
     try:
-        return str(MlflowClient().get_model_version_by_alias(registered_name, alias).version)
+        return str(registry_client(tracking_uri).get_model_version_by_alias(registered_name, alias).version)
     except MlflowException as exc:
         if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:  # no model / no such alias
             return None
@@ -237,8 +245,8 @@ def load_model_dir(registered_name: str, alias: str, tracking_uri: str,
     Raises:
         ModelNotFoundError: no such model, alias or version in the registry.
     """
-    use_tracking_uri(tracking_uri)
-    client = MlflowClient()
+    use_tracking_uri(tracking_uri)  # mlflow.pyfunc.load_model below resolves models:/ through the process's registry
+    client = registry_client(tracking_uri)
     what = f"{registered_name}/{version}" if version else f"{registered_name}@{alias}"
     try:
         mv = (client.get_model_version(registered_name, str(version)) if version
