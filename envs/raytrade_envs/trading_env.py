@@ -223,22 +223,10 @@ class TradingEnv(gymnasium.Env):
         self.action_space = core.action_space()
         self.observation_space = core.observation_space()
 
+        self._tradable = core.has_tradable
         self._t = -1
         self._start = -1
-        self._steps = 0
-        self._position: Any = 0.0 if self._single else np.zeros(self.n_assets)
-        self._target: Any = 0.0 if self._single else np.zeros(self.n_assets)
-        self._tradable = core.has_tradable
-        self._order: Any = self._target
-        self._equity = 1.0
-        self._peak = 1.0
-        self._entry_equity = 1.0
-        self._drawdown = 0.0
-        self._unrealised = 0.0
-        self._costs_paid = 0.0
-        self._last_net = 0.0
-        self._last_cost = 0.0
-        self._last_traded = 0.0
+        self._clear_book()
         self._done = True
 
     # ------------------------------------------------------------------ state
@@ -263,6 +251,22 @@ class TradingEnv(gymnasium.Env):
         return self._obs.layout()
 
     # ---------------------------------------------------------------- helpers
+    def _clear_book(self) -> None:
+        """A flat book at equity 1.0: no positions, targets, costs or drawdown; no steps taken."""
+        self._steps = 0
+        self._position: Any = 0.0 if self._single else np.zeros(self.n_assets)
+        self._target: Any = 0.0 if self._single else np.zeros(self.n_assets)
+        self._order: Any = self._target
+        self._equity = 1.0
+        self._peak = 1.0
+        self._entry_equity = 1.0
+        self._drawdown = 0.0
+        self._unrealised = 0.0
+        self._costs_paid = 0.0
+        self._last_net = 0.0
+        self._last_cost = 0.0
+        self._last_traded = 0.0
+
     def _observation(self) -> np.ndarray:
         if self._single:
             return self._obs.build_single(self._t, self._position, self._unrealised, self._drawdown)
@@ -311,19 +315,7 @@ class TradingEnv(gymnasium.Env):
             start = core.first_start
         self._start = start
         self._t = start
-        self._steps = 0
-        self._position = 0.0 if self._single else np.zeros(self.n_assets)
-        self._target = 0.0 if self._single else np.zeros(self.n_assets)
-        self._order = self._target
-        self._equity = 1.0
-        self._peak = 1.0
-        self._entry_equity = 1.0
-        self._drawdown = 0.0
-        self._unrealised = 0.0
-        self._costs_paid = 0.0
-        self._last_net = 0.0
-        self._last_cost = 0.0
-        self._last_traded = 0.0
+        self._clear_book()
         self._reward.reset()
         self._done = False
         if self.render_mode == "human":

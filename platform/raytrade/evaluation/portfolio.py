@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from raytrade.evaluation.backtest import metrics_table
+from raytrade.evaluation.backtest import _readonly, metrics_table
 from raytrade.evaluation.metrics import summarize
 from raytrade_envs.accounting import POSITION_TOLERANCE, simulate
 
@@ -46,12 +46,6 @@ __all__ = [
     "portfolio_metrics_table",
     "run_portfolio_backtests",
 ]
-
-
-def _readonly(values: np.ndarray) -> np.ndarray:
-    arr = np.array(values, dtype=np.float64, copy=True)
-    arr.setflags(write=False)
-    return arr
 
 
 @dataclass(frozen=True)

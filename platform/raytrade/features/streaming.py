@@ -22,6 +22,7 @@ state lives in one process (a Serve replica) and is rebuilt from stored bars els
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -111,6 +112,21 @@ def many_calls(handles: list[list[tuple[str, Any]]]) -> list[tuple[str, list[Any
     """Several symbols' handle lists (each ``[(name, handle), ...]`` in call order) as :class:`_ManyTA`'s ``calls``:
     per call, its name and every symbol's handle. The handles advance in place, so the result can be kept."""
     return [(name, [hs[k][1] for hs in handles]) for k, (name, _) in enumerate(handles[0])]
+
+
+def resent(recent: Sequence[Mapping[str, Any]], bar: Mapping[str, Any]) -> bool | None:
+    """Whether ``bar`` (``timestamp`` + OHLCV) is one of the ``recent`` bars (oldest first) sent again.
+
+    Returns:
+        True: a held bar with the same OHLCV values, sent again; False: a held timestamp with other values (a
+        revision, which the callers refuse); None: no held bar has its timestamp.
+    """
+    for b in reversed(recent):
+        if b[TIMESTAMP] == bar[TIMESTAMP]:
+            return all(b[c] == bar[c] for c in OHLCV_COLUMNS)
+        if b[TIMESTAMP] < bar[TIMESTAMP]:
+            return None
+    return None
 
 
 class _Calendar:

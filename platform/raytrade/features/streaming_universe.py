@@ -59,7 +59,7 @@ from raytrade.features.cross_sectional import (
     member_rows,
     universe_pairs,
 )
-from raytrade.features.streaming import StreamingFeatures, _ManyTA, _OpeningTA, many_calls
+from raytrade.features.streaming import StreamingFeatures, _ManyTA, _OpeningTA, many_calls, resent
 
 __all__ = ["StreamingUniverse"]
 
@@ -91,12 +91,7 @@ class _Symbol:
 
     def held(self, bar: Mapping[str, Any]) -> bool | None:
         """True: ``bar`` is a held bar sent again; False: a held timestamp with other values; None: not held."""
-        for b in reversed(self.recent):
-            if b[TIMESTAMP] == bar[TIMESTAMP]:
-                return all(b[c] == bar[c] for c in OHLCV_COLUMNS)
-            if b[TIMESTAMP] < bar[TIMESTAMP]:
-                return None
-        return None
+        return resent(self.recent, bar)
 
 
 class StreamingUniverse:

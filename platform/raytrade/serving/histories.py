@@ -33,7 +33,7 @@ from raytrade.config import FeatureConfig
 from raytrade.data.schema import OHLCV_COLUMNS, SYMBOL, TIMESTAMP
 from raytrade.data.validation import validate_bars, validate_next_bar
 from raytrade.errors import DataValidationError, InsufficientDataError
-from raytrade.features.streaming import StreamingFeatures
+from raytrade.features.streaming import StreamingFeatures, resent
 from raytrade.store import OnlineFeatureStore
 
 #: bars of the log a replica rebuilds from (and keeps in the store): the feature warm-up, the lookback and margin
@@ -64,12 +64,7 @@ class _Held:
 
     def held(self, bar: dict[str, Any]) -> bool | None:
         """True: ``bar`` is a held bar, sent again; False: a held timestamp with other values; None: not held."""
-        for b in reversed(self.recent):
-            if b[TIMESTAMP] == bar[TIMESTAMP]:
-                return all(b[c] == bar[c] for c in OHLCV_COLUMNS)
-            if b[TIMESTAMP] < bar[TIMESTAMP]:
-                return None
-        return None
+        return resent(self.recent, bar)
 
     def update(self, bar: dict[str, Any]) -> None:
         self.features.update(bar)
