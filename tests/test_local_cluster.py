@@ -288,8 +288,9 @@ def _registered_epochs(storage: Path) -> list[int]:
 
 
 def test_losing_the_worker_node_during_training_resumes_from_the_last_checkpoint(cluster, tmp_path):
-    """``raytrade submit train_forecaster`` with the Train worker on a worker node; once the first epoch's
-    checkpoint is in ``train.storage_path`` the node is killed (SIGKILL) and a new one started. Ray Train
+    """``raytrade submit train_forecaster`` with the Train worker on a worker node; once Ray Train's controller has
+    registered a checkpoint (one merely written to ``train.storage_path`` but not yet polled is unknown to a
+    restart, which then begins at epoch 0) the node is killed (SIGKILL) and a new one started. Ray Train
     (``FailureConfig(max_failures)``) restarts the worker group on the new node from that checkpoint; the job
     succeeds and its history shows the resumed epochs."""
     from raytrade.localcluster import add_worker_node, load_local_cluster, stop_local_cluster
@@ -302,9 +303,6 @@ def test_losing_the_worker_node_during_training_resumes_from_the_last_checkpoint
                "--set", "train.epochs=8", "--set", "train.early_stopping_patience=null")
     assert out.returncode == 0, out.stderr[-2000:]
     job_id = out.stdout.split("submitted ", 1)[1].split(":", 1)[0]
-    # Wait for a checkpoint Ray Train's controller has REGISTERED (its snapshot lists it), not merely one in storage:
-    # a checkpoint persisted by the worker but not yet polled by the controller when the node dies is unknown to
-    # the restart, which then begins at epoch 0 (seen once in `make test-slow` when this test waited for epoch_* alone).
     deadline = time.monotonic() + 600
     while not (registered := _registered_epochs(shared)):
         assert time.monotonic() < deadline, "no checkpoint was registered"

@@ -22,7 +22,7 @@ state lives in one process (a Serve replica) and is rebuilt from stored bars els
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -114,19 +114,26 @@ def many_calls(handles: list[list[tuple[str, Any]]]) -> list[tuple[str, list[Any
     return [(name, [hs[k][1] for hs in handles]) for k, (name, _) in enumerate(handles[0])]
 
 
-def resent(recent: Sequence[Mapping[str, Any]], bar: Mapping[str, Any]) -> bool | None:
-    """Whether ``bar`` (``timestamp`` + OHLCV) is one of the ``recent`` bars (oldest first) sent again.
+class RecentBars:
+    """What a streaming state knows of its last bars, to recognise one sent again: a mixin for a class whose
+    ``recent`` is a deque of ``{timestamp, open, high, low, close, volume}`` dicts, oldest first (UTC timestamps)."""
 
-    Returns:
-        True: a held bar with the same OHLCV values, sent again; False: a held timestamp with other values (a
-        revision, which the callers refuse); None: no held bar has its timestamp.
-    """
-    for b in reversed(recent):
-        if b[TIMESTAMP] == bar[TIMESTAMP]:
-            return all(b[c] == bar[c] for c in OHLCV_COLUMNS)
-        if b[TIMESTAMP] < bar[TIMESTAMP]:
-            return None
-    return None
+    recent: deque
+
+    @property
+    def last(self) -> pd.Timestamp:
+        """The newest held bar's timestamp."""
+        return self.recent[-1][TIMESTAMP]
+
+    def held(self, bar: Mapping[str, Any]) -> bool | None:
+        """True: ``bar`` (``timestamp`` + OHLCV) is a held bar with the same values, sent again; False: a held
+        timestamp with other values (a revision, which the callers refuse); None: no held bar has its timestamp."""
+        for b in reversed(self.recent):
+            if b[TIMESTAMP] == bar[TIMESTAMP]:
+                return all(b[c] == bar[c] for c in OHLCV_COLUMNS)
+            if b[TIMESTAMP] < bar[TIMESTAMP]:
+                return None
+        return None
 
 
 class _Calendar:

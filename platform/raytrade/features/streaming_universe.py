@@ -59,7 +59,7 @@ from raytrade.features.cross_sectional import (
     member_rows,
     universe_pairs,
 )
-from raytrade.features.streaming import StreamingFeatures, _ManyTA, _OpeningTA, many_calls, resent
+from raytrade.features.streaming import RecentBars, StreamingFeatures, _ManyTA, _OpeningTA, many_calls
 
 __all__ = ["StreamingUniverse"]
 
@@ -72,7 +72,7 @@ def _utc(ts: Any) -> pd.Timestamp:
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 
-class _Symbol:
+class _Symbol(RecentBars):
     """One symbol's part of the universe state."""
 
     def __init__(self, features: StreamingFeatures, input_handles: list, recent: deque, lookback: int,
@@ -84,14 +84,6 @@ class _Symbol:
         self.rows: deque = deque(maxlen=lookback)  # the last complete forecaster rows ...
         self.times: deque = deque(maxlen=lookback)  # ... and their times
         self.last_complete: pd.Timestamp | None = None
-
-    @property
-    def last(self) -> pd.Timestamp:
-        return self.recent[-1][TIMESTAMP]
-
-    def held(self, bar: Mapping[str, Any]) -> bool | None:
-        """True: ``bar`` is a held bar sent again; False: a held timestamp with other values; None: not held."""
-        return resent(self.recent, bar)
 
 
 class StreamingUniverse:

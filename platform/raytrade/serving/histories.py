@@ -33,7 +33,7 @@ from raytrade.config import FeatureConfig
 from raytrade.data.schema import OHLCV_COLUMNS, SYMBOL, TIMESTAMP
 from raytrade.data.validation import validate_bars, validate_next_bar
 from raytrade.errors import DataValidationError, InsufficientDataError
-from raytrade.features.streaming import StreamingFeatures, resent
+from raytrade.features.streaming import RecentBars, StreamingFeatures
 from raytrade.store import OnlineFeatureStore
 
 #: bars of the log a replica rebuilds from (and keeps in the store): the feature warm-up, the lookback and margin
@@ -46,7 +46,7 @@ CATCH_UP_BARS = 32
 MAX_SYMBOLS = 10_000
 
 
-class _Held:
+class _Held(RecentBars):
     """One symbol's streaming state plus its recent bars (to recognise resends and overlaps)."""
 
     def __init__(self, bars: pd.DataFrame, cfg: FeatureConfig, keep: int) -> None:
@@ -57,14 +57,6 @@ class _Held:
             ({TIMESTAMP: pd.Timestamp(t), **dict(zip(OHLCV_COLUMNS, map(float, v), strict=True))}
              for t, v in zip(tail[TIMESTAMP], tail[list(OHLCV_COLUMNS)].to_numpy(), strict=True)),
             maxlen=RECENT_BARS)
-
-    @property
-    def last(self) -> pd.Timestamp:
-        return self.recent[-1][TIMESTAMP]
-
-    def held(self, bar: dict[str, Any]) -> bool | None:
-        """True: ``bar`` is a held bar, sent again; False: a held timestamp with other values; None: not held."""
-        return resent(self.recent, bar)
 
     def update(self, bar: dict[str, Any]) -> None:
         self.features.update(bar)
